@@ -1,0 +1,489 @@
+"""
+Data for r1-mini: the tokenizer, synthetic math tasks with worked solutions, JSONL loaders for GSM8K- and
+MATH-style files, the prompt templates, and batching (packed sequences for pretraining, prompt/completion
+pairs with a completion-only loss mask for SFT).
+
+Synthetic families (each seeded, deterministic, with a gold answer in a form reward.py compares):
+    add, sub, mul   multi-digit arithmetic with a written-out carry / borrow scratchpad
+    linear          "Solve 3x + 5 = 20."              answer "5"
+    quadratic       "Solve: x^2 - 5x + 6 = 0"         answer "2, 3" (the set of integer roots)
+    fraction        "Compute 1/3 + 1/4."              answer "\\frac{7}{12}"
+`flaw_p` > 0 makes the carry/borrow scratchpads drop each carry with that probability, and the rest of the
+solution follows the mistake (so the stated answer is wrong). The demo uses it: SFT learns the flaw from the
+demonstrations, and a verifiable reward lets GRPO correct it. The gold `answer` is always the true one.
+"""
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DataConfig:
+    families: str = "add,sub,mul,linear,quadratic,fraction"  # comma list of synthetic families
+    levels: str = "1,2"           # comma list of difficulty levels (1-3) drawn uniformly
+    n_train: int = 20000          # synthetic training problems
+    n_test: int = 500             # synthetic held-out problems (never share a question with train)
+    seed: int = 1234              # data seed (separate from the training seed)
+    flaw_p: float = 0.0           # prob. of dropping each carry/borrow in the demonstrations (0 = clean)
+    template: str = "plain"       # prompt template: "plain" or "r1" (DeepSeek-R1-Zero <think>/<answer>)
+    train_file: str = ""          # JSONL file instead of synthetic training problems
+    test_file: str = ""           # JSONL file instead of synthetic test problems
+    format: str = "auto"          # JSONL layout: auto, gsm8k, math or generic
+    question_field: str = "question"  # generic JSONL: field names
+    answer_field: str = "answer"
+    solution_field: str = ""      # generic JSONL: worked solution field ("" = none)
+    tokenizer: str = ""           # folder or file of an existing tokenizer; "" = train one on the data
+    vocab_size: int = 512         # size of a newly trained sentencepiece vocabulary
+    seq_len: int = 256            # training sequence length (pretraining window / SFT max length)
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer
+
+SPECIAL_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed", "\\frac", "\n"]
+
+
+class Tokenizer:
+    """A sentencepiece model: digits one per token, byte fallback, our template tags as single pieces."""
+
+    def __init__(self, path):
+        import sentencepiece as spm
+        self.path = path
+        self.sp = spm.SentencePieceProcessor(model_file=path)
+        self.vocab_size = self.sp.get_piece_size()
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
+        self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eos_id
+
+    def encode(self, text, bos=False, eos=False):
+        ids = self.sp.encode(text)
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def decode(self, ids):
+        return self.sp.decode([i for i in ids if i not in (self.bos_id, self.eos_id)])
+
+    def save(self, folder):
+        with open(self.path, "rb") as src, open(os.path.join(folder, "tokenizer.model"), "wb") as dst:
+            dst.write(src.read())
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (Qwen2, DeepSeek), read with the optional `tokenizers` package."""
+
+    def __init__(self, folder):
+        try:
+            from tokenizers import Tokenizer as _Tok
+        except ImportError as e:
+            raise ImportError(f"{folder} ships only tokenizer.json: reading it needs the optional "
+                              "package `tokenizers` (pip install tokenizers)") from e
+        self.path = os.path.join(folder, "tokenizer.json")
+        self.tk = _Tok.from_file(self.path)
+        self.vocab_size = self.tk.get_vocab_size()
+        special = {}
+        cfg_path = os.path.join(folder, "tokenizer_config.json")
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                special = json.load(f)
+        self.bos_id, self.eos_id = self._special_id(special, "bos_token"), self._special_id(special, "eos_token")
+        pad = self._special_id(special, "pad_token")
+        self.pad_id = pad if pad is not None else self.eos_id
+
+    def _special_id(self, special, name):
+        t = special.get(name)  # a string, or a dict with 'content' in newer files
+        t = t.get("content") if isinstance(t, dict) else t
+        return self.tk.token_to_id(t) if t else None
+
+    def encode(self, text, bos=False, eos=False):
+        ids = self.tk.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if bos and self.bos_id is not None else []) + ids + \
+               ([self.eos_id] if eos and self.eos_id is not None else [])
+
+    def decode(self, ids):
+        return self.tk.decode(list(ids), skip_special_tokens=True)
+
+    def save(self, folder):
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            src = os.path.join(os.path.dirname(self.path), name)
+            if os.path.exists(src):
+                with open(src, "rb") as f, open(os.path.join(folder, name), "wb") as g:
+                    g.write(f.read())
+
+
+def train_tokenizer(texts, model_prefix, vocab_size=512):
+    """Train a sentencepiece BPE model on `texts`; writes model_prefix + '.model' and returns a Tokenizer."""
+    import sentencepiece as spm
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=model_prefix, vocab_size=vocab_size, model_type="bpe",
+        split_digits=True, byte_fallback=True, user_defined_symbols=SPECIAL_TOKENS,
+        # identity normalization and no dummy prefix: decode(encode(text)) == text for ASCII math text
+        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+        split_by_whitespace=True, character_coverage=1.0, max_sentence_length=1 << 16,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=2, minloglevel=2)
+    return Tokenizer(model_prefix + ".model")
+
+
+def load_tokenizer(path):
+    """A tokenizer from a checkpoint folder (tokenizer.model, else tokenizer.json) or a .model file."""
+    if os.path.isfile(path):
+        return Tokenizer(path)
+    if os.path.exists(os.path.join(path, "tokenizer.model")):
+        return Tokenizer(os.path.join(path, "tokenizer.model"))
+    if os.path.exists(os.path.join(path, "tokenizer.json")):
+        return HFTokenizer(path)
+    raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {path}")
+
+
+# -----------------------------------------------------------------------------
+# Synthetic math tasks: each generator returns (question, solution, answer) from a random.Random
+
+def _digits(n, rng):
+    return rng.randint(10 ** (n - 1), 10 ** n - 1)
+
+
+def _column_steps(a, b, op, rng, flaw_p):
+    """Right-to-left column addition ('+') or subtraction ('-', a >= b) with the carry/borrow written out.
+    With prob. flaw_p a carry/borrow is announced but then forgotten in the next column (the demo's flaw)."""
+    da, db = str(a)[::-1], str(b)[::-1].ljust(len(str(a)), "0")
+    lines, digits, carry = [], [], 0
+    for i, (x, y) in enumerate(zip(da, db)):
+        x, y = int(x), int(y)
+        used = carry
+        if op == "+":
+            s = x + y + used
+            expr = f"{x} + {y}" + (f" + {used}" if used else "")
+            digit, carry = s % 10, s // 10
+            lines.append(f"{expr} = {s}, write {digit}, carry {carry}.")
+        else:
+            s = x - y - used
+            expr = f"{x} - {y}" + (f" - {used}" if used else "")
+            digit, carry = s % 10, int(s < 0)
+            if s < 0:
+                lines.append(f"{expr} is negative, so {10 + s} with borrow: write {digit}, borrow 1.")
+            else:
+                lines.append(f"{expr} = {s}, write {digit}, borrow 0.")
+        digits.append(digit)
+        if rng.random() < flaw_p:  # drawn every column, so flaw_p never changes which problems are made
+            carry = 0  # the flaw: the carry/borrow is announced but never used
+    if op == "+" and carry:
+        lines.append(f"The last carry {carry} becomes the leading digit.")
+        digits.append(carry)
+    return lines, int("".join(map(str, digits[::-1])))
+
+
+def gen_add(rng, level, flaw_p=0.0):
+    a, b = _digits(level + 1, rng), _digits(rng.randint(1, level + 1), rng)
+    a, b = max(a, b), min(a, b)
+    lines, result = _column_steps(a, b, "+", rng, flaw_p)
+    sol = "\n".join([f"Add {a} and {b} column by column from the right."] + lines + [f"So {a} + {b} = {result}."])
+    return f"Compute {a} + {b}.", sol, str(a + b)
+
+
+def gen_sub(rng, level, flaw_p=0.0):
+    a, b = _digits(level + 1, rng), _digits(rng.randint(1, level + 1), rng)
+    a, b = max(a, b), min(a, b)
+    lines, result = _column_steps(a, b, "-", rng, flaw_p)
+    sol = "\n".join([f"Subtract {b} from {a} column by column from the right."] + lines + [f"So {a} - {b} = {result}."])
+    return f"Compute {a} - {b}.", sol, str(a - b)
+
+
+def gen_mul(rng, level, flaw_p=0.0):
+    a, b = _digits(level + 1, rng), rng.randint(2, 9)
+    lines, digits, carry = [f"Multiply {a} by {b} digit by digit from the right."], [], 0
+    for x in map(int, str(a)[::-1]):
+        p = x * b + carry
+        lines.append(f"{x} * {b}" + (f" + {carry}" if carry else "") + f" = {p}, write {p % 10}, carry {p // 10}.")
+        digits.append(p % 10)
+        carry = p // 10
+        if rng.random() < flaw_p:
+            carry = 0  # the flaw, as in _column_steps
+    if carry:
+        lines.append(f"The last carry {carry} becomes the leading digits.")
+        digits.extend(int(c) for c in str(carry)[::-1])
+    result = int("".join(map(str, digits[::-1])))
+    lines.append(f"So {a} * {b} = {result}.")
+    return f"Compute {a} * {b}.", "\n".join(lines), str(a * b)
+
+
+def _lin(a, b, var="x"):
+    """Format a*var + b with signs as a person writes them: 'x', '-x', '3x - 5', '7'."""
+    s = "" if a == 0 else (var if a == 1 else "-" + var if a == -1 else f"{a}{var}")
+    if b or not s:
+        s = (f"{s} {'+' if b > 0 else '-'} {abs(b)}" if s else str(b))
+    return s
+
+
+def gen_linear(rng, level, flaw_p=0.0):
+    x = rng.randint(-10, 10)
+    a = rng.choice([k for k in range(-9, 10) if k not in (0,)])
+    b = rng.randint(-20, 20)
+    c = rng.choice([k for k in range(-9, 10) if k != a]) if level >= 2 else 0
+    d = a * x + b - c * x
+    lines = []
+    if c:
+        lines.append(f"Move {_lin(c, 0)} to the left side: {_lin(a - c, b)} = {d}.")
+    if b:
+        lines.append(f"{'Subtract' if b > 0 else 'Add'} {abs(b)} {'from' if b > 0 else 'to'} both sides: {_lin(a - c, 0)} = {d - b}.")
+    if a - c != 1:
+        lines.append(f"Divide both sides by {a - c}: x = {x}.")
+    lines.append(f"So x = {x}.")
+    return f"Solve {_lin(a, b)} = {_lin(c, d)}.", "\n".join(lines), str(x)
+
+
+def gen_quadratic(rng, level, flaw_p=0.0):
+    lo, hi = (1, 9) if level == 1 else (-12, 12)  # level 1: small positive roots; 2: any sign; 3: leading coef.
+    r1, r2 = sorted(rng.randint(lo, hi) for _ in range(2))
+    k = rng.randint(2, 4) if level >= 3 else 1
+    p, q = -(r1 + r2), r1 * r2  # x^2 + p x + q = (x - r1)(x - r2)
+    poly = ("" if k == 1 else str(k)) + "x^2" + (f" {'+' if k * p > 0 else '-'} {_lin(abs(k * p), 0)}" if p else "") \
+        + (f" {'+' if k * q > 0 else '-'} {abs(k * q)}" if q else "")
+    lines = [f"Divide both sides by {k}: x^2{_sgn(p, 'x')}{_sgn(q)} = 0."] if k > 1 else []
+    lines.append(f"We need two numbers with product {q} and sum {-p}: {r1} and {r2}.")
+    lines.append(f"So (x{_sgn(-r1)})(x{_sgn(-r2)}) = 0.")
+    roots = [r1] if r1 == r2 else [r1, r2]
+    lines.append("So x = " + " or x = ".join(map(str, roots)) + ".")
+    return f"Solve: {poly} = 0", "\n".join(lines), ", ".join(map(str, roots))
+
+
+def _sgn(v, var=""):
+    """' + 3x' / ' - 3x' / '' for a term of value v (coefficient 1 drops the digit when var is given)."""
+    if v == 0:
+        return ""
+    mag = var if (abs(v) == 1 and var) else f"{abs(v)}{var}"
+    return f" {'+' if v > 0 else '-'} {mag}"
+
+
+def _tex_frac(num, den):
+    g = math.gcd(num, den)
+    num, den = num // g, den // g
+    if den == 1:
+        return str(num)
+    return ("-" if num < 0 else "") + f"\\frac{{{abs(num)}}}{{{den}}}"
+
+
+def gen_fraction(rng, level, flaw_p=0.0):
+    a, c = rng.randint(1, 9), rng.randint(1, 9)
+    b, d = rng.randint(2, 12), rng.randint(2, 12)
+    op = rng.choice("+-*" if level >= 2 else "+-")
+    lines = []
+    if op == "*":
+        num, den = a * c, b * d
+        lines.append(f"Multiply the numerators and the denominators: {a}*{c} / {b}*{d} = {num}/{den}.")
+    else:
+        den = b * d // math.gcd(b, d)
+        x, y = a * den // b, c * den // d
+        num = x + y if op == "+" else x - y
+        lines.append(f"The common denominator of {b} and {d} is {den}.")
+        lines.append(f"{a}/{b} = {x}/{den} and {c}/{d} = {y}/{den}.")
+        lines.append(f"{x}/{den} {op} {y}/{den} = {num}/{den}.")
+    g = math.gcd(num, den)
+    lines.append(f"{num}/{den} is in lowest terms." if g == 1 else f"Divide by gcd({abs(num)}, {den}) = {g}: {num // g}/{den // g}.")
+    return f"Compute {a}/{b} {op} {c}/{d}.", "\n".join(lines), _tex_frac(num, den)
+
+
+FAMILIES = {"add": gen_add, "sub": gen_sub, "mul": gen_mul, "linear": gen_linear,
+            "quadratic": gen_quadratic, "fraction": gen_fraction}
+
+
+def make_problem(family, rng, level=1, flaw_p=0.0):
+    """One synthetic problem as a dict: question, solution (worked steps), answer (gold), family, level."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown task family {family!r}; valid: {sorted(FAMILIES)}")
+    q, sol, ans = FAMILIES[family](rng, level, flaw_p)
+    return {"question": q, "solution": sol, "answer": ans, "family": family, "level": level}
+
+
+def _csv(s):
+    return [x.strip() for x in str(s).split(",") if x.strip()]
+
+
+def synthetic_problems(n, families, levels, seed, flaw_p=0.0, exclude=frozenset()):
+    """n distinct problems (by question), never one whose question is in `exclude`. Deterministic in seed."""
+    rng, out, seen = random.Random(seed), [], set(exclude)
+    families, levels = _csv(families) if isinstance(families, str) else families, \
+        [int(v) for v in (_csv(levels) if isinstance(levels, str) else levels)]
+    for tries in range(20 * n + 1000):  # a family whose small space is used up yields its share to the others
+        if len(out) == n:
+            return out
+        p = make_problem(rng.choice(families), rng, rng.choice(levels), flaw_p)
+        if p["question"] not in seen:
+            seen.add(p["question"])
+            out.append(p)
+    if len(out) == n:
+        return out
+    raise ValueError(f"could only make {len(out)} distinct problems of {families} at levels {levels}; ask for fewer")
+
+
+def synthetic_splits(cfg):
+    """(train, test): the test set comes first with its own seed; train excludes every test question.
+    The test set is always clean (flaw_p applies only to the training demonstrations)."""
+    test = synthetic_problems(cfg.n_test, cfg.families, cfg.levels, seed=cfg.seed + 1)
+    train = synthetic_problems(cfg.n_train, cfg.families, cfg.levels, seed=cfg.seed, flaw_p=cfg.flaw_p,
+                               exclude={p["question"] for p in test})
+    return train, test
+
+
+# -----------------------------------------------------------------------------
+# JSONL loaders
+
+def _read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: malformed JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def _need(row, key, path, lineno):
+    if not isinstance(row.get(key), str):
+        raise ValueError(f"{path}, line {lineno}: missing string field {key!r} (has {sorted(row)})")
+    return row[key]
+
+
+def load_jsonl(path, format="auto", question_field="question", answer_field="answer", solution_field=""):
+    """Problems from a JSONL file as dicts with question, answer, solution (and subject/level when present).
+    gsm8k: question + answer ending in '#### x'; math: problem + solution with \\boxed{} (+ optional answer);
+    generic: the given field names. 'auto' picks gsm8k or math from the first row's fields."""
+    out = []
+    for lineno, row in _read_jsonl(path):
+        fmt = format
+        if fmt == "auto":
+            fmt = "math" if "problem" in row else "gsm8k" if "####" in str(row.get("answer", "")) else "generic"
+        if fmt == "gsm8k":
+            text = _need(row, "answer", path, lineno)
+            if "####" not in text:
+                raise ValueError(f"{path}, line {lineno}: GSM8K answer has no '#### x' final answer")
+            sol, ans = text.rsplit("####", 1)
+            p = {"question": _need(row, "question", path, lineno), "solution": sol.strip(), "answer": ans.strip()}
+        elif fmt == "math":
+            sol = _need(row, "solution", path, lineno)
+            ans = row.get("answer")
+            if ans is None:
+                from reward import extract_answer  # only reward.py parses math strings
+                ans = extract_answer(sol)
+                if ans is None:
+                    raise ValueError(f"{path}, line {lineno}: no 'answer' field and no \\boxed{{}} in the solution")
+            p = {"question": _need(row, "problem", path, lineno), "solution": sol, "answer": str(ans)}
+            p.update({k: row[k] for k in ("subject", "level", "unique_id") if k in row})
+        elif fmt == "generic":
+            ans = row.get(answer_field)
+            if isinstance(ans, (int, float)) and not isinstance(ans, bool):
+                ans = str(ans)  # numeric gold answers are common in generic files
+            row = {**row, answer_field: ans}
+            p = {"question": _need(row, question_field, path, lineno), "answer": _need(row, answer_field, path, lineno),
+                 "solution": _need(row, solution_field, path, lineno) if solution_field else ""}
+        else:
+            raise ValueError(f"unknown JSONL format {format!r}; valid: auto, gsm8k, math, generic")
+        out.append(p)
+    if not out:
+        raise ValueError(f"{path}: no problems in the file")
+    return out
+
+
+def load_problems(cfg, split):
+    """The 'train' or 'test' problems the config names: a JSONL file when given, else the synthetic tasks."""
+    path = cfg.train_file if split == "train" else cfg.test_file
+    if path:
+        return load_jsonl(path, cfg.format, cfg.question_field, cfg.answer_field, cfg.solution_field)
+    train, test = synthetic_splits(cfg)
+    return train if split == "train" else test
+
+
+def parse_data_spec(spec, n_test=500, seed=1234, levels="1,2"):
+    """'synthetic', 'synthetic:FAMILY[,FAMILY]' or a JSONL path -> list of problems (eval.py's --data)."""
+    if spec.startswith("synthetic"):
+        fams = spec.split(":", 1)[1] if ":" in spec else DataConfig.families
+        return synthetic_splits(DataConfig(families=fams, levels=levels, n_test=n_test, n_train=0, seed=seed))[1]
+    return load_jsonl(spec)
+
+
+# -----------------------------------------------------------------------------
+# Templates: the prompt a model sees, and the completion it is trained to write
+
+R1_PREAMBLE = ("A conversation between User and Assistant. The User asks a question and the Assistant solves it. "
+               "The Assistant first thinks through the reasoning, then gives the answer. The reasoning goes inside "
+               "<think> </think> and the answer inside <answer> </answer>, with the final answer in \\boxed{}.")
+
+
+def format_prompt(question, template="plain"):
+    if template == "plain":
+        return f"Question: {question}\nAnswer:"
+    if template == "r1":
+        return f"{R1_PREAMBLE} User: {question} Assistant:"
+    raise ValueError(f"unknown template {template!r}; valid: plain, r1")
+
+
+def format_completion(solution, answer, template="plain"):
+    if template == "plain":
+        return f"\n{solution}\nThe answer is \\boxed{{{answer}}}."
+    if template == "r1":
+        return f" <think>\n{solution}\n</think>\n<answer>\\boxed{{{answer}}}</answer>"
+    raise ValueError(f"unknown template {template!r}; valid: plain, r1")
+
+
+def format_document(p):
+    """A pretraining document: the problem and its worked solution as plain text."""
+    return f"Problem: {p['question']}\nSolution: {p['solution']}\nThe answer is \\boxed{{{p['answer']}}}."
+
+
+def tokenizer_corpus(problems):
+    """The text a new tokenizer is trained on: documents in every template, so the tags get their pieces."""
+    for p in problems:
+        yield format_document(p)
+        for t in ("plain", "r1"):
+            yield format_prompt(p["question"], t) + format_completion(p["solution"], p["answer"], t)
+
+
+# -----------------------------------------------------------------------------
+# Batching
+
+def pack_documents(tok, texts):
+    """Pretraining stream: bos + doc + eos for every document, concatenated into one 1-D tensor."""
+    ids = []
+    for t in texts:
+        ids.extend(tok.encode(t, bos=True, eos=True))
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def packed_batch(stream, batch_size, seq_len, generator):
+    """Random windows of the packed stream: x (B, T) and next-token targets y (B, T)."""
+    if len(stream) <= seq_len + 1:
+        raise ValueError(f"the pretraining stream has {len(stream)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+    starts = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=generator)  # (B,)
+    idx = starts[:, None] + torch.arange(seq_len + 1)  # (B, T+1)
+    chunk = stream[idx]
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def encode_sft(tok, problem, template, seq_len=None):
+    """(prompt_ids, completion_ids): bos + prompt, and the worked completion + eos (what the loss sees)."""
+    prompt = tok.encode(format_prompt(problem["question"], template), bos=True)
+    completion = tok.encode(format_completion(problem["solution"], problem["answer"], template), eos=True)
+    if seq_len is not None and len(prompt) + len(completion) > seq_len + 1:
+        completion = completion[: max(0, seq_len + 1 - len(prompt))]  # truncate: the loss still masks the prompt
+    return prompt, completion
+
+
+def sft_batch(pairs, pad_id):
+    """Right-padded inputs x (B, T), targets y (B, T) and loss mask (B, T) that is 1 exactly on the
+    positions whose target is a completion token."""
+    seqs = [p + c for p, c in pairs]
+    T = max(len(s) for s in seqs) - 1
+    x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    y = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.float32)
+    for i, ((p, c), s) in enumerate(zip(pairs, seqs)):
+        n = len(s) - 1
+        x[i, :n] = torch.tensor(s[:-1])
+        y[i, :n] = torch.tensor(s[1:])
+        mask[i, len(p) - 1: n] = 1.0  # target at position t is s[t+1]: completion targets start at len(p)-1
+    return x, y, mask

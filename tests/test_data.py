@@ -1,0 +1,181 @@
+"""data.py: tokenizer round trip, synthetic tasks checked by independent arithmetic, splits, loaders, batching."""
+import json
+import random
+import re
+from fractions import Fraction
+
+import pytest
+import torch
+
+import data as D
+
+
+@pytest.fixture(scope="module")
+def problems():
+    cfg = D.DataConfig(n_train=600, n_test=120, levels="1,2,3")
+    return D.synthetic_splits(cfg)
+
+
+@pytest.fixture(scope="module")
+def tok(problems, tmp_path_factory):
+    prefix = str(tmp_path_factory.mktemp("tok") / "tokenizer")
+    return D.train_tokenizer(D.tokenizer_corpus(problems[0]), prefix, vocab_size=400)
+
+
+def test_tokenizer_round_trip_every_family_and_template(problems, tok):
+    train, test = problems
+    seen = set()
+    for p in train + test:
+        seen.add(p["family"])
+        for t in ("plain", "r1"):
+            text = D.format_prompt(p["question"], t) + D.format_completion(p["solution"], p["answer"], t)
+            assert tok.decode(tok.encode(text)) == text
+    assert seen == set(D.FAMILIES)
+    # unseen characters go through byte fallback, not <unk>
+    assert tok.decode(tok.encode("x² ≥ 1 😀")) == "x² ≥ 1 😀"
+
+
+def test_tokenizer_digits_and_tags_are_single_pieces(tok):
+    pieces = [tok.sp.id_to_piece(i) for i in tok.encode("12345 <think>")]
+    assert [p for p in pieces if p.strip("▁").isdigit()] == list("12345")
+    assert "<think>" in pieces
+    assert tok.encode("a", bos=True, eos=True)[0] == tok.bos_id and tok.encode("a", eos=True)[-1] == tok.eos_id
+
+
+def test_tokenizer_saved_and_loaded(tok, tmp_path):
+    tok.save(str(tmp_path))
+    tok2 = D.load_tokenizer(str(tmp_path))
+    text = "Compute 12 + 34.\n<think>\n</think>"
+    assert tok2.encode(text) == tok.encode(text)
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        D.load_tokenizer(str(tmp_path / "nowhere"))
+
+
+def _solve_independently(p):
+    """The gold answer computed from the question text alone, without the generator's code."""
+    q = p["question"]
+    if p["family"] in ("add", "sub", "mul"):
+        a, op, b = re.fullmatch(r"Compute (\d+) ([-+*]) (\d+)\.", q).groups()
+        a, b = int(a), int(b)
+        return str({"+": a + b, "-": a - b, "*": a * b}[op])
+    if p["family"] == "fraction":
+        a, b, op, c, d = re.fullmatch(r"Compute (\d+)/(\d+) ([-+*]) (\d+)/(\d+)\.", q).groups()
+        x, y = Fraction(int(a), int(b)), Fraction(int(c), int(d))
+        r = {"+": x + y, "-": x - y, "*": x * y}[op]
+        return str(r.numerator) if r.denominator == 1 else \
+            ("-" if r < 0 else "") + f"\\frac{{{abs(r.numerator)}}}{{{r.denominator}}}"
+    if p["family"] == "linear":
+        lhs, rhs = re.fullmatch(r"Solve (.+) = (.+)\.", q).groups()
+        f = lambda s, x: eval(re.sub(r"(\d)x", r"\1*x", s).replace("x", f"({x})"))  # our own generated text
+        roots = [x for x in range(-50, 51) if f(lhs, x) == f(rhs, x)]
+        assert len(roots) == 1, q
+        return str(roots[0])
+    if p["family"] == "quadratic":
+        expr = re.fullmatch(r"Solve: (.+) = 0", q).group(1)
+        f = lambda x: eval(re.sub(r"(\d)x", r"\1*x", expr).replace("^", "**").replace("x", f"({x})"))
+        return ", ".join(str(x) for x in range(-50, 51) if f(x) == 0)
+    raise AssertionError(p["family"])
+
+
+def test_gold_answers_match_independent_computation(problems):
+    for p in problems[0] + problems[1]:
+        assert p["answer"] == _solve_independently(p), p
+
+
+def test_clean_solutions_state_the_gold_answer(problems):
+    for p in problems[0]:
+        if p["family"] in ("add", "sub", "mul"):
+            assert p["solution"].splitlines()[-1].endswith(f"= {p['answer']}."), p
+
+
+def test_flawed_demonstrations_keep_true_gold_and_same_questions():
+    clean = D.synthetic_problems(300, "add,sub,mul", "2", seed=7)
+    flawed = D.synthetic_problems(300, "add,sub,mul", "2", seed=7, flaw_p=1.0)
+    assert [p["question"] for p in clean] == [p["question"] for p in flawed]  # flaw_p changes only solutions
+    wrong = 0
+    for c, f in zip(clean, flawed):
+        assert c["answer"] == f["answer"] == _solve_independently(f)
+        stated = f["solution"].splitlines()[-1].rsplit("= ", 1)[1].rstrip(".")
+        if "carry 1" in c["solution"] or "borrow 1" in c["solution"] or re.search(r"carry [1-9]", c["solution"]):
+            wrong += stated != c["answer"]
+        else:
+            assert stated == c["answer"]  # no carry to drop: the demonstration stays right
+    assert wrong > 100
+
+
+def test_splits_disjoint_and_deterministic(problems):
+    train, test = problems
+    assert not {p["question"] for p in train} & {p["question"] for p in test}
+    assert len({p["question"] for p in train}) == len(train)
+    again = D.synthetic_splits(D.DataConfig(n_train=600, n_test=120, levels="1,2,3"))
+    assert again == (train, test)
+
+
+def test_unknown_family_and_too_many_problems():
+    with pytest.raises(ValueError, match="unknown task family 'nope'"):
+        D.synthetic_problems(5, "nope", "1", seed=0)
+    with pytest.raises(ValueError, match="distinct problems"):
+        D.synthetic_problems(10_000, "quadratic", "1", seed=0)
+
+
+def test_sft_mask_covers_exactly_the_completion():
+    pairs = [([1, 10, 11], [20, 21, 2]), ([1, 12], [22, 2])]
+    x, y, mask = D.sft_batch(pairs, pad_id=3)
+    assert x.tolist() == [[1, 10, 11, 20, 21], [1, 12, 22, 3, 3]]
+    assert y.tolist() == [[10, 11, 20, 21, 2], [12, 22, 2, 3, 3]]
+    assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]]
+    # the masked targets are exactly the completion tokens, in order
+    for (p, c), yi, mi in zip(pairs, y, mask):
+        assert yi[mi.bool()].tolist() == c
+
+
+def test_encode_sft_and_packed_batch(problems, tok):
+    p = problems[0][0]
+    prompt, comp = D.encode_sft(tok, p, "r1")
+    assert tok.decode(prompt) == D.format_prompt(p["question"], "r1")
+    assert comp[-1] == tok.eos_id and tok.decode(comp).startswith(" <think>")
+    stream = D.pack_documents(tok, [D.format_document(q) for q in problems[0][:50]])
+    x, y = D.packed_batch(stream, 4, 32, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 32) and torch.equal(x[:, 1:], y[:, :-1])
+    with pytest.raises(ValueError, match="seq_len"):
+        D.packed_batch(stream[:10], 4, 32, torch.Generator())
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_gsm8k_and_math_loaders(tmp_path):
+    g = _write(tmp_path / "g.jsonl", [{"question": "2+2?", "answer": "Add them: 4\n#### 4"}, "",
+                                      {"question": "Big?", "answer": "so\n#### 1,000"}])
+    rows = D.load_jsonl(g)
+    assert rows[0] == {"question": "2+2?", "solution": "Add them: 4", "answer": "4"} and rows[1]["answer"] == "1,000"
+    m = _write(tmp_path / "m.jsonl", [{"problem": "p", "solution": "s \\boxed{5}", "answer": "5",
+                                       "subject": "Algebra", "level": 2}])
+    assert D.load_jsonl(m)[0] == {"question": "p", "solution": "s \\boxed{5}", "answer": "5",
+                                  "subject": "Algebra", "level": 2}
+    gen = _write(tmp_path / "x.jsonl", [{"q": "what?", "a": 7}])
+    assert D.load_jsonl(gen, "generic", "q", "a")[0]["answer"] == "7"
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    bad = _write(tmp_path / "bad.jsonl", [{"question": "a", "answer": "#### 1"}, "{oops", "{}"])
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: malformed JSON"):
+        D.load_jsonl(bad)
+    missing = _write(tmp_path / "miss.jsonl", [{"question": "a", "answer": "#### 1"}, {"question": "b"}])
+    with pytest.raises(ValueError, match=r"miss\.jsonl, line 2: .*'answer'"):
+        D.load_jsonl(missing, "gsm8k")
+    nohash = _write(tmp_path / "nohash.jsonl", [{"question": "a", "answer": "1"}])
+    with pytest.raises(ValueError, match=r"line 1: GSM8K answer has no '#### x'"):
+        D.load_jsonl(nohash, "gsm8k")
+
+
+def test_templates():
+    assert D.format_prompt("Q?", "plain") == "Question: Q?\nAnswer:"
+    r1 = D.format_prompt("Q?", "r1")
+    assert "<think> </think>" in r1 and "<answer> </answer>" in r1 and r1.endswith("User: Q? Assistant:")
+    c = D.format_completion("steps", "5", "r1")
+    assert c == " <think>\nsteps\n</think>\n<answer>\\boxed{5}</answer>"
+    with pytest.raises(ValueError, match="unknown template"):
+        D.format_prompt("Q", "chatml")
