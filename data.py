@@ -116,6 +116,14 @@ class HFTokenizer:
 def train_tokenizer(texts, model_prefix, vocab_size=512):
     """Train a sentencepiece BPE model on `texts`; writes model_prefix + '.model' and returns a Tokenizer."""
     import sentencepiece as spm
+    try:
+        _train_spm(spm, texts, model_prefix, vocab_size)
+    except RuntimeError as e:  # e.g. fewer pieces than the 256 byte-fallback pieces + characters + specials
+        raise ValueError(f"cannot train a tokenizer with vocab_size={vocab_size}: {e}") from None
+    return Tokenizer(model_prefix + ".model")
+
+
+def _train_spm(spm, texts, model_prefix, vocab_size):
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_prefix=model_prefix, vocab_size=vocab_size, model_type="bpe",
         split_digits=True, byte_fallback=True, user_defined_symbols=SPECIAL_TOKENS,
@@ -123,7 +131,6 @@ def train_tokenizer(texts, model_prefix, vocab_size=512):
         normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
         split_by_whitespace=True, character_coverage=1.0, max_sentence_length=1 << 16,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=2, minloglevel=2)
-    return Tokenizer(model_prefix + ".model")
 
 
 def load_tokenizer(path):
