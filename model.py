@@ -1,0 +1,425 @@
+"""
+A Llama / Qwen2-compatible decoder-only transformer, a fast KV-cache sampler, and Hugging Face checkpoint I/O.
+
+The network (Llama 2, arXiv 2307.09288; Qwen2, arXiv 2407.10671): token embedding, then n_layers pre-norm blocks
+    h = h + Attention(RMSNorm(h))        grouped-query attention, rotary positions (RoFormer, arXiv 2104.09864)
+    h = h + SwiGLU(RMSNorm(h))           w2(silu(w1 h) * w3 h) (Shazeer, arXiv 2002.05202)
+then a final RMSNorm and the output projection (optionally tied to the embedding). The arithmetic follows
+transformers' LlamaForCausalLM / Qwen2ForCausalLM, so their checkpoints load unchanged: RoPE in the "rotate_half"
+layout (dim i of a head pairs with dim i + head_dim/2), cos/sin and RMSNorm computed in fp32.
+
+Departures from the Hugging Face modules (same math, different layout or plumbing):
+1. q/k/v are one Linear (`wqkv`) and gate/up are one Linear (`w13`): fewer, larger matmuls. They are joined at
+   load and split at save, so files keep Hugging Face's separate tensors.
+2. generate() left-pads ragged prompts and starts each row's RoPE positions at its first real token, so a row's
+   completion does not depend on the rest of the batch. Pad keys are masked; a pad query attends to itself only.
+3. A decode step folds the H/K query heads that share a kv head into the query axis, so K/V are never repeated.
+"""
+import json
+import math
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096  # V, token ids 0..V-1 (Llama-2 32000, Qwen2.5 151936)
+    dim: int = 256  # D, residual width (1536 for a 1.5B model)
+    n_layers: int = 4  # L, transformer blocks
+    n_heads: int = 4  # H, query heads; head_dim = D / H, typically 64 or 128
+    n_kv_heads: int = 2  # K, key/value heads (grouped-query attention); K = H is plain multi-head
+    hidden_dim: int = 688  # F, SwiGLU width, ~8/3 D
+    max_seq_len: int = 512  # longest sequence (prompt + completion) in tokens
+    rope_theta: float = 10000.0  # RoPE base (Llama-2 1e4, Qwen2.5 1e6)
+    norm_eps: float = 1e-5  # RMSNorm epsilon (Llama-2 1e-5, Qwen2 1e-6)
+    tie_embeddings: bool = True  # output projection shares the embedding matrix
+    attn_bias: bool = False  # biases on q/k/v (Qwen2, DeepSeek-R1-Distill-Qwen); never on the output projection
+
+    def __post_init__(self):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} (dim / n_heads) must be even for RoPE")
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_heads
+
+    def to_hf(self, dtype=torch.float32):
+        """The config.json of the equivalent Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM with attn_bias)."""
+        arch = "qwen2" if self.attn_bias else "llama"
+        hf = {"architectures": ["Qwen2ForCausalLM" if self.attn_bias else "LlamaForCausalLM"], "model_type": arch,
+              "vocab_size": self.vocab_size, "hidden_size": self.dim, "intermediate_size": self.hidden_dim,
+              "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+              "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
+              "max_position_embeddings": self.max_seq_len, "rope_theta": self.rope_theta, "rope_scaling": None,
+              "rms_norm_eps": self.norm_eps, "tie_word_embeddings": self.tie_embeddings, "hidden_act": "silu",
+              "torch_dtype": str(dtype).removeprefix("torch.")}
+        if arch == "llama":
+            hf.update(attention_bias=False, mlp_bias=False)
+        else:
+            hf.update(use_sliding_window=False)
+        return hf
+
+    @classmethod
+    def from_hf(cls, hf):
+        """Read a Hugging Face Llama / Qwen2 config dict; refuse features this file does not implement."""
+        arch = hf.get("model_type")
+        if arch not in ("llama", "qwen2"):
+            raise ValueError(f"model_type {arch!r} is not supported (only 'llama' and 'qwen2')")
+        for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"):
+            if hf.get(key):
+                raise ValueError(f"mixture-of-experts config ({key!r}) is not supported")
+        layer_types = set(hf.get("layer_types") or ["full_attention"])
+        if hf.get("use_sliding_window") or layer_types != {"full_attention"}:
+            raise ValueError("sliding-window attention ('use_sliding_window' / 'layer_types') is not supported")
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"'rope_scaling' type {rope_type!r} is not supported (only plain RoPE)")
+        if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
+            raise ValueError("only a bias-free SiLU MLP is supported ('hidden_act', 'mlp_bias')")
+        if arch == "llama" and hf.get("attention_bias"):
+            raise ValueError("'attention_bias' in a llama config also biases o_proj, which is not supported")
+        dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+        if hf.get("head_dim") not in (None, dim // n_heads):
+            raise ValueError(f"'head_dim' {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
+        return cls(vocab_size=hf["vocab_size"], dim=dim, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
+                   n_kv_heads=hf.get("num_key_value_heads") or n_heads, hidden_dim=hf["intermediate_size"],
+                   max_seq_len=hf.get("max_position_embeddings", 2048),
+                   rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+                   norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=hf.get("tie_word_embeddings", False),
+                   attn_bias=arch == "qwen2")
+
+
+def rope_tables(pos, head_dim, theta):
+    """RoPE tables for integer positions pos (...,) -> cos, sin (..., head_dim), fp32 angles as in HF.
+
+    Full width and with the sign of rotate_half folded into sin: cos = [c, c], sin = [-s, s], so that
+    apply_rope is x * cos + swap_halves(x) * sin, which equals HF's x * cos + rotate_half(x) * sin.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=pos.device) / head_dim))
+    freqs = pos[..., None].float() * inv_freq  # (..., hd/2), angle of position p in frequency pair i
+    c, s = freqs.cos(), freqs.sin()
+    return torch.cat([c, c], dim=-1), torch.cat([-s, s], dim=-1)  # (..., hd) each
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x_i, x_{i+hd/2}) of x (B, T, n, hd) by its angle; cos, sin (B or 1, T, 1, hd)."""
+    swapped = x.roll(x.size(-1) // 2, dims=-1)  # [x2, x1]; times [-s, s] it is rotate_half(x) * sin
+    return torch.addcmul(x * cos.to(x.dtype), swapped, sin.to(x.dtype))  # (B, T, n, hd)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        if x.dtype == self.weight.dtype == torch.float32:  # one fused kernel, bitwise equal to HF's fp32 math
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        # HF's order in low precision: normalize in fp32, round to the input dtype, then scale
+        return self.weight * F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.attn_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, start=0):
+        B, T, _ = x.shape
+        H, K, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.wqkv(x).view(B, T, H + 2 * K, hd)
+        qk = apply_rope(qkv[:, :, : H + K], cos, sin)  # (B, T, H+K, hd): q and k rotated in one pass
+        q = qk[:, :, :H]  # (B, T, H, hd)
+        k, v = qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K :].transpose(1, 2)  # (B, K, T, hd)
+        if cache is not None:  # write this step into the preallocated cache, attend over everything so far
+            k_cache, v_cache = cache  # (B, K, S, hd)
+            k_cache[:, :, start : start + T] = k
+            v_cache[:, :, start : start + T] = v
+            k, v = k_cache[:, :, : start + T], v_cache[:, :, : start + T]  # (B, K, start+T, hd)
+        if T == 1:  # decoding: the G = H/K query heads of each kv head become G query rows, no K/V repeat
+            y = F.scaled_dot_product_attention(q.view(B, K, H // K, hd), k, v, attn_mask=mask)  # (B, K, G, hd)
+        else:  # causal unless a mask is given (generate's prefill folds causality into its mask)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=H != K)  # (B, H, T, hd)
+            y = y.transpose(1, 2)  # (B, T, H, hd)
+        return self.wo(y.reshape(B, T, H * hd))  # (B, T, D)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # [gate (w1); up (w3)] in one matmul
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w13(x).chunk(2, dim=-1)  # (B, T, F) each
+        return self.w2(F.silu(gate) * up)  # SwiGLU, (B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, h, cos, sin, mask=None, cache=None, start=0):
+        h = h + self.attention(self.attention_norm(h), cos, sin, mask, cache, start)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        # GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2L) so the residual stream's variance
+        # does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # unique: a tied embedding counts once
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (PaLM appendix B): 6 N_matmul + 12 L D T, with the output projection in N."""
+        c = self.cfg
+        qkv = c.dim * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
+        n_matmul = c.n_layers * (qkv + c.n_heads * c.head_dim * c.dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
+        return 6 * n_matmul + 12 * c.n_layers * c.dim * seq_len
+
+    def _blocks(self, tokens, cos, sin, mask=None, caches=None, start=0):
+        """The residual stream after the last block (before the final norm), (B, T, D)."""
+        h = self.tok_embeddings(tokens)  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, None if caches is None else caches[i], start)
+        return h
+
+    def forward(self, tokens):
+        """tokens (B, T) int64 -> logits (B, T, V). Causal: right padding never changes earlier positions."""
+        B, T = tokens.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        lo, hi = torch.aminmax(tokens)
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, vocab_size={self.cfg.vocab_size}), got {lo}..{hi}")
+        cos, sin = rope_tables(torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta)
+        h = self._blocks(tokens, cos[None, :, None], sin[None, :, None])  # tables (1, T, 1, hd)
+        return self.output(self.norm(h))  # (B, T, V)
+
+    @torch.inference_mode()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, generator=None, seed=None):
+        """Sample completions for ragged prompts (list[list[int]]) -> list[list[int]], completions only.
+
+        temperature 0 is greedy; top_p < 1 samples from the smallest set of tokens holding top_p of the mass.
+        A row stops after its first eos_id (included); eos_id=None gives exactly max_new_tokens per row.
+        Randomness comes from `generator` (or a new one seeded with `seed`), so rollouts replay.
+        """
+        cfg, device = self.cfg, self.tok_embeddings.weight.device
+        B, N = len(prompts), max_new_tokens
+        lens = [len(p) for p in prompts]
+        if B == 0 or min(lens) == 0:
+            raise ValueError("every prompt needs at least one token")
+        if N < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {N}")
+        P = max(lens)  # prompt columns after left padding
+        S = P + N  # cache length
+        if S > cfg.max_seq_len:
+            raise ValueError(f"longest prompt {P} + max_new_tokens {N} = {S} exceeds max_seq_len {cfg.max_seq_len}")
+        if min(min(p) for p in prompts) < 0 or max(max(p) for p in prompts) >= cfg.vocab_size:
+            raise ValueError(f"prompt token ids must lie in [0, vocab_size={cfg.vocab_size})")
+        if generator is None and seed is not None:
+            generator = torch.Generator(device).manual_seed(seed)
+
+        tokens = torch.tensor([[0] * (P - n) + list(p) for p, n in zip(prompts, lens)], device=device)  # (B, P)
+        pad = P - torch.tensor(lens, device=device)  # (B,) pad columns on the left of each row
+        col = torch.arange(S, device=device)  # (S,)
+        cos, sin = rope_tables((col - pad[:, None]).clamp(min=0), cfg.head_dim, cfg.rope_theta)  # (B, S, hd)
+        cos, sin = cos[:, :, None], sin[:, :, None]  # (B, S, 1, hd)
+        dtype = self.tok_embeddings.weight.dtype
+        if torch.is_autocast_enabled(device.type):  # the cache holds what the projections produce
+            dtype = torch.get_autocast_dtype(device.type)
+        K, hd = cfg.n_kv_heads, cfg.head_dim
+        caches = [(torch.empty(B, K, S, hd, dtype=dtype, device=device),
+                   torch.empty(B, K, S, hd, dtype=dtype, device=device)) for _ in self.layers]
+
+        prefill_mask = decode_mask = None  # no padding: plain causal attention
+        if P != min(lens):
+            real = col[None, :] >= pad[:, None]  # (B, S) key is a real token (every generated one is)
+            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()  # (P, P)
+            own = torch.eye(P, dtype=torch.bool, device=device)  # a pad query sees itself, so its softmax is finite
+            prefill_mask = (causal & real[:, None, :P]) | own  # (B, P, P)
+            prefill_mask = prefill_mask[:, None]  # (B, 1, P, P)
+            decode_mask = torch.zeros(B, 1, 1, S, dtype=dtype, device=device)  # additive: no bool->float per step
+            decode_mask.masked_fill_(~real[:, None, None, :], float("-inf"))  # (B, 1, 1, S), sliced each step
+
+        h = self._blocks(tokens, cos[:, :P], sin[:, :P], prefill_mask, caches, 0)  # (B, P, D)
+        logits = self.output(self.norm(h[:, -1]))  # (B, V), next-token logits only
+        out = torch.empty(B, N, dtype=torch.long, device=device)  # (B, N)
+        done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) row has emitted eos
+        for i in range(N):
+            nxt = sample(logits, temperature, top_p, generator)  # (B,)
+            if eos_id is not None:
+                nxt = nxt.masked_fill(done, eos_id)  # finished rows repeat eos; cut below
+                done |= nxt == eos_id
+            out[:, i] = nxt
+            if i == N - 1 or (eos_id is not None and bool(done.all())):
+                break
+            t = P + i  # cache column of the token being fed
+            mask = None if decode_mask is None else decode_mask[..., : t + 1]
+            h = self._blocks(nxt[:, None], cos[:, t : t + 1], sin[:, t : t + 1], mask, caches, t)  # (B, 1, D)
+            logits = self.output(self.norm(h[:, -1]))  # (B, V)
+
+        rows = out[:, : i + 1].tolist()
+        if eos_id is None:
+            return rows
+        return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in rows]
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, device="cpu"):
+        """Load a Hugging Face Llama / Qwen2 folder (config.json + model.safetensors or a sharded index).
+
+        Lean: the model is built on the meta device and each tensor is read once (plain reads, no mmap), straight
+        into its fused buffer, then converted and moved, so peak memory stays near the checkpoint's size.
+        dtype=None keeps the file's dtype (that of the embedding).
+        """
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = ModelConfig.from_hf(json.load(f))
+        shards = ["model.safetensors"]
+        if os.path.exists(os.path.join(path, "model.safetensors.index.json")):
+            with open(os.path.join(path, "model.safetensors.index.json")) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        found = {}  # HF tensor name -> (shard, dtype, shape, byte offset, byte length)
+        for shard in shards:
+            found.update({name: (shard, *info) for name, info in read_safetensors_header(os.path.join(path, shard)).items()})
+        layout = hf_layout(cfg)
+        expected = {name: shape for _, parts in layout for name, shape in parts}
+        ignored = {n for n in found if n.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and n == "lm_head.weight")}
+        missing = sorted(set(expected) - set(found))
+        unexpected = sorted(set(found) - set(expected) - ignored)
+        wrong = [f"{n} {found[n][2]} != {expected[n]}" for n in sorted(set(expected) & set(found)) if found[n][2] != expected[n]]
+        if missing or unexpected or wrong:
+            raise ValueError(f"checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}, "
+                             f"wrong shape {wrong}")
+        dtype = dtype or SAFETENSORS_DTYPES[found["model.embed_tokens.weight"][1]]
+        state = {}
+        with ExitStack() as stack:
+            files = {s: stack.enter_context(open(os.path.join(path, s), "rb")) for s in shards}
+            for ours, parts in layout:  # one tensor at a time: read the HF parts joined, convert, move
+                buf, at = bytearray(sum(found[n][4] for n, _ in parts)), 0
+                for name, _ in parts:
+                    shard, _, _, offset, nbytes = found[name]
+                    files[shard].seek(offset)
+                    if files[shard].readinto(memoryview(buf)[at : at + nbytes]) != nbytes:
+                        raise ValueError(f"checkpoint {path}: {name} is truncated in {shard}")
+                    at += nbytes
+                rows = sum(shape[0] for _, shape in parts)
+                t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[found[parts[0][0]][1]]).view(rows, *parts[0][1][1:])
+                state[ours] = t.to(device=device, dtype=dtype)  # no copy when already right: t owns buf
+                del buf, t
+        with torch.device("meta"):
+            model = cls(cfg)
+        if cfg.tie_embeddings:
+            state["output.weight"] = state["tok_embeddings.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        if cfg.tie_embeddings:  # assign made two Parameters over one tensor; make them one again
+            model.output.weight = model.tok_embeddings.weight
+        return model
+
+    def save_pretrained(self, path):
+        """Write config.json + model.safetensors in the Hugging Face layout into folder `path` (created)."""
+        os.makedirs(path, exist_ok=True)
+        state = self.state_dict()
+        tensors = {}
+        for ours, parts in hf_layout(self.cfg):  # split the fused tensors back into HF's q/k/v and gate/up
+            chunks = state[ours].detach().to("cpu").split([shape[0] for _, shape in parts])
+            for (name, _), t in zip(parts, chunks):
+                tensors[name] = t.clone() if len(parts) > 1 else t.contiguous()
+        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(self.cfg.to_hf(self.tok_embeddings.weight.dtype), f, indent=2)
+
+
+def sample(logits, temperature, top_p, generator=None):
+    """Next token ids (B,) from logits (B, V): greedy at temperature 0, else softmax(logits / T) cut to top_p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    order = None
+    if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted tokens whose mass reaches top_p
+        probs, order = probs.sort(dim=-1, descending=True)  # (B, V) each
+        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)  # the top token always survives
+    # inverse-CDF sampling: one uniform per row, then the first token whose cumulative mass exceeds it
+    cdf = probs.cumsum(dim=-1)  # (B, V), unnormalized after the top_p cut
+    u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]  # (B, 1)
+    choice = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)  # (B, 1)
+    return (choice if order is None else order.gather(-1, choice)).squeeze(-1)
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def read_safetensors_header(path):
+    """{tensor name: (dtype, shape, byte offset, byte length)} from a .safetensors file's header.
+
+    The format: 8 bytes little-endian header length, a JSON header, then the raw little-endian tensor data.
+    """
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    for name, t in header.items():
+        if t["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {t['dtype']}")
+    return {name: (t["dtype"], tuple(t["shape"]), 8 + n + t["data_offsets"][0], t["data_offsets"][1] - t["data_offsets"][0])
+            for name, t in header.items()}
+
+
+def hf_layout(cfg):
+    """[(our tensor, [(HF tensor, shape), ...])]; a fused tensor of ours is its HF parts concatenated on dim 0."""
+    D, F_, V, q, kv = cfg.dim, cfg.hidden_dim, cfg.vocab_size, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    layout = [("tok_embeddings.weight", [("model.embed_tokens.weight", (V, D))])]
+    for i in range(cfg.n_layers):
+        a, m, ours = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp.", f"layers.{i}."
+        layout.append((ours + "attention.wqkv.weight", [(a + "q_proj.weight", (q, D)), (a + "k_proj.weight", (kv, D)),
+                                                         (a + "v_proj.weight", (kv, D))]))
+        if cfg.attn_bias:
+            layout.append((ours + "attention.wqkv.bias", [(a + "q_proj.bias", (q,)), (a + "k_proj.bias", (kv,)),
+                                                           (a + "v_proj.bias", (kv,))]))
+        layout += [(ours + "attention.wo.weight", [(a + "o_proj.weight", (D, q))]),
+                   (ours + "feed_forward.w13.weight", [(m + "gate_proj.weight", (F_, D)), (m + "up_proj.weight", (F_, D))]),
+                   (ours + "feed_forward.w2.weight", [(m + "down_proj.weight", (D, F_))]),
+                   (ours + "attention_norm.weight", [(f"model.layers.{i}.input_layernorm.weight", (D,))]),
+                   (ours + "ffn_norm.weight", [(f"model.layers.{i}.post_attention_layernorm.weight", (D,))])]
+    layout.append(("norm.weight", [("model.norm.weight", (D,))]))
+    if not cfg.tie_embeddings:
+        layout.append(("output.weight", [("lm_head.weight", (V, D))]))
+    return layout

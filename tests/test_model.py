@@ -1,0 +1,314 @@
+"""model.py against independent references: transformers' Llama / Qwen2 (same weights), full recomputation
+instead of the KV cache, one-by-one instead of batched generation, and hand-made checkpoints."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import model as model_lib
+from model import ModelConfig, Transformer, sample
+
+transformers = pytest.importorskip("transformers")  # development dependency only
+
+TINY = dict(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=160, max_seq_len=128)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def randomize(module, seed=0):
+    """Non-trivial weights everywhere (norms around 1, nonzero biases) so a dropped term shows; std 0.2 so that
+    greedy decoding of a tiny model does not just repeat one token."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.2 * noise)
+    return module
+
+
+def hf_model(arch, tie, n_kv_heads=2, seed=0):
+    cls_cfg = transformers.Qwen2Config if arch == "qwen2" else transformers.LlamaConfig
+    cfg = cls_cfg(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=n_kv_heads, max_position_embeddings=128, rms_norm_eps=1e-5,
+                  rope_parameters={"rope_type": "default", "rope_theta": 500.0}, tie_word_embeddings=tie,
+                  attn_implementation="sdpa", bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cls = transformers.Qwen2ForCausalLM if arch == "qwen2" else transformers.LlamaForCausalLM
+    torch.manual_seed(seed)
+    return randomize(cls(cfg).float().eval(), seed)
+
+
+def hf_generate(hf, prompt, n):
+    out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                      max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return randomize(Transformer(ModelConfig(**{**TINY, **kw})).eval(), seed)
+
+
+def prompts_of(lens, seed=0, vocab=256):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lens]
+
+
+def full_recompute_greedy(m, prompt, n):
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(m(torch.tensor([seq]))[0, -1].argmax().item())
+    return seq[len(prompt):]
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("kw,msg", [(dict(dim=60, n_heads=8), "divisible by n_heads"),
+                                    (dict(n_heads=4, n_kv_heads=3), "divisible by n_kv_heads"),
+                                    (dict(dim=60, n_heads=4, n_kv_heads=2), "even"),
+                                    (dict(n_layers=0), "n_layers")])
+def test_bad_config_raises(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        ModelConfig(**{**TINY, **kw})
+
+
+def test_hf_config_roundtrip():
+    for cfg in (ModelConfig(**TINY, rope_theta=5e5, norm_eps=1e-6), ModelConfig(**TINY, attn_bias=True, tie_embeddings=False)):
+        hf = cfg.to_hf()
+        assert hf["model_type"] == ("qwen2" if cfg.attn_bias else "llama")
+        assert ModelConfig.from_hf(hf) == cfg
+
+
+@pytest.mark.parametrize("key,value", [("num_local_experts", 8), ("use_sliding_window", True),
+                                       ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}),
+                                       ("model_type", "mistral"), ("mlp_bias", True), ("head_dim", 32),
+                                       ("attention_bias", True)])
+def test_unsupported_hf_config_names_the_key(key, value):
+    hf = {**ModelConfig(**TINY).to_hf(), key: value}
+    with pytest.raises(ValueError, match=key if key != "model_type" else "mistral"):
+        ModelConfig.from_hf(hf)
+
+
+def test_param_and_flop_count_by_hand():
+    # size S of the bench: 3.95 M params; N_matmul = L (D*(H+2K)hd + D*D + 3 D F) + V D
+    cfg = ModelConfig(vocab_size=4096, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=688)
+    m = Transformer(cfg)
+    n_matmul = 4 * (256 * 512 + 256 * 256 + 3 * 256 * 688) + 4096 * 256
+    assert m.num_params() == n_matmul + 4 * 2 * 256 + 256  # + norms; tied embedding counted once
+    assert m.flops_per_token(256) == 6 * n_matmul + 12 * 4 * 256 * 256
+
+
+# ---------------------------------------------------------------------------------------- parity with HF
+
+@pytest.mark.parametrize("arch,tie,n_kv", [("llama", True, 2), ("llama", False, 4), ("qwen2", False, 2),
+                                           ("qwen2", True, 1)])
+def test_logits_match_hf_import(tmp_path, arch, tie, n_kv):
+    hf = hf_model(arch, tie, n_kv)
+    hf.save_pretrained(tmp_path)
+    ours = Transformer.from_pretrained(tmp_path).eval()
+    assert ours.cfg.attn_bias == (arch == "qwen2") and ours.cfg.tie_embeddings == tie
+    assert ours.cfg.n_kv_heads == n_kv and ours.cfg.rope_theta == 500.0
+    tokens = torch.randint(0, 256, (3, 50))
+    with torch.no_grad():
+        diff = (ours(tokens) - hf(tokens).logits).abs().max().item()
+    assert diff < 1e-4, diff
+
+
+@pytest.mark.parametrize("attn_bias,tie", [(False, True), (False, False), (True, False)])
+def test_logits_match_hf_export(tmp_path, attn_bias, tie):
+    ours = tiny(attn_bias=attn_bias, tie_embeddings=tie, rope_theta=321.0)
+    ours.save_pretrained(tmp_path)
+    assert set(os.listdir(tmp_path)) == {"config.json", "model.safetensors"}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").float().eval()
+    assert type(hf).__name__ == ("Qwen2ForCausalLM" if attn_bias else "LlamaForCausalLM")
+    tokens = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        diff = (ours(tokens) - hf(tokens).logits).abs().max().item()
+    assert diff < 1e-4, diff
+
+
+def test_greedy_generate_matches_hf_generate(tmp_path):
+    hf = hf_model("llama", tie=True)
+    hf.save_pretrained(tmp_path)
+    ours = Transformer.from_pretrained(tmp_path)
+    prompts = prompts_of([5, 9, 1])
+    got = ours.generate(prompts, max_new_tokens=12, temperature=0)
+    assert got == [hf_generate(hf, p, 12) for p in prompts]
+
+
+def test_right_padding_does_not_change_earlier_positions():
+    m = tiny()
+    x = torch.randint(0, 256, (2, 30))
+    padded = torch.cat([x, torch.zeros(2, 10, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(m(x), m(padded)[:, :30], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+def test_kv_cache_equals_full_recompute(monkeypatch):
+    m = tiny(n_kv_heads=1)
+    prompts = prompts_of([7, 3, 12])
+    seen = []  # the logits each decode step samples from, (B, V) per step
+    monkeypatch.setattr(model_lib, "sample", lambda logits, *a: seen.append(logits.clone()) or logits.argmax(-1))
+    got = m.generate(prompts, max_new_tokens=10, temperature=0)
+    with torch.no_grad():
+        for b, (p, c) in enumerate(zip(prompts, got)):
+            assert c == full_recompute_greedy(m, p, 10)
+            full = m(torch.tensor([p + c]))[0, len(p) - 1: -1]  # (10, V): logits that predicted c
+            cached = torch.stack([s[b] for s in seen])  # (10, V)
+            assert (full - cached).abs().max().item() < 1e-4
+
+
+def test_ragged_batch_equals_one_by_one():
+    m = tiny()
+    prompts = prompts_of([1, 17, 4, 9, 30])
+    batched = m.generate(prompts, max_new_tokens=15, temperature=0)
+    assert batched == [m.generate([p], max_new_tokens=15, temperature=0)[0] for p in prompts]
+    assert all(len(c) == 15 for c in batched)
+
+
+def test_eos_stops_each_row_and_is_included(monkeypatch):
+    m = tiny()
+    prompts = prompts_of([6, 11])
+    free = m.generate(prompts, max_new_tokens=12, temperature=0)
+    k = next(i for i in range(2, 12) if free[0][i] not in free[0][:i])  # row 0 first emits eos at step k >= 2
+    eos = free[0][k]  # row 1 may or may not emit it
+    got = m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=eos)
+    for f, g in zip(free, got):
+        cut = f[: f.index(eos) + 1] if eos in f else f
+        assert g == cut and g.count(eos) <= 1
+    # once every row has stopped, no more decode steps run
+    calls = []
+    real = Transformer._blocks
+    monkeypatch.setattr(Transformer, "_blocks", lambda self, *a: calls.append(1) or real(self, *a))
+    m.generate([prompts[0]], max_new_tokens=12, temperature=0, eos_id=eos)
+    assert len(calls) == 1 + k  # prefill + the decode steps feeding tokens 0..k-1
+
+
+def test_no_eos_gives_exactly_max_new_tokens():
+    m = tiny()
+    got = m.generate(prompts_of([3, 8, 5]), max_new_tokens=9, temperature=1.0, seed=0)
+    assert [len(c) for c in got] == [9, 9, 9]
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
+def test_same_seed_same_samples():
+    m = tiny()
+    prompts = prompts_of([4, 10])
+    a = m.generate(prompts, 20, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    b = m.generate(prompts, 20, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    c = m.generate(prompts, 20, temperature=1.0, top_p=0.9, seed=7)
+    d = m.generate(prompts, 20, temperature=1.0, top_p=0.9, seed=8)
+    assert a == b == c and a != d
+
+
+def test_sampler_follows_probabilities_and_top_p():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(20000, 4)  # (B, V): 20000 independent draws
+    g = torch.Generator().manual_seed(0)
+    freq = torch.bincount(sample(logits, 1.0, 1.0, g), minlength=4) / 20000
+    assert torch.allclose(freq, probs, atol=0.015), freq
+    # top_p 0.8: {0.5, 0.3} hold 0.8, the rest is cut and the kept mass renormalized
+    freq = torch.bincount(sample(logits, 1.0, 0.8, g), minlength=4) / 20000
+    assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0, 0]), atol=0.015), freq
+    # temperature 0.5 squares the odds: p^2 / sum p^2
+    freq = torch.bincount(sample(logits, 0.5, 1.0, g), minlength=4) / 20000
+    assert torch.allclose(freq, probs ** 2 / (probs ** 2).sum(), atol=0.015), freq
+    assert sample(logits[:3], 0, 1.0).tolist() == [0, 0, 0]
+    assert sample(logits[:3], 1.0, 1e-6, g).tolist() == [0, 0, 0]  # tiny top_p is greedy
+
+
+@pytest.mark.parametrize("call,msg", [
+    (lambda m: m(torch.tensor([[0, 256]])), "vocab_size=256"),
+    (lambda m: m(torch.tensor([[-1, 3]])), "vocab_size=256"),
+    (lambda m: m(torch.zeros(1, 129, dtype=torch.long)), "max_seq_len 128"),
+    (lambda m: m.generate([[1, 2], []], 4), "at least one token"),
+    (lambda m: m.generate([[1] * 100], 29), "max_seq_len 128"),
+    (lambda m: m.generate([[1, 256]], 4), "vocab_size=256"),
+])
+def test_bad_inputs_raise(call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call(tiny())
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+def test_save_load_roundtrip_bf16_and_tied(tmp_path):
+    m = tiny(tie_embeddings=True).to(torch.bfloat16)
+    m.save_pretrained(tmp_path / "ckpt")
+    loaded = Transformer.from_pretrained(tmp_path / "ckpt")
+    assert loaded.tok_embeddings.weight.dtype == torch.bfloat16  # bf16 stays bf16
+    assert loaded.output.weight is loaded.tok_embeddings.weight  # one Parameter, as in a fresh model
+    assert len(list(loaded.parameters())) == len(list(m.parameters()))
+    tokens = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), m(tokens))
+    as_fp32 = Transformer.from_pretrained(tmp_path / "ckpt", dtype=torch.float32)
+    assert all(p.dtype == torch.float32 for p in as_fp32.parameters())
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+    hf = hf_model("qwen2", tie=False)
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert os.path.exists(tmp_path / "model.safetensors.index.json")
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 2
+    ours = Transformer.from_pretrained(tmp_path)
+    tokens = torch.randint(0, 256, (2, 30))
+    with torch.no_grad():
+        assert (ours(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
+
+
+def test_bad_checkpoint_lists_the_tensors(tmp_path):
+    tiny(tie_embeddings=False).save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    tensors["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(7, 64)
+    tensors["model.layers.0.mlp.experts.0.weight"] = torch.zeros(2)
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError) as err:
+        Transformer.from_pretrained(tmp_path)
+    for name in ("model.layers.1.mlp.up_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                 "model.layers.0.mlp.experts.0.weight"):
+        assert name in str(err.value)
+
+
+def test_unsupported_checkpoint_architecture(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "mixtral", "num_local_experts": 8}))
+    with pytest.raises(ValueError, match="mixtral"):
+        Transformer.from_pretrained(tmp_path)
+
+
+RSS_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import model
+def kb(field):
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(field)))
+torch.ones(8) @ torch.ones(8)  # load the kernels before the baseline
+with torch.device("meta"):  # the first meta-device model imports ~70 MB of torch code, whatever the size
+    model.Transformer(model.ModelConfig(vocab_size=8, dim=8, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=8))
+base = kb("VmRSS")
+m = model.Transformer.from_pretrained(sys.argv[2])
+print(base, kb("VmHWM"), sum(p.numel() * p.element_size() for p in m.parameters()))
+"""
+
+
+def test_loading_peak_memory_stays_near_file_size(tmp_path):
+    # ~40 MB fp32 checkpoint, untied so that the fused q/k/v and gate/up joins are all exercised
+    cfg = ModelConfig(vocab_size=8192, dim=384, n_layers=4, n_heads=6, n_kv_heads=2, hidden_dim=1024,
+                      tie_embeddings=False, attn_bias=True)
+    Transformer(cfg).save_pretrained(tmp_path)
+    size = os.path.getsize(tmp_path / "model.safetensors")
+    assert size > 30e6
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, ROOT, str(tmp_path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    base_kb, peak_kb, n_bytes = map(int, out)
+    assert abs(n_bytes - size) < 1e5  # the model holds the file's tensors, once
+    grown = (peak_kb - base_kb) * 1024
+    assert grown < 1.3 * size + 10e6, (grown / size, grown, size)
