@@ -1,0 +1,223 @@
+"""
+Evaluation for r1-mini: greedy pass@1, sampled pass@k and maj@k on the same samples, from a checkpoint folder.
+
+    python eval.py --ckpt DIR --data FILE.jsonl|synthetic[:family] --n 16 --k 1,4,16 --out report.json
+
+pass@k is the unbiased estimator of Chen et al. 2021 (Codex paper): with n samples of which c are correct,
+pass@k = 1 - C(n-c, k) / C(n, k). maj@k (self-consistency, Wang et al. 2022) is the accuracy of the most frequent
+final answer among k samples, where answers that reward.is_equiv calls equal vote together.
+train.py calls greedy_eval, so the accuracy in metrics.jsonl means the same as the one in a report.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+import data as D
+from reward import accuracy_reward, extract_answer, format_reward, is_equiv
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k: 1 - C(n-c, k) / C(n, k), as a running product (no huge binomials)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    fail = 1.0
+    for i in range(n - c + 1, n + 1):  # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
+        fail *= 1.0 - k / i
+    return 1.0 - fail
+
+
+def majority_vote(answers):
+    """The most frequent answer, equivalent forms pooled by reward.is_equiv; None never wins; ties go to the
+    answer seen first. Returns None when no answer is given."""
+    reps, counts = [], []  # one representative per equivalence class, in order of first appearance
+    for a in answers:
+        if a is None:
+            continue
+        for j, r in enumerate(reps):
+            if a == r or is_equiv(a, r):
+                counts[j] += 1
+                break
+        else:
+            reps.append(a)
+            counts.append(1)
+    if not reps:
+        return None
+    best = max(range(len(reps)), key=lambda j: (counts[j], -j))
+    return reps[best]
+
+
+def encode_prompts(tok, problems, template):
+    return [tok.encode(D.format_prompt(p["question"], template), bos=True) for p in problems]
+
+
+def complete(model, prompts, max_new_tokens, eos_id, batch_size, temperature=0.0, top_p=1.0, generator=None,
+             desc=None):
+    """model.generate over batches of prompts (ragged lists of ids); returns completion id lists in order.
+    A progress bar over the batches when `desc` is given (and the output is a terminal)."""
+    out = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=None if desc else True):
+        out.extend(model.generate(prompts[i: i + batch_size], max_new_tokens, temperature=temperature,
+                                  top_p=top_p, eos_id=eos_id, generator=generator))
+    return out
+
+
+def score(tok, problem, completion_ids):
+    """Decode a completion and score it: the sample record that reports and samples.jsonl hold."""
+    text = tok.decode(completion_ids)
+    return {"question": problem["question"], "gold": problem["answer"], "completion": text,
+            "pred": extract_answer(text), "reward": accuracy_reward(text, problem["answer"]),
+            "format": format_reward(text), "length": len(completion_ids)}
+
+
+def greedy_eval(model, tok, problems, template, max_new_tokens, batch_size=64, desc=None):
+    """Greedy (temperature 0) accuracy, format rate and mean completion length; returns (metrics, samples)."""
+    comps = complete(model, encode_prompts(tok, problems, template), max_new_tokens, tok.eos_id, batch_size,
+                     desc=desc)
+    samples = [score(tok, p, c) for p, c in zip(problems, comps)]
+    n = max(1, len(samples))
+    metrics = {"accuracy": sum(s["reward"] for s in samples) / n,
+               "format_rate": sum(s["format"] for s in samples) / n,
+               "mean_len": sum(s["length"] for s in samples) / n}
+    return metrics, samples
+
+
+def sampled_eval(model, tok, problems, template, n, ks, max_new_tokens, temperature=1.0, top_p=1.0,
+                 batch_size=64, generator=None):
+    """n samples per problem: mean pass@k and maj@k over problems for each k, plus the per-problem records.
+    maj@k votes over the first k samples of each problem."""
+    prompts = encode_prompts(tok, problems, template)
+    flat = [p for p in prompts for _ in range(n)]  # (P*n,) the n samples of a problem contiguous
+    comps = complete(model, flat, max_new_tokens, tok.eos_id, batch_size, temperature, top_p, generator,
+                     desc=f"sampling {n} per problem")
+    records, metrics = [], {f"pass@{k}": 0.0 for k in ks} | {f"maj@{k}": 0.0 for k in ks}
+    for i, p in enumerate(problems):
+        samples = [score(tok, p, c) for c in comps[i * n: (i + 1) * n]]
+        c = sum(s["reward"] for s in samples)
+        rec = {"question": p["question"], "gold": p["answer"], "correct": c, "samples": samples,
+               **{key: p[key] for key in ("family", "level", "subject") if key in p}}
+        for k in ks:
+            rec[f"pass@{k}"] = pass_at_k(n, int(c), k)
+            vote = majority_vote([s["pred"] for s in samples[:k]])
+            rec[f"maj@{k}"] = float(vote is not None and is_equiv(vote, p["answer"]))
+            metrics[f"pass@{k}"] += rec[f"pass@{k}"] / len(problems)
+            metrics[f"maj@{k}"] += rec[f"maj@{k}"] / len(problems)
+        records.append(rec)
+    return metrics, records
+
+
+def breakdown(records, keys):
+    """Mean of each metric key per task family / MATH subject / level, where the data has them."""
+    out = {}
+    for field in ("family", "subject", "level"):
+        groups = {}
+        for r in records:
+            if field in r:
+                groups.setdefault(str(r[field]), []).append(r)
+        if groups:
+            out[field] = {g: {"n": len(rs), **{k: sum(r[k] for r in rs) / len(rs) for k in keys}}
+                          for g, rs in sorted(groups.items())}
+    return out
+
+
+def check_checkpoint(path):
+    """Fail before any sampling when the folder cannot be a checkpoint, naming what is missing."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    missing = [name for name, alts in {"config": ["config.json"],
+                                       "weights": ["model.safetensors", "model.safetensors.index.json"],
+                                       "tokenizer": ["tokenizer.model", "tokenizer.json"]}.items()
+               if not any(os.path.exists(os.path.join(path, a)) for a in alts)]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a complete checkpoint: no {', '.join(missing)} file")
+
+
+def load_checkpoint(path, device):
+    """Model, tokenizer and the training run's config (if the folder has run_config.json) from a folder."""
+    from model import Transformer
+    check_checkpoint(path)
+    tok = D.load_tokenizer(path)
+    model = Transformer.from_pretrained(path).to(device).eval()
+    run_cfg = {}
+    if os.path.exists(os.path.join(path, "run_config.json")):
+        with open(os.path.join(path, "run_config.json")) as f:
+            run_cfg = json.load(f)
+    return model, tok, run_cfg
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="pass@1 / pass@k / maj@k of a checkpoint on a problem set")
+    ap.add_argument("--ckpt", required=True, help="checkpoint folder (ours or Hugging Face Llama/Qwen2)")
+    ap.add_argument("--data", default="synthetic", help="FILE.jsonl, synthetic or synthetic:FAMILY[,FAMILY]")
+    ap.add_argument("--prompt", default=None, help="ask one question instead: prints reasoning and answer")
+    ap.add_argument("--n", type=int, default=16, help="samples per problem for pass@k / maj@k (0: greedy only)")
+    ap.add_argument("--k", default="1,4,16", help="comma list of k")
+    ap.add_argument("--out", default="report.json", help="report path; samples go to the same name .jsonl")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top_p", type=float, default=1.0)
+    ap.add_argument("--max_new_tokens", type=int, default=256)
+    ap.add_argument("--template", default=None, help="plain or r1; default: the checkpoint's training template")
+    ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0: all)")
+    ap.add_argument("--n_test", type=int, default=500, help="synthetic test problems")
+    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    args.k = [int(k) for k in args.k.split(",") if k.strip()]
+    if args.n and max(args.k) > args.n:
+        ap.error(f"--k {max(args.k)} is larger than --n {args.n}: pass@k needs k <= n samples")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    check_checkpoint(args.ckpt)
+    problems = None if args.prompt else D.parse_data_spec(args.data, args.n_test)  # bad data fails here
+    model, tok, run_cfg = load_checkpoint(args.ckpt, device)
+    template = args.template or run_cfg.get("data", {}).get("template", "plain")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    if args.prompt:
+        ids = tok.encode(D.format_prompt(args.prompt, template), bos=True)
+        text = tok.decode(model.generate([ids], args.max_new_tokens, temperature=0.0, eos_id=tok.eos_id)[0])
+        print(text.strip(), f"\n\nextracted answer: {extract_answer(text)}")
+        return None
+    problems = problems[: args.limit] if args.limit else problems
+    t0 = time.time()
+    greedy, greedy_samples = greedy_eval(model, tok, problems, template, args.max_new_tokens, args.batch_size,
+                                         desc="greedy")
+    report = {"ckpt": args.ckpt, "data": args.data, "n_problems": len(problems), "template": template,
+              "args": {k: v for k, v in vars(args).items() if k != "prompt"}, "run_config": run_cfg,
+              "greedy": greedy}
+    records = [{"question": s["question"], "gold": s["gold"], "greedy": s, "greedy_correct": s["reward"],
+                **{key: p[key] for key in ("family", "level", "subject") if key in p}}
+               for s, p in zip(greedy_samples, problems)]
+    if args.n:
+        report["sampled"], sampled = sampled_eval(model, tok, problems, template, args.n, args.k,
+                                                  args.max_new_tokens, args.temperature, args.top_p,
+                                                  args.batch_size, gen)
+        for r, s in zip(records, sampled):
+            r.update({k: v for k, v in s.items() if k not in r})
+    n_tokens = sum(s["length"] for s in greedy_samples) + sum(
+        x["length"] for r in records for x in r.get("samples", []))
+    report["tokens_per_s"] = n_tokens / (time.time() - t0)
+    metric_keys = ["greedy_correct"] + [f"{m}@{k}" for m in ("pass", "maj") for k in args.k if args.n]
+    report["breakdown"] = breakdown(records, metric_keys)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.splitext(args.out)[0] + ".jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    print(json.dumps({"greedy": greedy, **report.get("sampled", {})}, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

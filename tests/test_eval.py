@@ -1,0 +1,67 @@
+"""eval.py: pass@k against the exact combinatorial formula, majority vote, and an end-to-end report."""
+import json
+import math
+import os
+
+import pytest
+
+import eval as E
+import train as T
+from test_train import TINY
+
+
+def exact_pass_at_k(n, c, k):
+    return 1 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 64, 200])
+def test_pass_at_k_matches_exact_formula(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert E.pass_at_k(n, c, k) == pytest.approx(exact_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_edges_and_errors():
+    assert E.pass_at_k(10, 0, 5) == 0.0         # c = 0
+    assert E.pass_at_k(10, 10, 1) == 1.0        # c = n
+    assert E.pass_at_k(10, 7, 4) == 1.0         # n - c < k: every k-subset holds a right one
+    assert E.pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert E.pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)
+    assert 0.0 < E.pass_at_k(10_000, 3, 10) < 1.0  # large n: no overflow, stays a probability
+    with pytest.raises(ValueError, match="k <= n"):
+        E.pass_at_k(4, 1, 5)
+
+
+def test_majority_vote_pools_equivalent_answers():
+    assert E.majority_vote(["\\frac{1}{2}", "3", "0.5", "1/2", "3"]) == "\\frac{1}{2}"
+    assert E.majority_vote([None, None, "7"]) == "7"             # None never wins
+    assert E.majority_vote([None, None]) is None and E.majority_vote([]) is None
+    assert E.majority_vote(["2", "3", "3", "2"]) == "2"           # tie: the first seen
+    assert E.majority_vote(["2, 3", "4", "3, 2"]) == "2, 3"       # sets of roots in any order
+
+
+def test_end_to_end_report(tmp_path):
+    (tmp_path / "t.toml").write_text(TINY)
+    out = str(tmp_path / "run")
+    T.main(["--config", str(tmp_path / "t.toml"), "--out_dir", out, "--train.max_steps=2", "--train.eval_n=0"])
+    report_path = str(tmp_path / "report.json")
+    rep = E.main(["--ckpt", os.path.join(out, "final"), "--data", "synthetic:add,linear", "--limit", "3",
+                  "--n", "4", "--k", "1,2,4", "--max_new_tokens", "8", "--n_test", "20", "--out", report_path])
+    saved = json.load(open(report_path))
+    assert saved["n_problems"] == 3 and saved["template"] == "plain"
+    assert set(saved["sampled"]) == {"pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4"}
+    assert 0 <= saved["greedy"]["accuracy"] <= 1 and saved["greedy"]["mean_len"] <= 8
+    assert set(saved["breakdown"]["family"]) <= {"add", "linear"}
+    rows = [json.loads(r) for r in open(str(tmp_path / "report.jsonl"))]
+    assert len(rows) == 3 and all(len(r["samples"]) == 4 for r in rows)
+    for r in rows:  # the report's numbers follow from the samples on disk
+        c = sum(s["reward"] for s in r["samples"])
+        assert r["correct"] == c and r["pass@4"] == (1.0 if c else 0.0)
+    assert rep["sampled"]["pass@4"] == pytest.approx(sum(r["pass@4"] for r in rows) / 3)
+
+
+def test_bad_input_fails_before_sampling(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config, weights, tokenizer"):
+        E.main(["--ckpt", str(tmp_path), "--data", "synthetic"])
+    with pytest.raises(SystemExit):
+        E.parse_args(["--ckpt", "x", "--n", "4", "--k", "1,8"])

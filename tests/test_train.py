@@ -1,0 +1,320 @@
+"""train.py: config loading, lr schedule, end-to-end pretrain -> SFT, checkpoints, exact resume after SIGKILL."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train as T
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = """
+stage = "pretrain"
+[model]
+dim = 32
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+hidden_dim = 64
+max_seq_len = 256
+[data]
+families = "add,linear"
+levels = "1"
+n_train = 300
+n_test = 20
+vocab_size = 384
+seq_len = 64
+[train]
+max_steps = 6
+batch_size = 4
+lr = 3e-3
+warmup_steps = 2
+log_every = 1
+eval_every = 3
+eval_n = 4
+eval_batch_size = 4
+max_new_tokens = 12
+save_every = 2
+"""
+
+
+@pytest.fixture()
+def tiny_toml(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return str(path)
+
+
+def test_config_file_then_cli_overrides(tiny_toml):
+    cfg = T.load_config(tiny_toml, ["--train.lr=5e-4", "--train.resume", "true", "--data.template=r1",
+                                    "--out_dir", "x"])
+    assert cfg.train.lr == 5e-4 and cfg.train.resume is True and cfg.data.template == "r1" and cfg.out_dir == "x"
+    assert cfg.model.dim == 32 and cfg.train.max_steps == 6 and cfg.stage == "pretrain"
+    assert T.load_config(None, ["--train.max_steps=7"]).train.max_steps == 7  # defaults without a file
+
+
+def test_config_errors_name_the_key(tiny_toml, tmp_path):
+    with pytest.raises(KeyError, match=r"unknown key \[train\]\.lrr; valid: .*'lr'"):
+        T.load_config(tiny_toml, ["--train.lrr=1"])
+    with pytest.raises(KeyError, match=r"unknown key nosection"):
+        T.load_config(tiny_toml, ["--nosection.x=1"])
+    with pytest.raises(TypeError, match=r"\[train\]\.max_steps: cannot read 'ten' as int"):
+        T.load_config(tiny_toml, ["--train.max_steps=ten"])
+    with pytest.raises(TypeError, match=r"\[train\]\.resume: cannot read 'maybe' as bool"):
+        T.load_config(tiny_toml, ["--train.resume=maybe"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nmax_steps = "many"\n')
+    with pytest.raises(TypeError, match=r"\[train\]\.max_steps: expected int, got str"):
+        T.load_config(str(bad))
+    bad.write_text('[train]\nmax_steps = 1.5\n')
+    with pytest.raises(TypeError, match=r"\[train\]\.max_steps: expected int, got float"):
+        T.load_config(str(bad))
+    bad.write_text('[trian]\nmax_steps = 1\n')
+    with pytest.raises(KeyError, match=r"unknown key trian"):
+        T.load_config(str(bad))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    tc = T.TrainConfig(lr=1.0, warmup_steps=4, max_steps=14, min_lr_frac=0.1)
+    assert [T.lr_at(s, tc) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert T.lr_at(4, tc) == pytest.approx(1.0)
+    assert T.lr_at(9, tc) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert T.lr_at(14, tc) == pytest.approx(0.1) and T.lr_at(100, tc) == pytest.approx(0.1)
+
+
+def test_lm_loss_masks_and_averages():
+    logits = torch.zeros(1, 3, 4)  # uniform: CE = log 4 everywhere
+    logits[0, 1, 2] = 10.0         # confident and right at position 1
+    y = torch.tensor([[0, 2, 1]])
+    full = T.lm_loss(logits, y)
+    assert full.item() == pytest.approx((2 * math.log(4) + -torch.log_softmax(logits[0, 1], -1)[2].item()) / 3)
+    assert T.lm_loss(logits, y, torch.tensor([[1.0, 0.0, 1.0]])).item() == pytest.approx(math.log(4))
+
+
+def _read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(r) for r in f]
+
+
+def test_pretrain_then_sft_end_to_end(tiny_toml, tmp_path):
+    out = str(tmp_path / "pre")
+    T.main(["--config", tiny_toml, "--out_dir", out])
+    final = os.path.join(out, "final")
+    for name in ("model.safetensors", "config.json", "tokenizer.model", "run_config.json", "train_state.pt"):
+        assert os.path.exists(os.path.join(final, name)), name
+    hf = json.load(open(os.path.join(final, "config.json")))
+    assert hf["model_type"] == "llama" and hf["hidden_size"] == 32 and hf["vocab_size"] == 384
+    rows = _read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(math.isfinite(r["loss"]) for r in rows)
+    assert "eval/accuracy" in rows[2] and "eval/accuracy" in rows[5]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert os.path.getsize(os.path.join(out, "samples.jsonl")) > 0
+    assert len(T.list_checkpoints(out)) == 2  # ckpt 2 and 4 (keep_last=2); step 6 is `final`
+
+    sft = str(tmp_path / "sft")
+    T.main(["--config", tiny_toml, "--stage", "sft", "--init", final, "--out_dir", sft, "--train.max_steps=3"])
+    rows = _read_metrics(sft)
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+    run = json.load(open(os.path.join(sft, "final", "run_config.json")))
+    assert run["stage"] == "sft" and run["init"] == final and run["model"]["dim"] == 32
+    sample = json.loads(open(os.path.join(sft, "samples.jsonl")).readline())
+    assert {"question", "gold", "completion", "pred", "reward"} <= set(sample)
+
+
+def test_refuses_to_overwrite_and_finished_run_is_kept(tiny_toml, tmp_path):
+    out = str(tmp_path / "run")
+    T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.eval_n=0"])
+    with pytest.raises(FileExistsError, match="final exists"):
+        T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.eval_n=0"])
+    before = load_file(os.path.join(out, "final", "model.safetensors"))
+    T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.resume=true"])
+    after = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_toml, tmp_path, monkeypatch):
+    out = str(tmp_path / "nan")
+    real = T.lm_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, y, mask=None):
+        calls["n"] += 1
+        return real(logits, y, mask) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(T, "lm_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 2.*ckpt-0000002"):
+        T.main(["--config", tiny_toml, "--out_dir", out, "--train.eval_n=0"])
+    assert [os.path.basename(c) for c in T.list_checkpoints(out)] == ["ckpt-0000002"]
+    assert not os.path.exists(os.path.join(out, "final"))
+
+
+def _run(args, **kw):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tiny_toml, tmp_path):
+    args = ["--config", tiny_toml, "--train.max_steps=60", "--train.save_every=5", "--train.eval_n=0",
+            "--train.keep_last=100"]
+    ref = str(tmp_path / "ref")
+    assert _run(args + ["--out_dir", ref]).wait(timeout=300) == 0
+
+    out = str(tmp_path / "killed")
+    proc = _run(args + ["--out_dir", out])
+    deadline = time.time() + 300
+    while len(T.list_checkpoints(out)) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(out, "final")), "the run finished before it could be killed"
+    assert len(T.list_checkpoints(out)) >= 2
+
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        T.main(args + ["--out_dir", out])
+    resumed = _run(args + ["--out_dir", out, "--train.resume=true"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    a = load_file(os.path.join(ref, "final", "model.safetensors"))
+    b = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise
+    steps = [r["step"] for r in _read_metrics(out)]
+    assert steps == list(range(1, 61))  # no duplicated or missing rows after the resume
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pre")
+    (d / "tiny.toml").write_text(TINY)
+    T.main(["--config", str(d / "tiny.toml"), "--out_dir", str(d / "out"), "--train.eval_n=0"])
+    return str(d / "tiny.toml"), str(d / "out" / "final")
+
+
+GRPO_ARGS = ["--stage", "grpo", "--train.max_steps=4", "--train.batch_size=2", "--train.lr=1e-3",
+             "--train.save_every=2", "--train.eval_every=2", "--train.eval_n=2", "--grpo.group_size=4",
+             "--grpo.max_new_tokens=8", "--grpo.ref_update_every=3", "--reward.format_weight=0.5"]
+
+
+def test_grpo_stage_logs_and_resumes_exactly(pretrained, tmp_path, monkeypatch):
+    toml, init = pretrained
+    ref = str(tmp_path / "ref")
+    T.main(["--config", toml, "--init", init, "--out_dir", ref, *GRPO_ARGS])
+    rows = _read_metrics(ref)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and "eval/accuracy" in rows[0]
+    for key in ("reward_mean", "reward_std", "accuracy_mean", "format_rate", "kl", "clip_frac", "entropy",
+                "completion_len", "len_correct", "zero_std_frac", "truncated_frac", "grad_norm", "rollout_s"):
+        assert key in rows[1], key
+    assert rows[1]["completion_len"] <= 8 and rows[1]["truncated_frac"] > 0  # an 8-token budget truncates
+    assert os.path.exists(os.path.join(ref, "final", "model.safetensors"))
+
+    # interrupt at the 4th step (after the step-2 checkpoint), resume, and land on the same weights
+    out = str(tmp_path / "cut")
+    real, calls = T.grpo.grpo_step, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T.grpo, "grpo_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.main(["--config", toml, "--init", init, "--out_dir", out, *GRPO_ARGS])
+    monkeypatch.setattr(T.grpo, "grpo_step", real)
+    T.main(["--config", toml, "--init", init, "--out_dir", out, *GRPO_ARGS, "--train.resume=true"])
+    a = load_file(os.path.join(ref, "final", "model.safetensors"))
+    b = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _read_metrics(out)] == [0, 1, 2, 3, 4]
+
+
+def test_grpo_needs_a_checkpoint(pretrained, tmp_path):
+    with pytest.raises(ValueError, match="starts from a checkpoint"):
+        T.main(["--config", pretrained[0], "--stage", "grpo", "--out_dir", str(tmp_path / "g")])
+
+
+PIPE = TINY.replace('stage = "pretrain"', 'stage = "pipeline"') + """
+[pipeline]
+steps = ["pretrain", "sft", "rl"]
+[pipeline.pretrain]
+train = {max_steps = 3}
+[pipeline.sft]
+init = "pretrain"
+train = {max_steps = 2}
+[pipeline.rl]
+stage = "grpo"
+init = "sft"
+train = {max_steps = 2, batch_size = 2}
+grpo = {group_size = 2, max_new_tokens = 6}
+"""
+
+
+def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkeypatch):
+    (tmp_path / "p.toml").write_text(PIPE)
+    out = str(tmp_path / "demo")
+    args = ["--config", str(tmp_path / "p.toml"), "--out_dir", out, "--train.eval_n=0"]
+    real, calls = T.run_grpo, []
+    monkeypatch.setitem(T.RUNNERS, "grpo", lambda c: (calls.append(c), (_ for _ in ()).throw(KeyboardInterrupt)))
+    with pytest.raises(KeyboardInterrupt):  # dies in the third step
+        T.main(args)
+    rl_cfg = calls[0]
+    assert rl_cfg.init == os.path.join(out, "sft", "final") and rl_cfg.out_dir == os.path.join(out, "rl")
+    assert rl_cfg.grpo.group_size == 2 and rl_cfg.train.max_steps == 2 and rl_cfg.model.dim == 32
+    sft_weights = load_file(os.path.join(out, "sft", "final", "model.safetensors"))
+
+    monkeypatch.setitem(T.RUNNERS, "grpo", real)
+    T.main(args + ["--train.resume=true"])
+    again = load_file(os.path.join(out, "sft", "final", "model.safetensors"))
+    assert all(torch.equal(sft_weights[k], again[k]) for k in again)  # finished steps are not redone
+    for name, n in (("pretrain", 3), ("sft", 2), ("rl", 2)):
+        assert os.path.exists(os.path.join(out, name, "final", "model.safetensors"))
+        assert [r["step"] for r in _read_metrics(os.path.join(out, name)) if r["step"]][-1] == n
+    json.loads(open(os.path.join(out, "pipeline.jsonl")).readline())
+
+
+def test_pipeline_config_errors_name_the_step(tmp_path):
+    (tmp_path / "p.toml").write_text(PIPE.replace("train = {max_steps = 2}", "train = {max_stepz = 2}"))
+    with pytest.raises(KeyError, match=r"\[pipeline\.sft\]: unknown key \[train\]\.max_stepz"):
+        T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(tmp_path / "o")])
+    assert not os.path.exists(tmp_path / "o" / "pretrain")  # checked before any step runs
+
+
+STUDENT = ["--stage", "distill", "--model.dim=16", "--model.n_heads=2", "--model.n_kv_heads=1",
+           "--model.hidden_dim=32", "--model.n_layers=1", "--train.max_steps=3", "--train.eval_n=2",
+           "--distill.max_new_tokens=8", "--distill.samples_per_prompt=2", "--data.n_train=12"]
+
+
+@pytest.mark.parametrize("mode,source", [("logits", "teacher"), ("logits", "dataset"), ("traces", "teacher")])
+def test_distill_stage(pretrained, tmp_path, mode, source, monkeypatch):
+    toml, teacher = pretrained
+    out = str(tmp_path / "student")
+    if mode == "traces":  # the tiny teacher is never right: a stand-in reward accepts odd-length texts
+        monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: float(len(text) % 2))
+    T.main(["--config", toml, *STUDENT, "--out_dir", out, "--distill.teacher", teacher,
+            f"--distill.mode={mode}", f"--distill.source={source}"])
+    rows = _read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in rows)
+    if mode == "logits":
+        assert {"distill", "ce", "agree"} <= set(rows[0]) and 0 <= rows[0]["agree"] <= 1
+    else:
+        kept = [json.loads(r) for r in open(os.path.join(out, "traces.jsonl"))]
+        assert 0 < len(kept) <= 24  # 12 prompts x 2 samples, only the accepted ones, deduplicated
+        tok = T.D.load_tokenizer(teacher)
+        assert all(len(tok.decode(k["completion_ids"])) % 2 == 1 for k in kept)  # exactly the accepted ones
+    hf = json.load(open(os.path.join(out, "final", "config.json")))
+    assert hf["hidden_size"] == 16 and hf["vocab_size"] == 384  # the student's size, the teacher's vocabulary
+
+
+def test_distill_refuses_a_different_tokenizer(pretrained, tmp_path):
+    toml, teacher = pretrained
+    other = str(tmp_path / "other")
+    T.main(["--config", toml, "--out_dir", other, "--train.max_steps=1", "--train.eval_n=0",
+            "--data.vocab_size=400"])
+    with pytest.raises(ValueError, match="differs from the teacher"):
+        T.main(["--config", toml, *STUDENT, "--out_dir", str(tmp_path / "s"), "--distill.teacher", teacher,
+                "--init", os.path.join(other, "final")])

@@ -1,0 +1,695 @@
+"""
+Training entry point for r1-mini: one command runs one stage, configured by a TOML file.
+
+    python train.py --config configs/NAME.toml [--section.key=value ...] [--init CKPT] [--out_dir DIR]
+
+Stages (the top-level `stage` key): pretrain (next-token loss on packed documents), sft (loss on completion
+tokens only), grpo (see grpo.py). Each stage is a short `run_<stage>` function around one shared loop.
+
+Checkpoints are folders: model.safetensors + config.json in the Hugging Face Llama layout, the tokenizer, the
+resolved run config (run_config.json) and train_state.pt (optimizer, step, RNG states). They are written to a
+temporary folder and renamed, so a crash never leaves a half-written one. Batches are a pure function of
+(seed, step), so `--train.resume=true` continues bitwise from the newest checkpoint in out_dir.
+"""
+
+import copy
+import dataclasses
+import glob
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import tomllib
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data as D
+import distill
+import eval as E
+import grpo
+from distill import DistillConfig
+from grpo import GRPOConfig
+from model import ModelConfig, Transformer
+from reward import accuracy_reward, format_reward
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000         # optimizer steps
+    batch_size: int = 16          # sequences per micro-batch
+    grad_accum: int = 1           # micro-batches per optimizer step
+    lr: float = 1e-3              # peak learning rate (AdamW)
+    warmup_steps: int = 50        # linear warmup, then cosine decay to min_lr_frac * lr
+    min_lr_frac: float = 0.1      # final lr as a fraction of the peak
+    weight_decay: float = 0.1     # AdamW decay, on matrices only (not norms or biases)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0        # max global grad norm; 0 disables
+    log_every: int = 10           # steps between metrics.jsonl rows
+    eval_every: int = 200         # steps between held-out evaluations; 0 = only at the end
+    eval_n: int = 100             # held-out problems per evaluation (greedy); 0 disables evaluation
+    eval_batch_size: int = 64     # prompts per generate call during evaluation
+    max_new_tokens: int = 192     # generation budget during evaluation
+    n_samples: int = 4            # decoded samples per evaluation written to samples.jsonl
+    save_every: int = 500         # steps between checkpoints
+    keep_last: int = 2            # step checkpoints kept in out_dir (the final one always stays)
+    seed: int = 0                 # seeds init, batches and sampling
+    device: str = "auto"          # auto (cuda if present), cpu or cuda; bf16 autocast on cuda
+    resume: bool = False          # continue from the newest checkpoint in out_dir
+
+
+@dataclass
+class RewardConfig:
+    accuracy_weight: float = 1.0  # GRPO reward = accuracy_weight * accuracy + format_weight * format
+    format_weight: float = 0.0    # R1-Zero format reward weight (one <think>..</think> then <answer>..</answer>)
+
+
+@dataclass
+class Config:
+    stage: str = "sft"            # pretrain | sft | grpo | distill | pipeline
+    out_dir: str = "out/run"      # checkpoints, metrics.jsonl, samples.jsonl
+    init: str = ""                # checkpoint folder to start from (ours or Hugging Face); "" = from scratch
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: D.DataConfig = field(default_factory=D.DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)  # batch_size = prompts per GRPO step
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    # stage = "pipeline": steps = ["name", ...] run in order, each in out_dir/name; [pipeline.name] holds that
+    # step's overrides of this config (its `stage`, and `init` = an earlier step's name or a folder)
+    pipeline: dict = field(default_factory=dict)
+
+# -----------------------------------------------------------------------------
+# Config: TOML + dotted CLI overrides, cast to the dataclass field types, unknown keys fail
+
+
+def _cast(value, typ, key, cli=False):
+    """A TOML value (typed) or a CLI string (parsed) as `typ`, or a TypeError that names the key."""
+    if cli and typ is not str and isinstance(value, str):
+        low = value.strip().lower()
+        try:
+            if typ is bool:
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            return typ(value)
+        except ValueError:
+            raise TypeError(f"{key}: cannot read {value!r} as {typ.__name__}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise TypeError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _apply(obj, updates, section, cli=False):
+    """Set dataclass fields of `obj` from a dict; unknown keys are errors naming the valid ones."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        name = f"[{section}].{key}" if section else key
+        if key not in fields:
+            raise KeyError(f"unknown key {name}; valid: {sorted(fields)}")
+        f = fields[key]
+        if f.type is dict:  # a free-form table (the pipeline's steps), merged and checked when it is used
+            if not isinstance(value, dict):
+                raise TypeError(f"{name}: expected a table, got {value!r}")
+            setattr(obj, key, _merge(getattr(obj, key), value))
+        elif dataclasses.is_dataclass(f.type):
+            if not isinstance(value, dict):
+                raise TypeError(f"{name}: expected a [{key}] section, got {value!r}")
+            _apply(getattr(obj, key), value, key, cli)
+        else:
+            setattr(obj, key, _cast(value, f.type, name, cli))
+
+
+def _merge(base, updates):
+    out = dict(base)
+    for k, v in updates.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(args):
+    """['--train.lr=1e-3', '--init', 'ckpt'] -> {'train': {'lr': '1e-3'}, 'init': 'ckpt'} (values as strings)."""
+    out, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        elif i + 1 < len(args):
+            key, value = arg[2:], args[i + 1]
+            i += 1
+        else:
+            raise ValueError(f"{arg} needs a value")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+        i += 1
+    return out
+
+
+def load_config(path=None, overrides=(), cls=None):
+    """The run config: dataclass defaults, then the TOML file, then CLI overrides."""
+    cfg = (cls or Config)()
+    if path:
+        with open(path, "rb") as f:
+            try:
+                toml = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: {e}") from None
+        _apply(cfg, toml, "")
+    _apply(cfg, parse_overrides(list(overrides)), "", cli=True)
+    return cfg
+
+
+# -----------------------------------------------------------------------------
+# Setup shared by the stages
+
+
+def resolve_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device):
+    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def list_checkpoints(out_dir):
+    """Complete step checkpoints in out_dir, oldest first (a folder counts once its train_state.pt exists)."""
+    paths = glob.glob(os.path.join(out_dir, "ckpt-*", "train_state.pt"))
+    return sorted(os.path.dirname(p) for p in paths)
+
+
+def build_tokenizer(cfg, train_problems):
+    """The tokenizer of the init checkpoint, the one the config names, or a new one trained on the data."""
+    if cfg.init:
+        return D.load_tokenizer(cfg.init)
+    if cfg.data.tokenizer:
+        return D.load_tokenizer(cfg.data.tokenizer)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    prefix = os.path.join(cfg.out_dir, "tokenizer")
+    return D.train_tokenizer(D.tokenizer_corpus(train_problems), prefix, cfg.data.vocab_size)
+
+
+def build_model(cfg, tok, device):
+    """The model to train: from the init checkpoint, or a fresh one with the tokenizer's vocabulary."""
+    if cfg.init:
+        model = Transformer.from_pretrained(cfg.init, dtype=torch.float32)
+        cfg.model = model.cfg  # the run config records the architecture actually trained
+    else:
+        cfg.model.vocab_size = tok.vocab_size
+        model = Transformer(cfg.model)
+    return model.to(device)
+
+
+def build_optimizer(model, tcfg):
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2))
+
+
+def lr_at(step, tcfg):
+    """Linear warmup to lr, then cosine decay to min_lr_frac * lr at max_steps."""
+    if step < tcfg.warmup_steps:
+        return tcfg.lr * (step + 1) / tcfg.warmup_steps
+    progress = (step - tcfg.warmup_steps) / max(1, tcfg.max_steps - tcfg.warmup_steps)
+    return tcfg.lr * (tcfg.min_lr_frac + (1 - tcfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def save_checkpoint(folder, model, tok, cfg, train_state=None):
+    """Write the checkpoint to a temporary sibling folder, then rename it into place."""
+    parent, name = os.path.split(os.path.abspath(folder))
+    tmp = os.path.join(parent, f".tmp-{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model.save_pretrained(tmp)
+    tok.save(tmp)
+    with open(os.path.join(tmp, "run_config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+    if train_state is not None:
+        torch.save(train_state, os.path.join(tmp, "train_state.pt"))
+    if os.path.exists(folder):  # only `final` is ever replaced; move the old one aside first
+        old = os.path.join(parent, f".old-{name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(folder, old)
+        os.rename(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, folder)
+
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunLog:
+    """metrics.jsonl (one JSON object per logged step) and samples.jsonl, appended and flushed as we go."""
+
+    def __init__(self, out_dir, start_step):
+        os.makedirs(out_dir, exist_ok=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):  # drop rows past the step we resume from
+            path = os.path.join(out_dir, name)
+            if os.path.exists(path):
+                with open(path) as f:
+                    rows = [r for r in f if r.strip() and json.loads(r).get("step", 0) <= start_step]
+                with open(path, "w") as f:
+                    f.writelines(rows)
+        self.metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a")
+        self.samples = open(os.path.join(out_dir, "samples.jsonl"), "a")
+
+    def log(self, row):
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def log_samples(self, step, samples):
+        for s in samples:
+            self.samples.write(json.dumps({"step": step, **s}) + "\n")
+        self.samples.flush()
+
+    def close(self):
+        self.metrics.close()
+        self.samples.close()
+
+
+def prepare_out_dir(cfg):
+    """Refuse to overwrite earlier checkpoints unless resuming; return the checkpoint to resume from (or None)."""
+    ckpts = list_checkpoints(cfg.out_dir)
+    if os.path.exists(os.path.join(cfg.out_dir, "final", "config.json")) and cfg.train.resume:
+        return "final"
+    if ckpts and not cfg.train.resume:
+        raise FileExistsError(f"{cfg.out_dir} already holds checkpoints ({os.path.basename(ckpts[-1])}); "
+                              "pass --train.resume=true to continue, or choose another --out_dir")
+    if os.path.exists(os.path.join(cfg.out_dir, "final")) and not cfg.train.resume:
+        raise FileExistsError(f"{cfg.out_dir}/final exists: this run is finished; choose another --out_dir")
+    return ckpts[-1] if ckpts else None
+
+
+# -----------------------------------------------------------------------------
+# The shared loop: a stage supplies batch_fn(step, micro) -> (x, y, mask) and the eval problems
+
+
+def lm_loss(logits, y, mask=None):
+    """Mean next-token cross-entropy in fp32, over the positions where mask is 1 (all when None)."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)  # (B, T)
+    if mask is None:
+        return ce.mean()
+    return (ce * mask).sum() / mask.sum().clamp(min=1)
+
+
+def evaluate_and_log(model, tok, problems, cfg, device, step, log):
+    """Greedy held-out accuracy with eval.py's function, so metrics.jsonl and eval reports agree."""
+    if not problems:
+        return {}
+    model.eval()
+    with autocast(device):
+        metrics, samples = E.greedy_eval(model, tok, problems, cfg.data.template, cfg.train.max_new_tokens,
+                                         cfg.train.eval_batch_size)
+    model.train()
+    log.log_samples(step, samples[: cfg.train.n_samples])
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def train_loop(cfg, model, tok, opt, batch_fn, eval_problems, device, start_step=0, loss_fn=None):
+    """Optimize for cfg.train.max_steps steps with warmup + cosine lr, grad accumulation and clipping;
+    log, evaluate and checkpoint on schedule; write out_dir/final at the end.
+    loss_fn(model, x, y, mask) -> (loss, stats) replaces the next-token loss (distillation uses it)."""
+    tc = cfg.train
+    log = RunLog(cfg.out_dir, start_step)
+    pbar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc=cfg.stage,
+                disable=None)
+    t0, tokens = time.time(), 0
+    for step in pbar:
+        lr = lr_at(step, tc)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss_sum, stats = 0.0, {}
+        for micro in range(tc.grad_accum):
+            x, y, mask = batch_fn(step, micro)
+            x, y = x.to(device), y.to(device)
+            mask = mask.to(device) if mask is not None else None
+            with autocast(device):
+                if loss_fn is None:
+                    loss, st = lm_loss(model(x), y, mask), {}  # logits (B, T, V)
+                else:
+                    loss, st = loss_fn(model, x, y, mask)
+            (loss / tc.grad_accum).backward()
+            loss_sum += loss.item() / tc.grad_accum
+            for k, v in st.items():
+                stats[k] = stats.get(k, 0.0) + v / tc.grad_accum
+            tokens += int(mask.sum()) if mask is not None else y.numel()
+        if not math.isfinite(loss_sum):
+            last = list_checkpoints(cfg.out_dir)
+            raise FloatingPointError(f"non-finite loss {loss_sum} at step {step}; stopping without saving. "
+                                     f"Last good checkpoint: {last[-1] if last else 'none'}")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else 1e30)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        done = step + 1
+        row = {}
+        if tc.eval_n and ((tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps):
+            row.update(evaluate_and_log(model, tok, eval_problems, cfg, device, done, log))
+        if done % tc.log_every == 0 or done == tc.max_steps or row:
+            dt = time.time() - t0
+            row = {"step": done, "stage": cfg.stage, **stats, "loss": loss_sum, "lr": lr,
+                   "grad_norm": float(grad_norm), "tokens_per_s": tokens / max(dt, 1e-9), **row}
+            log.log(row)
+            pbar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            t0, tokens = time.time(), 0
+        save_on_schedule(cfg, model, tok, opt, done)
+    log.close()
+    return model
+
+
+def save_on_schedule(cfg, model, tok, opt, done, extra=None):
+    """A step checkpoint every save_every steps (keeping the newest keep_last), `final` after the last step."""
+    tc = cfg.train
+    if done % tc.save_every and done < tc.max_steps:
+        return
+    state = {"step": done, "optimizer": opt.state_dict(), "rng": rng_state(), **(extra or {})}
+    if done == tc.max_steps:
+        save_checkpoint(os.path.join(cfg.out_dir, "final"), model, tok, cfg, state)
+        return
+    save_checkpoint(os.path.join(cfg.out_dir, f"ckpt-{done:07d}"), model, tok, cfg, state)
+    for old in list_checkpoints(cfg.out_dir)[: -tc.keep_last]:
+        shutil.rmtree(old)
+
+
+def start_run(cfg, train_problems):
+    """Device, seed, tokenizer, model and optimizer for a stage; restored from a checkpoint when resuming.
+    Returns (device, tok, model, opt, start_step, train_state), or None when out_dir/final exists on resume."""
+    device = resolve_device(cfg.train.device)
+    resume_from = prepare_out_dir(cfg)
+    if resume_from == "final":
+        print(f"{cfg.out_dir}/final exists: stage {cfg.stage} is done, nothing to resume")
+        return None
+    seed_everything(cfg.train.seed)
+    if resume_from:
+        tok = D.load_tokenizer(resume_from)
+        model = Transformer.from_pretrained(resume_from, dtype=torch.float32).to(device)
+        cfg.model = model.cfg
+    else:
+        tok = build_tokenizer(cfg, train_problems)
+        model = build_model(cfg, tok, device)
+    opt = build_optimizer(model, cfg.train)
+    start_step, state = 0, {}
+    if resume_from:
+        state = torch.load(os.path.join(resume_from, "train_state.pt"), weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_step = state["step"]
+        print(f"resuming {cfg.stage} from {resume_from} at step {start_step}")
+    model.train()
+    return device, tok, model, opt, start_step, (state if resume_from else {})
+
+
+def step_generator(seed, step, micro, device="cpu"):
+    """The batch RNG is a pure function of (seed, step, micro): resumed runs see the same batches."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 97 + micro)
+
+
+# -----------------------------------------------------------------------------
+# Stages
+
+
+def run_pretrain(cfg):
+    train, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
+    run = start_run(cfg, train)
+    if run is None:
+        return
+    device, tok, model, opt, start, _ = run
+    stream = D.pack_documents(tok, [D.format_document(p) for p in train])  # (N,) token ids
+    T = min(cfg.data.seq_len, model.cfg.max_seq_len)
+
+    def batch_fn(step, micro):
+        x, y = D.packed_batch(stream, cfg.train.batch_size, T, step_generator(cfg.train.seed, step, micro))
+        return x, y, None
+
+    train_loop(cfg, model, tok, opt, batch_fn, test[: cfg.train.eval_n], device, start)
+
+
+def run_sft(cfg):
+    train, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
+    run = start_run(cfg, train)
+    if run is None:
+        return
+    device, tok, model, opt, start, _ = run
+    T = min(cfg.data.seq_len, model.cfg.max_seq_len)
+    pairs = [D.encode_sft(tok, p, cfg.data.template, T) for p in train]
+
+    train_loop(cfg, model, tok, opt, sft_batches(pairs, cfg, tok), test[: cfg.train.eval_n], device, start)
+
+
+def sft_batches(pairs, cfg, tok):
+    """batch_fn over (prompt_ids, completion_ids) pairs: batch_size random pairs, a pure function of the step."""
+    def batch_fn(step, micro):
+        idx = torch.randint(len(pairs), (cfg.train.batch_size,), generator=step_generator(cfg.train.seed, step, micro))
+        return D.sft_batch([pairs[i] for i in idx.tolist()], tok.pad_id)
+    return batch_fn
+
+
+def make_reward_fn(tok, golds, rcfg):
+    """reward_fn(prompt_ids, completion_ids) -> (shaped reward, accuracy), as grpo.rollout expects.
+    golds maps a prompt (tuple of ids) to its gold answer. Decoding and scoring happen here, never in grpo.py."""
+    def reward_fn(prompt_ids, completion_ids):
+        text = tok.decode(completion_ids)
+        acc = accuracy_reward(text, golds[tuple(prompt_ids)])
+        fmt = format_reward(text) if rcfg.format_weight else 0.0
+        return rcfg.accuracy_weight * acc + rcfg.format_weight * fmt, acc
+    return reward_fn
+
+
+def rollout_metrics(tok, samples):
+    """Per-step numbers that need the decoded text or the per-sample split: format rate and the completion
+    lengths of correct and wrong samples."""
+    fmt = [format_reward(tok.decode(s["completion_ids"])) for s in samples]
+    right = [len(s["completion_ids"]) for s in samples if s["accuracy"] > 0]
+    wrong = [len(s["completion_ids"]) for s in samples if s["accuracy"] <= 0]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    return {"format_rate": mean(fmt), "len_correct": mean(right), "len_wrong": mean(wrong)}
+
+
+def run_grpo(cfg):
+    """GRPO from a checkpoint: each step samples batch_size distinct training prompts, G completions each,
+    and takes grpo.grpo_step. The reference model is the init checkpoint (reset to the policy every
+    grpo.ref_update_every steps, and then saved with the training state so a resume replays exactly)."""
+    if not cfg.init:
+        raise ValueError("the grpo stage starts from a checkpoint: set init = \"DIR\" or pass --init DIR")
+    train, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
+    run = start_run(cfg, train)
+    if run is None:
+        return
+    device, tok, model, opt, start, state = run
+    gc, tc = cfg.grpo, cfg.train
+    ref = None
+    if gc.beta > 0:
+        ref = Transformer.from_pretrained(cfg.init, dtype=torch.float32).to(device).eval().requires_grad_(False)
+        if "ref_model" in state:
+            ref.load_state_dict(state["ref_model"])
+    prompts = [tok.encode(D.format_prompt(p["question"], cfg.data.template), bos=True) for p in train]
+    golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, train)}
+    reward_fn = make_reward_fn(tok, golds, cfg.reward)
+    log = RunLog(cfg.out_dir, start)
+    eval_problems = test[: tc.eval_n]
+    if start == 0 and tc.eval_n:
+        log.log({"step": 0, "stage": cfg.stage, **evaluate_and_log(model, tok, eval_problems, cfg, device, 0, log)})
+    pbar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc=cfg.stage, disable=None)
+    ema = None
+    for step in pbar:
+        lr = lr_at(step, tc)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pick = torch.randperm(len(prompts), generator=step_generator(tc.seed, step, 0))[: tc.batch_size]
+        with autocast(device):
+            stats = grpo.grpo_step(model, ref, opt, [prompts[i] for i in pick.tolist()], reward_fn, gc,
+                                   eos_id=tok.eos_id, generator=step_generator(tc.seed, step, 1, device))
+        samples = stats.pop("_samples")
+        if not math.isfinite(stats["loss"]):
+            raise FloatingPointError(f"non-finite GRPO loss at step {step}; stopping without saving")
+        done = step + 1
+        grpo.maybe_update_ref(ref, model, done, gc)
+        ema = stats["reward_mean"] if ema is None else 0.9 * ema + 0.1 * stats["reward_mean"]
+        row = {}
+        if tc.eval_n and ((tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps):
+            row = evaluate_and_log(model, tok, eval_problems, cfg, device, done, log)
+        if done % tc.log_every == 0 or done == tc.max_steps or row:
+            row = {"step": done, "stage": cfg.stage, "lr": lr, **stats, "reward_ema": ema,
+                   **rollout_metrics(tok, samples), **row}
+            log.log(row)
+            log.log_samples(done, [{"completion": tok.decode(s["completion_ids"]), "reward": s["reward"],
+                                    "accuracy": s["accuracy"]} for s in samples[: tc.n_samples]])
+        pbar.set_postfix(reward=f"{stats['reward_mean']:.2f}", kl=f"{stats['kl']:.3f}")
+        extra = {"ref_model": ref.state_dict()} if ref is not None and gc.ref_update_every > 0 else None
+        save_on_schedule(cfg, model, tok, opt, done, extra)
+    log.close()
+
+
+
+def same_tokenizer(a, b):
+    probe = "Compute 12 + 7/8. <think>\n</think> <answer>\\boxed{x^2}</answer>"
+    return a.vocab_size == b.vocab_size and a.eos_id == b.eos_id and a.encode(probe) == b.encode(probe)
+
+
+def teacher_traces(cfg, teacher, tok, problems, device):
+    """DeepSeek-R1-style rejection sampling: N teacher samples per prompt, keep those the reward accepts.
+    The kept traces are cached as JSONL (distill.traces_file) and reused when the file exists."""
+    dc = cfg.distill
+    path = dc.traces_file or os.path.join(cfg.out_dir, "traces.jsonl")
+    if not os.path.exists(path):
+        prompts = E.encode_prompts(tok, problems, cfg.data.template)
+        flat = [i for i in range(len(problems)) for _ in range(dc.samples_per_prompt)]  # (P*N,) problem index
+        gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        with autocast(device):
+            comps = E.complete(teacher, [prompts[i] for i in flat], dc.max_new_tokens, tok.eos_id,
+                               cfg.train.eval_batch_size, dc.sample_temperature, 1.0, gen, desc="teacher traces")
+        samples = [{"prompt_ids": prompts[i], "completion_ids": c, "question": problems[i]["question"]}
+                   for i, c in zip(flat, comps)]
+        rewards = [accuracy_reward(tok.decode(c), problems[i]["answer"]) for i, c in zip(flat, comps)]
+        kept, rate = distill.filter_traces(samples, rewards, dc.reward_threshold, dc.dedup_traces)
+        print(f"teacher traces: kept {len(kept)} of {len(samples)} (accepted {rate:.1%}) -> {path}")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(k) + "\n" for k in kept)
+        os.replace(path + ".tmp", path)
+    with open(path) as f:
+        kept = [json.loads(line) for line in f]
+    if not kept:
+        raise ValueError(f"{path}: the teacher produced no accepted trace; check the teacher or lower "
+                         "[distill].reward_threshold")
+    return [(k["prompt_ids"], k["completion_ids"]) for k in kept]
+
+
+def run_distill(cfg):
+    """Distil the [distill].teacher checkpoint into the student (a fresh [model] or --init), either by logit
+    matching on sequences or by SFT on the teacher's reward-filtered traces (DeepSeek-R1's recipe)."""
+    dc = cfg.distill
+    if not dc.teacher:
+        raise ValueError("the distill stage needs [distill].teacher = \"TEACHER_CHECKPOINT_DIR\"")
+    E.check_checkpoint(dc.teacher)
+    if dc.mode not in ("logits", "traces") or dc.source not in ("teacher", "dataset"):
+        raise ValueError(f"[distill].mode {dc.mode!r} / source {dc.source!r}: valid modes logits, traces; "
+                         "sources teacher, dataset")
+    if not cfg.init and not cfg.data.tokenizer:
+        cfg.data.tokenizer = dc.teacher  # a student from scratch takes the teacher's tokenizer
+    train, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
+    run = start_run(cfg, train)
+    if run is None:
+        return
+    device, tok, student, opt, start, _ = run
+    if not same_tokenizer(tok, D.load_tokenizer(dc.teacher)):
+        raise ValueError(f"student tokenizer ({cfg.init or cfg.data.tokenizer}) differs from the teacher's "
+                         f"({dc.teacher}): logits and traces are only comparable over one vocabulary")
+    teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    T = min(cfg.data.seq_len, student.cfg.max_seq_len)
+    loss_fn = None
+    if dc.mode == "traces":
+        batch_fn = sft_batches(teacher_traces(cfg, teacher, tok, train, device), cfg, tok)
+    else:
+        def loss_fn(model, x, y, mask):
+            with torch.no_grad():
+                t_logits = teacher(x)  # (B, T, V), no gradient reaches the teacher
+            return distill.distill_objective(model(x), t_logits, y, mask, dc)
+        if dc.source == "dataset":
+            batch_fn = sft_batches([D.encode_sft(tok, p, cfg.data.template, T) for p in train], cfg, tok)
+        else:
+            prompts = E.encode_prompts(tok, train, cfg.data.template)
+
+            def batch_fn(step, micro):  # fresh teacher samples, a pure function of the step
+                g = step_generator(cfg.train.seed, step, micro)
+                idx = torch.randint(len(prompts), (cfg.train.batch_size,), generator=g).tolist()
+                with autocast(device):
+                    comps = teacher.generate([prompts[i] for i in idx], dc.max_new_tokens, dc.sample_temperature,
+                                             eos_id=tok.eos_id, generator=step_generator(cfg.train.seed, step,
+                                                                                         micro + 1000, device))
+                return D.sft_batch([(prompts[i], c) for i, c in zip(idx, comps)], tok.pad_id)
+    train_loop(cfg, student, tok, opt, batch_fn, test[: cfg.train.eval_n], device, start, loss_fn)
+
+
+
+def pipeline_configs(cfg):
+    """One Config per pipeline step: the base config plus the step's table, checked before anything runs."""
+    steps = cfg.pipeline.get("steps")
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+        raise ValueError("stage = 'pipeline' needs [pipeline] steps = [\"name\", ...]")
+    out, dirs = [], {}
+    for name in steps:
+        table = dict(cfg.pipeline.get(name, {}))
+        step = copy.deepcopy(cfg)
+        step.pipeline = {}
+        step.stage = name  # a step named after a stage needs no `stage` key
+        try:
+            _apply(step, table, "", cli=True)
+        except (KeyError, TypeError) as e:
+            raise type(e)(f"[pipeline.{name}]: {e.args[0]}") from None
+        if step.stage not in RUNNERS or step.stage == "pipeline":
+            raise ValueError(f"[pipeline.{name}]: unknown stage {step.stage!r}; valid: {sorted(RUNNERS)}")
+        step.init = dirs.get(step.init, step.init)  # an earlier step's name means its final checkpoint
+        step.out_dir = os.path.join(cfg.out_dir, name)
+        dirs[name] = os.path.join(step.out_dir, "final")
+        out.append((name, step))
+    return out
+
+
+def run_pipeline(cfg):
+    """Run the steps in order. With --train.resume=true a finished step is skipped and an interrupted one
+    continues from its newest checkpoint. Wall time per step goes to out_dir/pipeline.jsonl."""
+    steps = pipeline_configs(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    for name, step in steps:
+        t0 = time.time()
+        RUNNERS[step.stage](step)
+        with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
+            f.write(json.dumps({"step": name, "stage": step.stage, "wall_s": time.time() - t0}) + "\n")
+
+
+RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo, "distill": run_distill,
+           "pipeline": run_pipeline}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        path = argv[i + 1]
+        del argv[i: i + 2]
+    cfg = load_config(path, argv)
+    if cfg.stage not in RUNNERS:
+        raise ValueError(f"unknown stage {cfg.stage!r}; valid: {sorted(RUNNERS)}")
+    RUNNERS[cfg.stage](cfg)
+    return cfg
+
+
+if __name__ == "__main__":
+    main()
