@@ -3,18 +3,18 @@ Training entry point for r1-mini: one command runs one stage, configured by a TO
 
     python train.py --config configs/NAME.toml [--section.key=value ...] [--init CKPT] [--out_dir DIR]
 
-Stages (the top-level `stage` key): pretrain (next-token loss on packed documents), sft (loss on completion
-tokens only), grpo (see grpo.py). Each stage is a short `run_<stage>` function around one shared loop.
+Stages (the top-level `stage` key), each a short `run_<stage>` function:
+    pretrain   next-token loss on packed documents
+    sft        loss on the completion tokens of prompt/completion pairs
+    grpo       grpo.grpo_step on sampled prompts, rewards from reward.py (decoded here, never in grpo.py)
+    distill    logit matching against a teacher, or SFT on its reward-filtered traces (distill.py)
+    pipeline   several of the above in order (pipeline.py)
+pretrain, sft and distill share train_loop; grpo has its own loop around grpo_step.
 
-Checkpoints are folders: model.safetensors + config.json in the Hugging Face Llama layout, the tokenizer, the
-resolved run config (run_config.json) and train_state.pt (optimizer, step, RNG states). They are written to a
-temporary folder and renamed, so a crash never leaves a half-written one. Batches are a pure function of
+Checkpoints and logs: see checkpoint.py. Batches and rollouts draw from generators that are a pure function of
 (seed, step), so `--train.resume=true` continues bitwise from the newest checkpoint in out_dir.
 """
 
-import copy
-import dataclasses
-import glob
 import json
 import math
 import os
@@ -22,7 +22,6 @@ import random
 import shutil
 import sys
 import time
-import tomllib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -31,10 +30,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import config as C
 import data as D
 import distill
 import eval as E
 import grpo
+import pipeline
+from checkpoint import RunLog, list_checkpoints, prepare_out_dir, rng_state, save_checkpoint, set_rng_state
 from distill import DistillConfig
 from grpo import GRPOConfig
 from model import ModelConfig, Transformer
@@ -87,91 +89,9 @@ class Config:
     # step's overrides of this config (its `stage`, and `init` = an earlier step's name or a folder)
     pipeline: dict = field(default_factory=dict)
 
-# -----------------------------------------------------------------------------
-# Config: TOML + dotted CLI overrides, cast to the dataclass field types, unknown keys fail
-
-
-def _cast(value, typ, key, cli=False):
-    """A TOML value (typed) or a CLI string (parsed) as `typ`, or a TypeError that names the key."""
-    if cli and typ is not str and isinstance(value, str):
-        low = value.strip().lower()
-        try:
-            if typ is bool:
-                if low not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return low in ("true", "1", "yes")
-            return typ(value)
-        except ValueError:
-            raise TypeError(f"{key}: cannot read {value!r} as {typ.__name__}") from None
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise TypeError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _apply(obj, updates, section, cli=False):
-    """Set dataclass fields of `obj` from a dict; unknown keys are errors naming the valid ones."""
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in updates.items():
-        name = f"[{section}].{key}" if section else key
-        if key not in fields:
-            raise KeyError(f"unknown key {name}; valid: {sorted(fields)}")
-        f = fields[key]
-        if f.type is dict:  # a free-form table (the pipeline's steps), merged and checked when it is used
-            if not isinstance(value, dict):
-                raise TypeError(f"{name}: expected a table, got {value!r}")
-            setattr(obj, key, _merge(getattr(obj, key), value))
-        elif dataclasses.is_dataclass(f.type):
-            if not isinstance(value, dict):
-                raise TypeError(f"{name}: expected a [{key}] section, got {value!r}")
-            _apply(getattr(obj, key), value, key, cli)
-        else:
-            setattr(obj, key, _cast(value, f.type, name, cli))
-
-
-def _merge(base, updates):
-    out = dict(base)
-    for k, v in updates.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_overrides(args):
-    """['--train.lr=1e-3', '--init', 'ckpt'] -> {'train': {'lr': '1e-3'}, 'init': 'ckpt'} (values as strings)."""
-    out, i = {}, 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-        elif i + 1 < len(args):
-            key, value = arg[2:], args[i + 1]
-            i += 1
-        else:
-            raise ValueError(f"{arg} needs a value")
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-        i += 1
-    return out
-
-
-def load_config(path=None, overrides=(), cls=None):
-    """The run config: dataclass defaults, then the TOML file, then CLI overrides."""
-    cfg = (cls or Config)()
-    if path:
-        with open(path, "rb") as f:
-            try:
-                toml = tomllib.load(f)
-            except tomllib.TOMLDecodeError as e:
-                raise ValueError(f"{path}: {e}") from None
-        _apply(cfg, toml, "")
-    _apply(cfg, parse_overrides(list(overrides)), "", cli=True)
-    return cfg
+def load_config(path=None, overrides=()):
+    """The run config: dataclass defaults, then the TOML file, then CLI overrides (see config.py)."""
+    return C.load_config(Config, path, overrides)
 
 
 # -----------------------------------------------------------------------------
@@ -192,12 +112,6 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def list_checkpoints(out_dir):
-    """Complete step checkpoints in out_dir, oldest first (a folder counts once its train_state.pt exists)."""
-    paths = glob.glob(os.path.join(out_dir, "ckpt-*", "train_state.pt"))
-    return sorted(os.path.dirname(p) for p in paths)
 
 
 def build_tokenizer(cfg, train_problems):
@@ -235,85 +149,6 @@ def lr_at(step, tcfg):
         return tcfg.lr * (step + 1) / tcfg.warmup_steps
     progress = (step - tcfg.warmup_steps) / max(1, tcfg.max_steps - tcfg.warmup_steps)
     return tcfg.lr * (tcfg.min_lr_frac + (1 - tcfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def save_checkpoint(folder, model, tok, cfg, train_state=None):
-    """Write the checkpoint to a temporary sibling folder, then rename it into place."""
-    parent, name = os.path.split(os.path.abspath(folder))
-    tmp = os.path.join(parent, f".tmp-{name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    model.save_pretrained(tmp)
-    tok.save(tmp)
-    with open(os.path.join(tmp, "run_config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=2)
-    if train_state is not None:
-        torch.save(train_state, os.path.join(tmp, "train_state.pt"))
-    if os.path.exists(folder):  # only `final` is ever replaced; move the old one aside first
-        old = os.path.join(parent, f".old-{name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(folder, old)
-        os.rename(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, folder)
-
-
-def rng_state():
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class RunLog:
-    """metrics.jsonl (one JSON object per logged step) and samples.jsonl, appended and flushed as we go."""
-
-    def __init__(self, out_dir, start_step):
-        os.makedirs(out_dir, exist_ok=True)
-        for name in ("metrics.jsonl", "samples.jsonl"):  # drop rows past the step we resume from
-            path = os.path.join(out_dir, name)
-            if os.path.exists(path):
-                with open(path) as f:
-                    rows = [r for r in f if r.strip() and json.loads(r).get("step", 0) <= start_step]
-                with open(path, "w") as f:
-                    f.writelines(rows)
-        self.metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a")
-        self.samples = open(os.path.join(out_dir, "samples.jsonl"), "a")
-
-    def log(self, row):
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
-
-    def log_samples(self, step, samples):
-        for s in samples:
-            self.samples.write(json.dumps({"step": step, **s}) + "\n")
-        self.samples.flush()
-
-    def close(self):
-        self.metrics.close()
-        self.samples.close()
-
-
-def prepare_out_dir(cfg):
-    """Refuse to overwrite earlier checkpoints unless resuming; return the checkpoint to resume from (or None)."""
-    ckpts = list_checkpoints(cfg.out_dir)
-    if os.path.exists(os.path.join(cfg.out_dir, "final", "config.json")) and cfg.train.resume:
-        return "final"
-    if ckpts and not cfg.train.resume:
-        raise FileExistsError(f"{cfg.out_dir} already holds checkpoints ({os.path.basename(ckpts[-1])}); "
-                              "pass --train.resume=true to continue, or choose another --out_dir")
-    if os.path.exists(os.path.join(cfg.out_dir, "final")) and not cfg.train.resume:
-        raise FileExistsError(f"{cfg.out_dir}/final exists: this run is finished; choose another --out_dir")
-    return ckpts[-1] if ckpts else None
 
 
 # -----------------------------------------------------------------------------
@@ -590,6 +425,29 @@ def teacher_traces(cfg, teacher, tok, problems, device):
     return [(k["prompt_ids"], k["completion_ids"]) for k in kept]
 
 
+def logit_matching_loss(teacher, dc):
+    """loss_fn for train_loop: distill.distill_objective against the teacher's logits on the same tokens."""
+    def loss_fn(model, x, y, mask):
+        with torch.no_grad():
+            t_logits = teacher(x)  # (B, T, V), no gradient reaches the teacher
+        return distill.distill_objective(model(x), t_logits, y, mask, dc)
+    return loss_fn
+
+
+def teacher_sample_batches(cfg, teacher, tok, problems, device):
+    """batch_fn of fresh teacher completions to batch_size random prompts, a pure function of the step."""
+    prompts, dc = E.encode_prompts(tok, problems, cfg.data.template), cfg.distill
+
+    def batch_fn(step, micro):
+        idx = torch.randint(len(prompts), (cfg.train.batch_size,), generator=step_generator(cfg.train.seed, step, micro))
+        gen = step_generator(cfg.train.seed, step, micro + 1000, device)
+        with autocast(device):
+            comps = teacher.generate([prompts[i] for i in idx.tolist()], dc.max_new_tokens, dc.sample_temperature,
+                                     eos_id=tok.eos_id, generator=gen)
+        return D.sft_batch([(prompts[i], c) for i, c in zip(idx.tolist(), comps)], tok.pad_id)
+    return batch_fn
+
+
 def run_distill(cfg):
     """Distil the [distill].teacher checkpoint into the student (a fresh [model] or --init), either by logit
     matching on sequences or by SFT on the teacher's reward-filtered traces (DeepSeek-R1's recipe)."""
@@ -611,70 +469,20 @@ def run_distill(cfg):
         raise ValueError(f"student tokenizer ({cfg.init or cfg.data.tokenizer}) differs from the teacher's "
                          f"({dc.teacher}): logits and traces are only comparable over one vocabulary")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
-    T = min(cfg.data.seq_len, student.cfg.max_seq_len)
-    loss_fn = None
-    if dc.mode == "traces":
-        batch_fn = sft_batches(teacher_traces(cfg, teacher, tok, train, device), cfg, tok)
-    else:
-        def loss_fn(model, x, y, mask):
-            with torch.no_grad():
-                t_logits = teacher(x)  # (B, T, V), no gradient reaches the teacher
-            return distill.distill_objective(model(x), t_logits, y, mask, dc)
-        if dc.source == "dataset":
-            batch_fn = sft_batches([D.encode_sft(tok, p, cfg.data.template, T) for p in train], cfg, tok)
-        else:
-            prompts = E.encode_prompts(tok, train, cfg.data.template)
-
-            def batch_fn(step, micro):  # fresh teacher samples, a pure function of the step
-                g = step_generator(cfg.train.seed, step, micro)
-                idx = torch.randint(len(prompts), (cfg.train.batch_size,), generator=g).tolist()
-                with autocast(device):
-                    comps = teacher.generate([prompts[i] for i in idx], dc.max_new_tokens, dc.sample_temperature,
-                                             eos_id=tok.eos_id, generator=step_generator(cfg.train.seed, step,
-                                                                                         micro + 1000, device))
-                return D.sft_batch([(prompts[i], c) for i, c in zip(idx, comps)], tok.pad_id)
+    if dc.mode == "traces":  # SFT on what the teacher got right
+        batch_fn, loss_fn = sft_batches(teacher_traces(cfg, teacher, tok, train, device), cfg, tok), None
+    elif dc.source == "dataset":  # logit matching on the dataset's worked solutions
+        T = min(cfg.data.seq_len, student.cfg.max_seq_len)
+        batch_fn = sft_batches([D.encode_sft(tok, p, cfg.data.template, T) for p in train], cfg, tok)
+        loss_fn = logit_matching_loss(teacher, dc)
+    else:  # logit matching on fresh teacher samples
+        batch_fn, loss_fn = teacher_sample_batches(cfg, teacher, tok, train, device), logit_matching_loss(teacher, dc)
     train_loop(cfg, student, tok, opt, batch_fn, test[: cfg.train.eval_n], device, start, loss_fn)
 
 
 
-def pipeline_configs(cfg):
-    """One Config per pipeline step: the base config plus the step's table, checked before anything runs."""
-    steps = cfg.pipeline.get("steps")
-    if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
-        raise ValueError("stage = 'pipeline' needs [pipeline] steps = [\"name\", ...]")
-    out, dirs = [], {}
-    for name in steps:
-        table = dict(cfg.pipeline.get(name, {}))
-        step = copy.deepcopy(cfg)
-        step.pipeline = {}
-        step.stage = name  # a step named after a stage needs no `stage` key
-        try:
-            _apply(step, table, "", cli=True)
-        except (KeyError, TypeError) as e:
-            raise type(e)(f"[pipeline.{name}]: {e.args[0]}") from None
-        if step.stage not in RUNNERS or step.stage == "pipeline":
-            raise ValueError(f"[pipeline.{name}]: unknown stage {step.stage!r}; valid: {sorted(RUNNERS)}")
-        step.init = dirs.get(step.init, step.init)  # an earlier step's name means its final checkpoint
-        step.out_dir = os.path.join(cfg.out_dir, name)
-        dirs[name] = os.path.join(step.out_dir, "final")
-        out.append((name, step))
-    return out
-
-
-def run_pipeline(cfg):
-    """Run the steps in order. With --train.resume=true a finished step is skipped and an interrupted one
-    continues from its newest checkpoint. Wall time per step goes to out_dir/pipeline.jsonl."""
-    steps = pipeline_configs(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    for name, step in steps:
-        t0 = time.time()
-        RUNNERS[step.stage](step)
-        with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
-            f.write(json.dumps({"step": name, "stage": step.stage, "wall_s": time.time() - t0}) + "\n")
-
-
 RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo, "distill": run_distill,
-           "pipeline": run_pipeline}
+           "pipeline": lambda cfg: pipeline.run_pipeline(cfg, RUNNERS)}
 
 
 def main(argv=None):

@@ -1,0 +1,105 @@
+"""
+The run folder of r1-mini: checkpoints written atomically, the training state for exact resume, and the logs.
+
+    out_dir/ckpt-0000200/   model.safetensors + config.json (Hugging Face layout), tokenizer, run_config.json,
+    out_dir/final/          train_state.pt (optimizer, step, RNG states)
+    out_dir/metrics.jsonl   one JSON object per logged step
+    out_dir/samples.jsonl   decoded samples with their rewards
+
+A checkpoint is written to a hidden temporary folder and renamed into place, so a crash at any moment leaves
+either the old checkpoint or the new one, never half of one. A step folder counts once its train_state.pt exists.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+
+def list_checkpoints(out_dir):
+    """Complete step checkpoints in out_dir, oldest first (a folder counts once its train_state.pt exists)."""
+    paths = glob.glob(os.path.join(out_dir, "ckpt-*", "train_state.pt"))
+    return sorted(os.path.dirname(p) for p in paths)
+
+def save_checkpoint(folder, model, tok, cfg, train_state=None):
+    """Write the checkpoint to a temporary sibling folder, then rename it into place."""
+    parent, name = os.path.split(os.path.abspath(folder))
+    tmp = os.path.join(parent, f".tmp-{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model.save_pretrained(tmp)
+    tok.save(tmp)
+    with open(os.path.join(tmp, "run_config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+    if train_state is not None:
+        torch.save(train_state, os.path.join(tmp, "train_state.pt"))
+    if os.path.exists(folder):  # only `final` is ever replaced; move the old one aside first
+        old = os.path.join(parent, f".old-{name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(folder, old)
+        os.rename(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, folder)
+
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunLog:
+    """metrics.jsonl (one JSON object per logged step) and samples.jsonl, appended and flushed as we go."""
+
+    def __init__(self, out_dir, start_step):
+        os.makedirs(out_dir, exist_ok=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):  # drop rows past the step we resume from
+            path = os.path.join(out_dir, name)
+            if os.path.exists(path):
+                with open(path) as f:
+                    rows = [r for r in f if r.strip() and json.loads(r).get("step", 0) <= start_step]
+                with open(path, "w") as f:
+                    f.writelines(rows)
+        self.metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a")
+        self.samples = open(os.path.join(out_dir, "samples.jsonl"), "a")
+
+    def log(self, row):
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def log_samples(self, step, samples):
+        for s in samples:
+            self.samples.write(json.dumps({"step": step, **s}) + "\n")
+        self.samples.flush()
+
+    def close(self):
+        self.metrics.close()
+        self.samples.close()
+
+
+def prepare_out_dir(cfg):
+    """Refuse to overwrite earlier checkpoints unless resuming; return the checkpoint to resume from (or None)."""
+    ckpts = list_checkpoints(cfg.out_dir)
+    if os.path.exists(os.path.join(cfg.out_dir, "final", "config.json")) and cfg.train.resume:
+        return "final"
+    if ckpts and not cfg.train.resume:
+        raise FileExistsError(f"{cfg.out_dir} already holds checkpoints ({os.path.basename(ckpts[-1])}); "
+                              "pass --train.resume=true to continue, or choose another --out_dir")
+    if os.path.exists(os.path.join(cfg.out_dir, "final")) and not cfg.train.resume:
+        raise FileExistsError(f"{cfg.out_dir}/final exists: this run is finished; choose another --out_dir")
+    return ckpts[-1] if ckpts else None

@@ -1,0 +1,55 @@
+"""
+Multi-stage runs for r1-mini (`stage = "pipeline"` in a train.py config): a list of named steps run in order,
+each one a normal stage (pretrain, sft, grpo, distill) in its own folder out_dir/NAME with its own checkpoints
+and metrics. [pipeline.NAME] holds the step's overrides of the base config; `init = "EARLIER_STEP"` starts a
+step from that step's final checkpoint.
+
+    [pipeline]
+    steps = ["sft", "grpo"]
+    [pipeline.grpo]
+    init = "sft"
+    train = {max_steps = 200, lr = 1e-4}
+"""
+
+import copy
+import json
+import os
+import time
+
+from config import apply_table
+
+
+def pipeline_configs(cfg, runners):
+    """One Config per pipeline step: the base config plus the step's table, checked before anything runs."""
+    steps = cfg.pipeline.get("steps")
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+        raise ValueError("stage = 'pipeline' needs [pipeline] steps = [\"name\", ...]")
+    out, dirs = [], {}
+    for name in steps:
+        table = dict(cfg.pipeline.get(name, {}))
+        step = copy.deepcopy(cfg)
+        step.pipeline = {}
+        step.stage = name  # a step named after a stage needs no `stage` key
+        try:
+            apply_table(step, table, "", cli=True)
+        except (KeyError, TypeError) as e:
+            raise type(e)(f"[pipeline.{name}]: {e.args[0]}") from None
+        if step.stage not in runners or step.stage == "pipeline":
+            raise ValueError(f"[pipeline.{name}]: unknown stage {step.stage!r}; valid: {sorted(runners)}")
+        step.init = dirs.get(step.init, step.init)  # an earlier step's name means its final checkpoint
+        step.out_dir = os.path.join(cfg.out_dir, name)
+        dirs[name] = os.path.join(step.out_dir, "final")
+        out.append((name, step))
+    return out
+
+
+def run_pipeline(cfg, runners):
+    """Run the steps in order. With --train.resume=true a finished step is skipped and an interrupted one
+    continues from its newest checkpoint. Wall time per step goes to out_dir/pipeline.jsonl."""
+    steps = pipeline_configs(cfg, runners)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    for name, step in steps:
+        t0 = time.time()
+        runners[step.stage](step)
+        with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
+            f.write(json.dumps({"step": name, "stage": step.stage, "wall_s": time.time() - t0}) + "\n")
