@@ -161,22 +161,18 @@ def _column_steps(a, b, op, rng, flaw_p):
         used = carry
         if op == "+":
             s = x + y + used
-            expr = f"{x} + {y}" + (f" + {used}" if used else "")
             digit, carry = s % 10, s // 10
-            lines.append(f"{expr} = {s}, write {digit}, carry {carry}.")
+            lines.append(f"{x}+{y}" + (f"+{used}" if used else "") + f"={s}, carry {carry}.")
         else:
             s = x - y - used
-            expr = f"{x} - {y}" + (f" - {used}" if used else "")
             digit, carry = s % 10, int(s < 0)
-            if s < 0:
-                lines.append(f"{expr} is negative, so {10 + s} with borrow: write {digit}, borrow 1.")
-            else:
-                lines.append(f"{expr} = {s}, write {digit}, borrow 0.")
+            expr = f"{x}-{y}" + (f"-{used}" if used else "")
+            lines.append(f"{expr}<0, so {10 + s}, borrow 1." if s < 0 else f"{expr}={s}, borrow 0.")
         digits.append(digit)
         if rng.random() < flaw_p:  # drawn every column, so flaw_p never changes which problems are made
             carry = 0  # the flaw: the carry/borrow is announced but never used
     if op == "+" and carry:
-        lines.append(f"The last carry {carry} becomes the leading digit.")
+        lines.append(f"Lead with carry {carry}.")
         digits.append(carry)
     return lines, int("".join(map(str, digits[::-1])))
 
@@ -185,7 +181,7 @@ def gen_add(rng, level, flaw_p=0.0):
     a, b = _digits(level + 1, rng), _digits(rng.randint(1, level + 1), rng)
     a, b = max(a, b), min(a, b)
     lines, result = _column_steps(a, b, "+", rng, flaw_p)
-    sol = "\n".join([f"Add {a} and {b} column by column from the right."] + lines + [f"So {a} + {b} = {result}."])
+    sol = "\n".join(lines + [f"So {a} + {b} = {result}."])  # columns right to left
     return f"Compute {a} + {b}.", sol, str(a + b)
 
 
@@ -193,22 +189,22 @@ def gen_sub(rng, level, flaw_p=0.0):
     a, b = _digits(level + 1, rng), _digits(rng.randint(1, level + 1), rng)
     a, b = max(a, b), min(a, b)
     lines, result = _column_steps(a, b, "-", rng, flaw_p)
-    sol = "\n".join([f"Subtract {b} from {a} column by column from the right."] + lines + [f"So {a} - {b} = {result}."])
+    sol = "\n".join(lines + [f"So {a} - {b} = {result}."])
     return f"Compute {a} - {b}.", sol, str(a - b)
 
 
 def gen_mul(rng, level, flaw_p=0.0):
     a, b = _digits(level + 1, rng), rng.randint(2, 9)
-    lines, digits, carry = [f"Multiply {a} by {b} digit by digit from the right."], [], 0
-    for x in map(int, str(a)[::-1]):
+    lines, digits, carry = [], [], 0
+    for x in map(int, str(a)[::-1]):  # digits right to left
         p = x * b + carry
-        lines.append(f"{x} * {b}" + (f" + {carry}" if carry else "") + f" = {p}, write {p % 10}, carry {p // 10}.")
+        lines.append(f"{x}*{b}" + (f"+{carry}" if carry else "") + f"={p}, carry {p // 10}.")
         digits.append(p % 10)
         carry = p // 10
         if rng.random() < flaw_p:
             carry = 0  # the flaw, as in _column_steps
     if carry:
-        lines.append(f"The last carry {carry} becomes the leading digits.")
+        lines.append(f"Lead with carry {carry}.")
         digits.extend(int(c) for c in str(carry)[::-1])
     result = int("".join(map(str, digits[::-1])))
     lines.append(f"So {a} * {b} = {result}.")
