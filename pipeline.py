@@ -16,12 +16,16 @@ import json
 import os
 import time
 
+import report
 from config import apply_table
 
 
 def pipeline_configs(cfg, runners):
     """One Config per pipeline step: the base config plus the step's table, checked before anything runs."""
     steps = cfg.pipeline.get("steps")
+    unknown = set(cfg.pipeline) - {"steps", "report"} - set(steps or [])
+    if unknown:
+        raise KeyError(f"[pipeline] has tables for steps not in `steps`: {sorted(unknown)}")
     if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
         raise ValueError("stage = 'pipeline' needs [pipeline] steps = [\"name\", ...]")
     out, dirs = [], {}
@@ -37,6 +41,7 @@ def pipeline_configs(cfg, runners):
         if step.stage not in runners or step.stage == "pipeline":
             raise ValueError(f"[pipeline.{name}]: unknown stage {step.stage!r}; valid: {sorted(runners)}")
         step.init = dirs.get(step.init, step.init)  # an earlier step's name means its final checkpoint
+        step.distill.teacher = dirs.get(step.distill.teacher, step.distill.teacher)
         step.out_dir = os.path.join(cfg.out_dir, name)
         dirs[name] = os.path.join(step.out_dir, "final")
         out.append((name, step))
@@ -49,7 +54,11 @@ def run_pipeline(cfg, runners):
     steps = pipeline_configs(cfg, runners)
     os.makedirs(cfg.out_dir, exist_ok=True)
     for name, step in steps:
+        if os.path.exists(os.path.join(step.out_dir, "final", "config.json")) and cfg.train.resume:
+            continue  # finished in an earlier run
         t0 = time.time()
         runners[step.stage](step)
-        with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
+        with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:  # a resumed step adds a second row
             f.write(json.dumps({"step": name, "stage": step.stage, "wall_s": time.time() - t0}) + "\n")
+    if "report" in cfg.pipeline:
+        report.write_report(cfg, steps, cfg.pipeline["report"])

@@ -1,0 +1,136 @@
+"""
+The report of a finished pipeline (pipeline.py): out_dir/report.json, report.md and training-curve plots.
+
+Configured by the [pipeline.report] table, each key naming pipeline steps:
+    rl      = ["sft", "grpo"]        DeepSeekMath's RL finding: greedy pass@1, pass@k and maj@k of each checkpoint
+    distill = ["grpo", "student"]    DeepSeek-R1's distillation finding: parameters, wall time, greedy accuracy
+    zero    = "r1zero"               R1-Zero-style run: format rate, accuracy, completion length over training
+    n = 16, k = [1, 4, 16], n_test = 300, max_new_tokens = 128
+Every number is measured here on the held-out test split; nothing is copied from a training log except the
+R1-Zero curve, which is the training log by definition. Plots need the optional matplotlib.
+"""
+
+import json
+import os
+
+import torch
+
+import data as D
+import eval as E
+
+
+def read_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def evaluate_step(ckpt, problems, spec, sampled, device):
+    """Greedy accuracy (and pass@k / maj@k when `sampled`) of one checkpoint, in its own training template."""
+    model, tok, run_cfg = E.load_checkpoint(ckpt, device)
+    template = run_cfg.get("data", {}).get("template", "plain")
+    greedy, _ = E.greedy_eval(model, tok, problems, template, spec["max_new_tokens"], desc=f"greedy {ckpt}")
+    row = {"params": model.num_params(), "greedy": greedy["accuracy"], "format_rate": greedy["format_rate"],
+           "mean_len": greedy["mean_len"]}
+    if sampled:
+        gen = torch.Generator(device=device).manual_seed(0)
+        metrics, _ = E.sampled_eval(model, tok, problems, template, spec["n"], spec["k"], spec["max_new_tokens"],
+                                    generator=gen)
+        row.update(metrics)
+    return row
+
+
+def zero_curve(metrics, points=6):
+    """A few evenly spaced rows of an R1-Zero-style GRPO log: accuracy, format rate, completion length."""
+    rows = [r for r in metrics if "reward_mean" in r]
+    if not rows:
+        return []
+    idx = sorted({round(i * (len(rows) - 1) / (points - 1)) for i in range(points)})
+    return [{"step": rows[i]["step"], "accuracy": rows[i]["accuracy_mean"], "format_rate": rows[i]["format_rate"],
+             "completion_len": rows[i]["completion_len"]} for i in idx]
+
+
+def md_table(rows, cols):
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    return head + "".join("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |\n" for r in rows)
+
+
+def plot_curves(out_dir, steps, path):
+    """reward/accuracy, KL and completion length of the GRPO steps, loss of the distill steps: one PNG."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    panels = [("reward_ema", "reward (EMA) / held-out greedy accuracy"), ("kl", "k3 KL to the reference"),
+              ("completion_len", "completion length (tokens)"), ("loss", "distillation loss")]
+    for name, stage in steps:
+        rows = read_jsonl(os.path.join(out_dir, name, "metrics.jsonl"))
+        for ax, (key, title) in zip(axes, panels):
+            if (stage == "distill") != (key == "loss"):
+                continue
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=name)
+            evals = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+            if key == "reward_ema" and evals and stage == "grpo":
+                ax.plot(*zip(*evals), "o--", label=f"{name} held-out")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def write_report(cfg, steps, spec):
+    """Evaluate the checkpoints the spec names and write report.json / report.md / plots.png in out_dir."""
+    spec = {"rl": [], "distill": [], "zero": "", "n": 16, "k": [1, 4, 16], "n_test": cfg.data.n_test,
+            "max_new_tokens": cfg.train.max_new_tokens, **spec}
+    stage_of = dict((name, s.stage) for name, s in steps)
+    for name in spec["rl"] + spec["distill"] + ([spec["zero"]] if spec["zero"] else []):
+        if name not in stage_of:
+            raise KeyError(f"[pipeline.report] names step {name!r}, which is not in [pipeline] steps")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    problems = D.load_problems(cfg.data, "test")[: spec["n_test"]]
+    wall = {r["step"]: r["wall_s"] for r in read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl"))}
+    final = lambda name: os.path.join(cfg.out_dir, name, "final")
+    rep = {"n_test": len(problems), "wall_s": wall, "rl": [], "distill": [], "zero": []}
+    for name in spec["rl"]:
+        rep["rl"].append({"step": name, **evaluate_step(final(name), problems, spec, True, device)})
+    for name in spec["distill"]:
+        done = next((r for r in rep["rl"] if r["step"] == name), None)
+        row = done or {"step": name, **evaluate_step(final(name), problems, spec, False, device)}
+        rep["distill"].append({**row, "wall_s": wall.get(name, float("nan"))})
+    if spec["zero"]:
+        rep["zero"] = zero_curve(read_jsonl(os.path.join(cfg.out_dir, spec["zero"], "metrics.jsonl")))
+    with open(os.path.join(cfg.out_dir, "report.json"), "w") as f:
+        json.dump(rep, f, indent=2)
+
+    ks = [f"{m}@{k}" for m in ("pass", "maj") for k in spec["k"]]
+    md = [f"# r1-mini pipeline report\n\nHeld-out synthetic test problems: {len(problems)}. "
+          f"Wall time per step (s): {', '.join(f'{k} {v:.0f}' for k, v in wall.items())}.\n"]
+    if rep["rl"]:
+        md.append(f"## RL sharpens the distribution (DeepSeekMath 5.2)\n\n{spec['n']} samples per problem.\n\n"
+                  + md_table(rep["rl"], ["step", "greedy"] + ks))
+    if rep["distill"]:
+        md.append("## Distillation versus RL on the small model (DeepSeek-R1)\n\n"
+                  + md_table(rep["distill"], ["step", "params", "wall_s", "greedy"]))
+    if rep["zero"]:
+        md.append(f"## R1-Zero-style GRPO from the pretrained model ({spec['zero']})\n\n"
+                  + md_table(rep["zero"], ["step", "accuracy", "format_rate", "completion_len"]))
+    if plot_curves(cfg.out_dir, steps=[(n, stage_of[n]) for n in stage_of], path=os.path.join(cfg.out_dir, "plots.png")):
+        md.append("![training curves](plots.png)\n")
+    else:
+        md.append("Plots: `pip install matplotlib`, then re-run with `--train.resume=true` (finished steps are kept).\n")
+        print("report: matplotlib is not installed; `pip install matplotlib` for the plots")
+    with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
+        f.write("\n".join(md))
+    return rep

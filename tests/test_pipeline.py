@@ -1,0 +1,54 @@
+"""pipeline.py + report.py: a toy end-to-end pipeline (pretrain -> SFT -> GRPO -> distill -> report) in seconds."""
+import json
+import os
+
+import train as T
+from test_train import TINY
+
+TOY = TINY.replace('stage = "pretrain"', 'stage = "pipeline"') + """
+[pipeline]
+steps = ["pretrain", "sft", "grpo", "student"]
+[pipeline.pretrain]
+train = {max_steps = 2}
+[pipeline.sft]
+init = "pretrain"
+train = {max_steps = 2}
+[pipeline.grpo]
+init = "sft"
+train = {max_steps = 2, batch_size = 2}
+grpo = {group_size = 2, max_new_tokens = 6}
+[pipeline.student]
+stage = "distill"
+model = {dim = 16, n_heads = 2, n_kv_heads = 1, hidden_dim = 32, n_layers = 1}
+distill = {teacher = "grpo", max_new_tokens = 6}
+train = {max_steps = 2}
+[pipeline.report]
+rl = ["sft", "grpo"]
+distill = ["grpo", "student"]
+zero = "grpo"
+n = 2
+k = [1, 2]
+n_test = 3
+max_new_tokens = 8
+"""
+
+
+def test_toy_pipeline_produces_every_artifact(tmp_path):
+    (tmp_path / "toy.toml").write_text(TOY)
+    out = str(tmp_path / "demo")
+    T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", out, "--train.eval_n=2"])
+    for name in ("pretrain", "sft", "grpo", "student"):
+        assert os.path.exists(os.path.join(out, name, "final", "model.safetensors")), name
+        assert os.path.getsize(os.path.join(out, name, "metrics.jsonl")) > 0, name
+    rep = json.load(open(os.path.join(out, "report.json")))
+    assert rep["n_test"] == 3 and [r["step"] for r in rep["rl"]] == ["sft", "grpo"]
+    for r in rep["rl"]:
+        assert 0 <= r["pass@1"] <= r["pass@2"] <= 1 and 0 <= r["greedy"] <= 1 and "maj@2" in r
+    params = {r["step"]: r["params"] for r in rep["distill"]}
+    assert params["student"] < params["grpo"]
+    assert set(rep["wall_s"]) == {"pretrain", "sft", "grpo", "student"} and all(v > 0 for v in rep["wall_s"].values())
+    grpo_rows = [json.loads(x) for x in open(os.path.join(out, "grpo", "metrics.jsonl"))]
+    assert [z["step"] for z in rep["zero"]] == [r["step"] for r in grpo_rows if "reward_mean" in r]
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| step | greedy | pass@1 | pass@2 | maj@1 | maj@2 |" in md and "| student |" in md
+    assert "format_rate" in md
