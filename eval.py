@@ -168,6 +168,8 @@ def parse_args(argv):
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--skip_long", action="store_true",
+                    help="drop problems whose prompt + max_new_tokens exceed the model's max_seq_len")
     args = ap.parse_args(argv)
     args.k = [int(k) for k in args.k.split(",") if k.strip()]
     if args.n and max(args.k) > args.n:
@@ -190,10 +192,19 @@ def main(argv=None):
         print(text.strip(), f"\n\nextracted answer: {extract_answer(text)}")
         return None
     problems = problems[: args.limit] if args.limit else problems
+    fits = [len(p) + args.max_new_tokens <= model.cfg.max_seq_len for p in encode_prompts(tok, problems, template)]
+    if not all(fits) and not args.skip_long:
+        raise ValueError(f"{fits.count(False)} of {len(problems)} prompts + max_new_tokens {args.max_new_tokens} "
+                         f"exceed the model's max_seq_len {model.cfg.max_seq_len}; pass --skip_long to drop them")
+    skipped = fits.count(False)
+    problems = [p for p, ok in zip(problems, fits) if ok]
+    if not problems:
+        raise ValueError(f"no prompt fits max_seq_len {model.cfg.max_seq_len} with max_new_tokens {args.max_new_tokens}")
     t0 = time.time()
     greedy, greedy_samples = greedy_eval(model, tok, problems, template, args.max_new_tokens, args.batch_size,
                                          desc="greedy")
-    report = {"ckpt": args.ckpt, "data": args.data, "n_problems": len(problems), "template": template,
+    report = {"ckpt": args.ckpt, "data": args.data, "n_problems": len(problems), "skipped_long": skipped,
+              "template": template,
               "args": {k: v for k, v in vars(args).items() if k != "prompt"}, "run_config": run_cfg,
               "greedy": greedy}
     records = [{"question": s["question"], "gold": s["gold"], "greedy": s, "greedy_correct": s["reward"],

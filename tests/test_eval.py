@@ -59,6 +59,17 @@ def test_end_to_end_report(tmp_path):
         assert r["correct"] == c and r["pass@4"] == (1.0 if c else 0.0)
     assert rep["sampled"]["pass@4"] == pytest.approx(sum(r["pass@4"] for r in rows) / 3)
 
+    # a GSM8K-style file: one prompt too long for max_seq_len 256 -> a clear error, or dropped with --skip_long
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n" +
+                   json.dumps({"question": "word " * 300, "answer": "#### 1"}) + "\n")
+    args = ["--ckpt", os.path.join(out, "final"), "--data", str(gsm), "--n", "0", "--max_new_tokens", "4",
+            "--out", str(tmp_path / "g.json")]
+    with pytest.raises(ValueError, match="1 of 2 prompts .* exceed the model's max_seq_len 256"):
+        E.main(args)
+    rep = E.main(args + ["--skip_long"])
+    assert rep["n_problems"] == 1 and rep["skipped_long"] == 1 and "sampled" not in rep
+
 
 def test_bad_input_fails_before_sampling(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config, weights, tokenizer"):
