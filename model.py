@@ -128,10 +128,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if x.dtype == self.weight.dtype == torch.float32:  # one fused kernel, bitwise equal to HF's fp32 math
-            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
-        # HF's order in low precision: normalize in fp32, round to the input dtype, then scale
-        return self.weight * F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).to(x.dtype)
+        # HF's order: normalize in fp32, round back to the input dtype, then scale. Written out rather than
+        # F.rms_norm, which on CPU is a slower composite of the same ops (forward and backward).
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., D), unit RMS
+        return self.weight * normed.type_as(x)
 
 
 class Attention(nn.Module):
@@ -144,10 +145,10 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask=None, cache=None, start=0):
         B, T, _ = x.shape
         H, K, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.wqkv(x).view(B, T, H + 2 * K, hd)
-        qk = apply_rope(qkv[:, :, : H + K], cos, sin)  # (B, T, H+K, hd): q and k rotated in one pass
-        q = qk[:, :, :H]  # (B, T, H, hd)
-        k, v = qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K :].transpose(1, 2)  # (B, K, T, hd)
+        # split, not slicing: its backward is one cat, where each slice's backward zero-fills a full-size grad
+        qk, v = self.wqkv(x).view(B, T, H + 2 * K, hd).split([H + K, K], dim=2)  # (B, T, H+K | K, hd)
+        q, k = apply_rope(qk, cos, sin).split([H, K], dim=2)  # (B, T, H | K, hd): q and k rotated in one pass
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, K, T, hd)
         if cache is not None:  # write this step into the preallocated cache, attend over everything so far
             k_cache, v_cache = cache  # (B, K, S, hd)
             k_cache[:, :, start : start + T] = k
@@ -227,7 +228,7 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
-        lo, hi = torch.aminmax(tokens)
+        lo, hi = (int(v) for v in torch.aminmax(tokens))  # one pass over the ids
         if lo < 0 or hi >= self.cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={self.cfg.vocab_size}), got {lo}..{hi}")
         cos, sin = rope_tables(torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta)

@@ -1,0 +1,129 @@
+"""
+Speed of model.py on this machine: training tokens/s with MFU, and sampling tokens/s.
+
+MFU = tokens/s * Transformer.flops_per_token(seq) / peak, where the peak is a matmul measured here on the same
+device and dtype (fp32 on CPU, bf16 on CUDA), not a datasheet number. Training is forward + backward + AdamW
+on random tokens; sampling is Transformer.generate on ragged random prompts with no eos (all rows run to the end).
+
+    python bench.py --size S                        # CPU, fp32, 2 threads
+    python bench.py --size M --threads 2
+    python bench.py --size L --device cuda          # ~100M params, bf16 autocast
+    python bench.py --dim 384 --n_layers 6 --n_heads 6 --n_kv_heads 2 --hidden_dim 1024 --vocab_size 8192
+"""
+import argparse
+import random
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from model import ModelConfig, Transformer
+
+SIZES = {  # vocab, width, layers, heads, kv heads, SwiGLU width
+    "S": dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=688),  # 3.95M
+    "M": dict(vocab_size=8192, dim=512, n_layers=8, n_heads=8, n_kv_heads=4, hidden_dim=1376),  # 27.4M
+    "L": dict(vocab_size=32000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, hidden_dim=2048),  # ~100M, GPU
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, reps, warmup):
+    """Median wall seconds of fn() over reps calls, after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak(device, dtype, n, reps=5):
+    """FLOP/s of an n x n x n matmul in dtype: the ceiling MFU is measured against."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / timed(lambda: a @ b, device, reps, warmup=2)
+
+
+def bench_train(model, cfg, device, amp, batch, seq, reps, warmup):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    data = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)  # (B, T+1)
+    x, y = data[:, :-1], data[:, 1:]
+    model.train()
+
+    def step():
+        with amp:
+            logits = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return batch * seq / timed(step, device, reps, warmup)
+
+
+def bench_sample(model, cfg, device, amp, batch, new, lo, hi, reps, warmup):
+    rng = random.Random(0)
+    prompts = [[rng.randrange(cfg.vocab_size) for _ in range(rng.randint(lo, hi))] for _ in range(batch)]
+    model.eval()
+
+    def run():
+        with amp:
+            model.generate(prompts, max_new_tokens=new, temperature=1.0, top_p=1.0, eos_id=None, seed=0)
+
+    return batch * new / timed(run, device, reps, warmup)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--size", choices=list(SIZES), default="S")
+    for name in SIZES["S"]:  # explicit dims override the named size
+        p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--batch", type=int, default=8, help="training batch, sequences")
+    p.add_argument("--seq", type=int, default=256, help="training sequence length")
+    p.add_argument("--steps", type=int, default=6, help="timed training steps (median reported)")
+    p.add_argument("--gen-batch", type=int, default=16, help="prompts sampled together")
+    p.add_argument("--gen-new", type=int, default=128, help="new tokens per prompt")
+    p.add_argument("--prompt-len", type=int, nargs=2, default=[20, 40], help="prompt lengths, min max")
+    p.add_argument("--gen-reps", type=int, default=3, help="timed generate calls (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--skip", choices=["train", "sample"], default=None)
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dims = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in SIZES[args.size].items()}
+    max_seq = max(args.seq, args.prompt_len[1] + args.gen_new)
+    cfg = ModelConfig(**dims, max_seq_len=max_seq)
+    model = Transformer(cfg).to(device)
+    cuda = device.type == "cuda"
+    amp = torch.autocast("cuda", torch.bfloat16) if cuda else nullcontext()
+    peak = matmul_peak(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 2048)
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu, {torch.get_num_threads()} threads"
+    print(f"# torch {torch.__version__} on {name}; {'bf16 autocast' if cuda else 'fp32'}")
+    print(f"# model {dims}: {model.num_params() / 1e6:.2f} M params")
+    print(f"# matmul peak {peak / 1e9:.1f} GFLOP/s ({'bf16 8192^3' if cuda else 'fp32 2048^3'})")
+    if args.skip != "train":
+        tok_s = bench_train(model, cfg, device, amp, args.batch, args.seq, args.steps, args.warmup)
+        mfu = tok_s * model.flops_per_token(args.seq) / peak
+        print(f"train  b{args.batch}x{args.seq}: {tok_s:.0f} tok/s, MFU {100 * mfu:.1f}% "
+              f"({model.flops_per_token(args.seq) / 1e6:.1f} MFLOP/token)")
+    if args.skip != "sample":
+        lo, hi = args.prompt_len
+        tok_s = bench_sample(model, cfg, device, amp, args.gen_batch, args.gen_new, lo, hi, args.gen_reps, 1)
+        print(f"sample {args.gen_batch}x{args.gen_new} (prompts {lo}..{hi}): {tok_s:.0f} new tok/s")
+
+
+if __name__ == "__main__":
+    main()
