@@ -58,8 +58,9 @@ never do). No simplify(): it has no time bound.
 Refused (then only exact equality of the normalized strings counts): answers over MAX_LEN characters after
 extraction, nesting deeper than MAX_DEPTH, more than MAX_ATOMS atoms or MAX_ITEMS elements, numbers longer
 than MAX_DIGITS digits, any exact integer over MAX_BITS bits (so 9^{9^{9^9}} is refused before it is
-built), radicals whose bases total over MAX_RADICAND_BITS bits (sympy factors them), power towers with a
-non-numeric exponent of height > 2, functions of numbers over 64 bits, any unknown command or character,
+built), function arguments and non-numeric exponents larger than 1e4 in absolute value (checked in
+doubles at the sample points, so sin(e^{e^9}) and 2^{e^{e^x}} are refused), radicals whose total radicand bits times the lcm of their root degrees exceed MAX_RADICAL_BITS
+(sympy factors radicands when it merges radicals; this also refuses x^{1/3000}), any unknown command or character,
 and anything evaluating to nan/zoo. A gold answer that cannot be parsed is matched only by string equality,
 so it can never score every prediction 1.0.
 
@@ -77,6 +78,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 import sympy
+from sympy.core.function import AppliedUndef
 
 MAX_LEN = 1000  # characters of one extracted answer; longer ones are compared as strings only
 MAX_DEPTH = 50  # bracket / \frac nesting
@@ -84,7 +86,7 @@ MAX_ATOMS = 300  # numbers, letters and commands in one expression
 MAX_ITEMS = 64  # elements of a list, set, tuple or matrix
 MAX_DIGITS = 100  # digits in one number literal
 MAX_BITS = 20_000  # size of any exact integer we let sympy build (about 6,000 decimal digits)
-MAX_RADICAND_BITS = 512  # total size of bases under non-integer powers (sympy factors these)
+MAX_RADICAL_BITS = 2048  # (total bits of radicands) x (lcm of root degrees): what sympy may factor
 TIME_BUDGET = 0.3  # seconds per parse and per comparison, checked between sympy operations
 REL_TOL = 1e-10  # relative tolerance of the numeric comparison
 N_POINTS = 4  # random points for expressions with variables
@@ -163,7 +165,7 @@ def _last_boxed(text):
         elif stack:
             close[stack.pop()] = m.start() + hits[0]
     for i in reversed(hits):
-        j = i + len(text[i:i + 100]) - len(text[i:i + 100].lstrip(" \t"))
+        j = re.compile(r"[ \t]*").match(text, i).end()
         if text[j:j + 1] == "{":
             if j in close:
                 return text[j + 1:close[j]]
@@ -247,7 +249,8 @@ _SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?|\\(?:d
                       r"(?![A-Za-z])|(?<!\\)\\[!,]")
 _WIDE_SPACING = re.compile(r"(?<!\\)\\[;: ]|\\q?quad(?![A-Za-z])|~")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|\\degree(?![A-Za-z])")
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox|mathrm|mathit|mathbf)\s*\{")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox)\s*\{")
+_STYLE_CMD = re.compile(r"\\(?:mathrm|mathbf|mathit|boldsymbol|operatorname)(?![A-Za-z])")
 _TEXT_POWER = re.compile(r"\s*\^\s*(?:\{\s*[0-9]\s*\}|[0-9])")
 _UNITS_TAIL = re.compile(r"(?:\s+[A-Za-z]{2,}(?:\^\{?[0-9]\}?)?)+\s*$")
 _THOUSANDS_TEX = re.compile(r"([0-9]),\\!\s*(?=[0-9]{3}(?![0-9]))")
@@ -269,6 +272,8 @@ def _clean(s):
     s = _WIDE_SPACING.sub(" ", _SPACING.sub("", s))
     s = _DEGREES.sub("", s).replace("\\%", "").replace("%", "")
     s = re.sub(r"\\[dtc]frac(?![A-Za-z])", "\\\\frac", s)
+    s = re.sub(r"\\mathrm\s*\{\s*([A-Za-z]{2,})\s*\}", r"\\text{\1}", s)  # \mathrm{cm} is a unit
+    s = _STYLE_CMD.sub("", s)  # but \mathrm{e} is e: the braces stay as a group
     s, texts = _split_text(s)
     if not re.sub(r"[\s().,]", "", s) and texts:  # the whole answer is text
         return True, " ".join(texts).strip()
@@ -321,7 +326,7 @@ def _close_of(s, i, opens="{", closes="}"):
 
 # ---- structure: lists, sets, tuples, intervals, unions, matrices, equations
 
-_VAR_PREFIX = re.compile(r"\s*[A-Za-z](?:_\{?[A-Za-z0-9]{1,4}\}?)?\s*(?:=|\\in(?![A-Za-z]))")
+_VAR_PREFIX = re.compile(r"\s*(?:\{?[A-Za-z](?:_\{?[A-Za-z0-9]{1,4}\}?)?\}?)?\s*(?:=|\\in(?![A-Za-z]))")
 _MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
 
 
@@ -427,10 +432,15 @@ def _expr(s, deadline):
 
 # ---- the expression parser
 
-_FUNCS = {"sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot, "sec": sympy.sec,
-          "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
-          "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh, "ln": sympy.log, "log": sympy.log,
-          "exp": sympy.exp}
+# Functions are sympy *undefined* functions: sympy's own sin/log/Abs/exp evaluate themselves and answer
+# assumption queries through as_real_imag() and evalf(), which can take minutes on nested input. Ours are
+# opaque to sympy (sin(x) - sin(x) still cancels) and evaluated by _walk in doubles.
+_CMATH = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "cot": lambda z: 1 / cmath.tan(z),
+          "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z), "arcsin": cmath.asin,
+          "arccos": cmath.acos, "arctan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh,
+          "tanh": cmath.tanh, "ln": cmath.log, "exp": cmath.exp, "abs": abs}
+_F = {name: sympy.Function(name) for name in _CMATH}
+_FUNCS = (set(_CMATH) - {"abs"}) | {"log"}  # \log is the natural log, \log_b x = ln x / ln b
 _GREEK = set("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi "
              "rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega".split())
 _ATOM_CMDS = {"frac", "sqrt", "pi", "infty", "binom"} | _GREEK | set(_FUNCS)
@@ -447,7 +457,8 @@ class _Parser:
     """
 
     def __init__(self, s, deadline):
-        self.s, self.i, self.depth, self.atoms, self.radicand_bits = s, 0, 0, 0, 0
+        self.s, self.i, self.depth, self.atoms = s, 0, 0, 0
+        self.radical_bits, self.radical_q = 0, 1  # see pow()
         self.deadline = deadline
 
     def parse(self):
@@ -564,7 +575,8 @@ class _Parser:
             self.expect(")]}"["([{".index(c)])
         elif c == "|":
             self.i += 1
-            v = sympy.Abs(self.expr())
+            v = self.expr()
+            v = abs(v) if v.is_Rational else _F["abs"](v)
             self.expect("|")
         elif c == "\\":
             v = self.command()
@@ -659,29 +671,38 @@ class _Parser:
             while self.starts_atom() and not re.match(r"\\(?:%s)(?![A-Za-z])" % "|".join(_FUNCS),
                                                        self.s[self.i:self.i + 10]):
                 x = _check(x * self.power())
-        if _max_bits(x) > 64 or (base is not None and _max_bits(base) > 64):
-            raise _Refuse("function of a huge number")
-        v = sympy.log(x, base) if base is not None else _FUNCS[name](x)
+        if not _moderate(x) or (base is not None and not _moderate(base)):
+            raise _Refuse("function of a huge argument")
+        if name == "log":
+            v = _F["ln"](x) if base is None else _check(_F["ln"](x) / _F["ln"](base))
+        else:
+            v = _F[name](x)
         return self.pow(v, power) if power is not None else v
 
     def pow(self, base, e):
         """base**e, refusing results too large to build (power towers, 9^{9^9}) before sympy builds them."""
         if time.perf_counter() > self.deadline:
             raise _Timeout()
+        if base == sympy.E:  # e^x is our opaque exp(x), like \exp(x)
+            if not _moderate(e):
+                raise _Refuse("huge exponent")
+            return _F["exp"](e)
         if e.is_Number:
             if not e.is_Rational:
                 raise _Refuse("non-finite exponent")
             bits = _max_bits(base)
             if abs(e) > 10_000 or bits * max(1, math.ceil(abs(e))) > MAX_BITS:
                 raise _Refuse("power too large")
-            if not e.is_Integer and base.is_number:  # sympy factors radicands: keep them small
-                self.radicand_bits += sum(_bits(a) for a in base.atoms(sympy.Rational))
-                if self.radicand_bits > MAX_RADICAND_BITS:
-                    raise _Refuse("radicands too large")
-        elif _tower(e) >= 2:  # a^{b^{c^x}}: doubles overflow, mpmath would need astronomic precision
-            raise _Refuse("power tower")
-        elif _max_bits(e) > 64 or _max_bits(base) > 64:
-            raise _Refuse("huge base or exponent")
+            if not e.is_Integer:  # also for symbolic bases: (N/x)^{1/3} splits off N^{1/3}
+                # sympy factors radicands, and when it merges radicals (2^{1/2} 3^{1/2} = 6^{1/2}) the number
+                # it factors can reach (product of radicands)^(common denominator): bound that product
+                nested = math.lcm(1, *(x.exp.q for x in base.atoms(sympy.Pow) if x.exp.is_Rational))
+                self.radical_q = math.lcm(self.radical_q, e.q * nested)
+                self.radical_bits += sum(_bits(a) for a in base.atoms(sympy.Rational))
+                if self.radical_bits * self.radical_q > MAX_RADICAL_BITS:
+                    raise _Refuse("radicals too large")
+        elif not _moderate(e):
+            raise _Refuse("huge exponent")
         return _check(sympy.Pow(base, e))
 
 
@@ -693,12 +714,14 @@ def _max_bits(v):
     return max((_bits(a) for a in v.atoms(sympy.Rational)), default=1)
 
 
-def _tower(e):
-    """Height of the tallest power tower in e (x -> 0, x^y -> 1, x^{y^z} -> 2)."""
-    if not e.args:
-        return 0
-    inner = max(_tower(a) for a in e.args)
-    return inner + 1 if e.is_Pow else inner
+def _moderate(v, limit=1e4):
+    """|v| <= limit at our sample points, in doubles. Function arguments and symbolic exponents must be: sympy
+    evaluates them numerically on its own (sin(e^{e^9}) needs ~e^{e^9} bits of precision)."""
+    for env in _points(v.free_symbols):
+        z = _value(v, env)
+        if z is None or abs(z) > limit:
+            return False
+    return True
 
 
 def _check(v):
@@ -716,8 +739,9 @@ def _same(p, g, deadline):
     if time.perf_counter() > deadline:
         raise _Timeout()
     kp, kg = p[0], g[0]
-    if kg == "expr":
-        return kp == "expr" and _expr_eq(p[1], g[1])
+    if kg == "expr":  # a one-element set "\\{3\\}" also answers "3"
+        one = p[1] if kp == "expr" else p[1][0] if kp in ("list", "set") and len(p[1]) == 1 else None
+        return one is not None and _expr_eq(one, g[1])
     if kg in ("list", "set"):
         if kp in ("list", "set"):
             return _bag_eq(p[1], g[1], _expr_eq, deadline)
@@ -808,19 +832,15 @@ def _proportional(a, b):
 
 
 def _points(symbols):
-    """N_POINTS fixed pseudo-random values per variable (one point when there are none)."""
+    """N_POINTS fixed pseudo-random values per variable, of both signs (so sqrt(x^2) != x), or one point
+    when there are no variables."""
     if not symbols:
         return [{}]
     rng = random.Random(1234)
     names = sorted(symbols, key=str)
-    return [{x: rng.uniform(0.5, 2.5) for x in names} for _ in range(N_POINTS)]
+    return [{x: rng.choice((-1, 1)) * rng.uniform(0.5, 2.5) for x in names} for _ in range(N_POINTS)]
 
 
-_CMATH = {sympy.sin: cmath.sin, sympy.cos: cmath.cos, sympy.tan: cmath.tan, sympy.asin: cmath.asin,
-          sympy.acos: cmath.acos, sympy.atan: cmath.atan, sympy.sinh: cmath.sinh, sympy.cosh: cmath.cosh,
-          sympy.tanh: cmath.tanh, sympy.exp: cmath.exp, sympy.log: cmath.log, sympy.Abs: abs,
-          sympy.cot: lambda z: 1 / cmath.tan(z), sympy.sec: lambda z: 1 / cmath.cos(z),
-          sympy.csc: lambda z: 1 / cmath.sin(z)}
 _CONSTANTS = {sympy.pi: math.pi, sympy.E: math.e, sympy.I: 1j}
 
 
@@ -850,6 +870,6 @@ def _walk(e, env):
         if x.imag == 0 and x.real == int(x.real) and abs(x.real) <= 64:
             return base ** int(x.real)  # exact-ish integer powers, and 0^2 without a complex log
         return base ** x
-    if e.func in _CMATH:
-        return complex(_CMATH[e.func](_walk(e.args[0], env)))
+    if isinstance(e, AppliedUndef) and len(e.args) == 1:
+        return complex(_CMATH[e.func.__name__](_walk(e.args[0], env)))
     raise ValueError(f"cannot evaluate {e.func}")
