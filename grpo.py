@@ -11,9 +11,9 @@ o_1..o_G sampled from pi_old:
     D_it   = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1     (Eq. 4, Schulman's k3: >= 0, unbiased under pi_theta)
     A_it   = (r_i - mean(r)) / std(r) for every token t of o_i  (outcome supervision, section 4.1.2)
 The KL is a term of the loss, not folded into the reward, so the advantage stays free of it.
-Iterative GRPO (section 4.1.3): every `ref_update_every` steps the reference is reset to the policy.
+Iterative GRPO (section 4.1.4): every `ref_update_every` steps the reference is reset to the policy.
 
-Conventions and departures, each a switch in GRPOConfig (defaults reproduce DeepSeekMath):
+Conventions and departures, each a switch in GRPOConfig (the defaults are DeepSeekMath's, plus 8):
  1. std is the population std (unbiased=False) plus eps=1e-4; a group whose rewards are all equal gets A = 0
     exactly (the paper leaves std = 0 undefined; TRL uses the sample std).
  2. agg="token-mean" (DAPO): sum over all tokens of the batch / number of tokens, not a per-sequence mean.
@@ -251,8 +251,12 @@ def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None
     """One GRPO step on the distinct prompts (list[list[int]]), each sampled cfg.group_size times:
     rollout + rewards, group advantages, then cfg.num_iterations optimizer steps (zero_grad, backward,
     grad clipping, optimizer.step all happen here; the caller sets the lr and counts steps).
-    Returns a dict of Python floats, plus one non-float entry "_samples": a list with, per completion,
-    prompt_ids, completion_ids, reward, accuracy, advantage, truncated (pop it before logging metrics)."""
+    Returns a dict of Python floats: loss, kl (mean k3; 0 without a reference), ratio_mean, clip_frac(_low,
+    _high), entropy (sampled: mean -log pi of the rollout tokens), grad_norm (before clipping), reward_mean,
+    reward_std (population, over all completions), accuracy_mean, completion_len, truncated_frac, zero_std_frac
+    (groups with all-equal accuracy), kept_frac (completions in the loss), rollout_s (sampling + rewards),
+    update_s; plus one non-float entry "_samples": per completion a dict of prompt_ids, completion_ids,
+    reward, accuracy, advantage, truncated (pop it before logging metrics)."""
     t0 = time.perf_counter()
     roll = rollout(policy, prompts, reward_fn, cfg, eos_id=eos_id, generator=generator)
     t1 = time.perf_counter()
@@ -297,7 +301,7 @@ def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None
 
 
 def maybe_update_ref(ref_model, policy, step, cfg):
-    """Iterative GRPO (DeepSeekMath section 4.1.3): after optimizer step `step` (counted from 1), reset
+    """Iterative GRPO (DeepSeekMath section 4.1.4): after optimizer step `step` (counted from 1), reset
     pi_ref to the policy every cfg.ref_update_every steps. Returns True when it did."""
     if cfg.ref_update_every <= 0 or ref_model is None or step % cfg.ref_update_every != 0:
         return False
