@@ -24,50 +24,54 @@ must be removed when decoding (skip_special_tokens). When the prompt template al
 (R1-Zero: "Assistant: <think>"), pass think_in_prompt=True: the completion then starts inside the think block
 and must not open another one.
 
-is_equiv normalization, applied to both sides (so the rules are symmetric):
+is_equiv(pred, gold). Normalization, applied to both sides:
     - a \\boxed{} inside an answer is unwrapped; null bytes dropped; unicode − × · ÷ π ∞ √ ° become LaTeX
-    - removed: $, \\$, \\( \\), \\[ \\] at the ends, \\left \\right \\big.., \\displaystyle, LaTeX spacing
-      (\\! \\, \\; \\: \\quad ~), a trailing '.', a leading 'answer:', degrees (^\\circ, ^{\\circ}, \\degree),
-      percent signs (so "50\\%" = "50", not 0.5), \\dfrac \\tfrac \\cfrac -> \\frac
-    - \\text{} \\textbf{} \\mbox{} \\mathrm{} ...: if the whole answer is text ("\\text{(B)}", "\\text{even}") it is
-      compared as text (lowercase, letters and digits only); otherwise the text is a unit and is dropped with
-      a following ^2/^3 ("864 \\mbox{ inches}^2" = "864"); "\\text{ or }" and "\\text{ and }" separate answers
-    - trailing words of 2+ letters after a space are units ("5 cm" = "5"); "or"/"and" separate answers
-    - an answer made only of words, with one of 3+ letters ("even", "Navin"), is compared as text
-    - thousands: "10,\\!080" = "10080"; a whole answer like "1,000" or "1,000,000.5" drops its commas, but inside
-      brackets a comma always separates ("(1,000, 2)" is a 3-tuple)
-    - "x = 5" and "x \\in [1,2]" lose the single-variable left side; other equations "a = b" become a - b and
+    - removed: $ and \\$, \\( \\) and \\[ \\] around the answer, \\left \\right \\big.., \\displaystyle, spacing
+      (\\! \\, \\; \\: \\quad ~), a trailing '.', a leading 'answer:', degrees (^\\circ, ^{\\circ}, \\degree), percent
+      signs ("50\\%" = "50", not 0.5); \\dfrac \\tfrac \\cfrac become \\frac; \\mathrm \\mathbf \\boldsymbol are
+      dropped around their argument (\\mathrm{e} = e), except that \\mathrm{cm} (2+ letters) is a unit
+    - \\text{} \\textbf{} \\mbox{} ...: if the whole answer is text ("\\text{(B)}", "\\text{even}") it is compared as
+      text (lowercase, letters and digits only: "(B)" = "b"); otherwise the text is a unit and is dropped with
+      a following ^2/^3 ("864 \\mbox{ inches}^2" = "864"); "\\text{ or }" / "\\text{ and }" separate answers
+    - an answer made only of words, one of them 3+ letters ("even", "Navin"), is compared as text
+    - trailing words of 2+ letters after a space are units ("5 cm" = "5"); bare "or"/"and" separate answers
+    - thousands: "10,\\!080" = "10080"; a whole answer like "1,000" or "1,000,000.5" loses its commas, but
+      inside brackets a comma always separates ("(1,000, 2)" is a 3-tuple)
+    - "x = 5", "x \\in [1,2]" lose their one-variable left side; another equation a = b is kept as a - b, and
       two equations are equal when a1 - b1 = k (a2 - b2) for a constant k != 0
-    - "a \\pm b" is the list {a+b, a-b}; "1\\frac{4}{5}" (integer then \\frac of integers) is a mixed number
-Structures (each element is a parsed expression):
-    - bare comma lists ("2, 3", "x=2 \\text{ or } x=3") and sets \\{..\\} are unordered multisets
-    - (..), [..], (..], [..) with commas are ordered sequences whose brackets must match: tuples and
-      intervals (open/closed ends matter); a gold "(a, b)" also accepts a bare "a, b" in the same order
-    - A \\cup B ... unions of intervals are compared as unordered collections of intervals
-    - pmatrix/bmatrix/vmatrix/matrix are compared cell by cell (same shape); a column or row vector also
+    - "a \\pm b" is the list {a+b, a-b}; an integer then \\frac of integers is a mixed number (1\\frac{4}{5} = 9/5)
+Structures (the gold's kind decides):
+    - bare comma lists ("2, 3", "x=2 \\text{ or } x=3") and sets \\{..\\} are unordered multisets; a one-element
+      list or set also equals its element
+    - (..), [..], (..], [..) with commas are ordered sequences whose brackets must match: tuples and intervals
+      (open/closed ends matter); a gold "(a, b)" also accepts a bare "a, b" in the same order
+    - A \\cup B ... is an unordered collection of intervals
+    - pmatrix / bmatrix / vmatrix / matrix: same shape, cell by cell; a one-row or one-column matrix also
       equals the tuple "(..)" of its entries
-Expressions: our own recursive-descent parser of numbers (exact decimals, scientific notation), + - * / ^,
-implicit multiplication, \\frac{a}{b} \\frac12, \\sqrt[n]{x} \\sqrt2, \\pi, \\infty, \\cdot \\times \\div, single
-letters with subscripts (i = imaginary unit, e = Euler's number), greek letters, |x|, n!, \\binom, \\sin..\\ln
-\\log_b \\exp, and "52_8" (a base subscript stays a distinct symbol). Two expressions are equal when sympy's
-automatic canonical form of their difference is exactly 0, or, when that difference is not a plain number,
-when they agree at a few fixed random points in double precision (relative tolerance 1e-10; so a decimal
-approximation accurate to ~10 digits of an irrational counts as equal, while two different exact rationals
-never do). No simplify(): it has no time bound.
+Expressions: our own recursive-descent parser (class _Parser) for numbers (decimals are exact rationals;
+1.5e3), + - * / ^ **, implicit multiplication (2x, 2\\sqrt2, (a+5)(b+2); but two numbers side by side, "3 4",
+are refused), \\frac{a}{b} \\frac12, \\sqrt[n]{x}, \\pi, \\infty, \\cdot \\times \\div, single letters with
+subscripts (i is the imaginary unit, e is Euler's number), greek letters, |x|, n! (n <= 300), \\binom, \\sin
+\\cos \\tan \\cot \\sec \\csc \\arcsin \\arccos \\arctan \\sinh \\cosh \\tanh \\ln \\log \\log_b \\exp and e^x, and
+base-n numerals "52_8" (kept as their own symbol: "52_8" != "42"). It builds sympy objects directly; the
+functions are opaque sympy functions (see _F). Two expressions are equal when sympy's automatic canonical
+form of their difference is exactly 0 (so exact rationals are compared exactly: 1/3 != 0.3333333333333),
+or, when that difference is not a plain number, when they agree at N_POINTS fixed pseudo-random points
+(variables of both signs) in double precision, to REL_TOL. We never call simplify(): it has no time bound.
 
-Refused (then only exact equality of the normalized strings counts): answers over MAX_LEN characters after
-extraction, nesting deeper than MAX_DEPTH, more than MAX_ATOMS atoms or MAX_ITEMS elements, numbers longer
-than MAX_DIGITS digits, any exact integer over MAX_BITS bits (so 9^{9^{9^9}} is refused before it is
-built), function arguments and non-numeric exponents larger than 1e4 in absolute value (checked in
-doubles at the sample points, so sin(e^{e^9}) and 2^{e^{e^x}} are refused), radicals whose total radicand bits times the lcm of their root degrees exceed MAX_RADICAL_BITS
-(sympy factors radicands when it merges radicals; this also refuses x^{1/3000}), any unknown command or character,
-and anything evaluating to nan/zoo. A gold answer that cannot be parsed is matched only by string equality,
-so it can never score every prediction 1.0.
+Refused (the answer then only matches its exact normalized string): answers over MAX_LEN characters,
+nesting deeper than MAX_DEPTH, more than MAX_ATOMS atoms or MAX_ITEMS elements, number literals over
+MAX_DIGITS digits, exact numbers over MAX_BITS bits, checked before they are built (9^{9^{9^9}}, 2^{100000}),
+radicals whose total radicand bits times the lcm of their root degrees exceed MAX_RADICAL_BITS (sympy
+factors radicands when it merges them; this also refuses x^{1/3000}), function arguments and non-numeric
+exponents over 1e4 in absolute value at the sample points (sin(e^{e^{e^5}})), unknown commands and
+characters, and anything that evaluates to nan or zoo (1/0). A gold answer that cannot be parsed is thus
+matched only by string equality: it never gives 1.0 to everything.
 
-Safety and time: nothing from the inputs reaches eval/exec/sympify/parse_expr; sympy objects are built
-directly by the parser. Time is bounded by construction (the caps above keep each sympy operation small) and,
-as a second line, by a wall-clock budget checked between operations (TIME_BUDGET per parse and per
-comparison), which needs no signals and works in any thread or process.
+Safety and time: nothing from the inputs reaches eval/exec/sympify/parse_expr. Time is bounded by
+construction: the caps keep every sympy operation small, and numeric checks run in doubles (O(1) per node).
+As a second line, a wall-clock budget (TIME_BUDGET per parse and per comparison) is checked between
+operations; it needs no signal, so it works in any thread and in worker processes.
 """
 import cmath
 import math
@@ -413,7 +417,8 @@ def _split_top(s, sep):
     return parts
 
 
-_MIXED = re.compile(r"\s*(-?)\s*([0-9]{1,20})\s*\\frac\s*(?:\{([0-9]{1,20})\}|([0-9]))\s*(?:\{([0-9]{1,20})\}|([0-9]))\s*")
+_MIXED = re.compile(r"\s*(-?)\s*([0-9]{1,20})\s*\\frac\s*(?:\{([0-9]{1,20})\}|([0-9]))"
+                    r"\s*(?:\{([0-9]{1,20})\}|([0-9]))\s*")
 
 
 def _expr(s, deadline):
@@ -527,6 +532,8 @@ class _Parser:
             elif self.eat("/") or self.eat("\\div"):
                 v = _check(v / self.unary())
             elif self.starts_atom():  # implicit multiplication: 2x, 2\sqrt{2}, (a+5)(b+2)
+                if self.peek() in "0123456789." and self.s[:self.i].rstrip()[-1:] in "0123456789.":
+                    raise _Refuse("two numbers side by side")  # "3 4" or "2 1/2" is no product
                 v = _check(v * self.power())
             else:
                 return v
@@ -872,4 +879,6 @@ def _walk(e, env):
         return base ** x
     if isinstance(e, AppliedUndef) and len(e.args) == 1:
         return complex(_CMATH[e.func.__name__](_walk(e.args[0], env)))
+    if e.func == sympy.exp:  # sympy turns e*e into its own exp(2)
+        return cmath.exp(_walk(e.args[0], env))
     raise ValueError(f"cannot evaluate {e.func}")

@@ -30,7 +30,7 @@ def load_jsonl(path):
 def score(completion, gold, times):
     t0 = time.perf_counter()
     r = accuracy_reward(completion, gold)
-    times.append(time.perf_counter() - t0)
+    times.append((time.perf_counter() - t0, gold))
     return r
 
 
@@ -85,6 +85,7 @@ def main(argv=None):
               f"(pass --data-dir); nothing checked")
         return 2
 
+    accuracy_reward("\\boxed{p - q}", "-q + p")  # sympy initializes itself on first use (~0.1 s): not timed
     times = []
     rows = load_jsonl(math_path)
     sols, golds = [r["solution"] for r in rows], [r["answer"] for r in rows]
@@ -95,9 +96,10 @@ def main(argv=None):
     g_miss, g_fp, g_neg = check("GSM8K test", sols, golds, gsm8k_different,
                                 pairs_for(len(rows), args.shifts, False), times)
 
-    ms = sorted(1000 * t for t in times)
+    ms = sorted(1000 * t for t, _ in times)
+    slowest = max(times)
     print(f"time per accuracy_reward call over {len(ms)} calls: median {statistics.median(ms):.3f} ms, "
-          f"p99 {ms[int(0.99 * len(ms))]:.3f} ms, worst {ms[-1]:.1f} ms")
+          f"p99 {ms[int(0.99 * len(ms))]:.3f} ms, worst {ms[-1]:.1f} ms (gold {slowest[1]!r})")
     ok = (len(m_miss) <= 0.01 * len(golds) and len(m_fp) < 0.005 * max(m_neg, 1)
           and len(g_miss) <= 0.01 * len(golds) and len(g_fp) < 0.005 * max(g_neg, 1))
     print("targets met" if ok else "TARGETS NOT MET")
