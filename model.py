@@ -287,8 +287,7 @@ class Transformer(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) row has emitted eos
         for i in range(N):
             nxt = sample(logits, temperature, top_p, generator)  # (B,)
-            if eos_id is not None:
-                nxt = nxt.masked_fill(done, eos_id)  # finished rows repeat eos; cut below
+            if eos_id is not None:  # a finished row keeps sampling; everything after its eos is cut below
                 done |= nxt == eos_id
             out[:, i] = nxt
             if i == N - 1 or (eos_id is not None and bool(done.all())):

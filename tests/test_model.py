@@ -1,6 +1,7 @@
 """model.py against independent references: transformers' Llama / Qwen2 (same weights), full recomputation
 instead of the KV cache, one-by-one instead of batched generation, and hand-made checkpoints."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,15 @@ transformers = pytest.importorskip("transformers")  # development dependency onl
 
 TINY = dict(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=160, max_seq_len=128)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine thread hand-offs dominate."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def randomize(module, seed=0):
@@ -162,12 +172,40 @@ def test_kv_cache_equals_full_recompute(monkeypatch):
             assert (full - cached).abs().max().item() < 1e-4
 
 
+def naive_attention(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
+    """softmax(q k^T / sqrt(d) + mask) v, written out; a fully masked query row gives NaN here."""
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # (..., Tq, Tk)
+    if is_causal:
+        attn_mask = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    return torch.softmax(scores, dim=-1) @ v
+
+
 def test_ragged_batch_equals_one_by_one():
     m = tiny()
     prompts = prompts_of([1, 17, 4, 9, 30])
     batched = m.generate(prompts, max_new_tokens=15, temperature=0)
     assert batched == [m.generate([p], max_new_tokens=15, temperature=0)[0] for p in prompts]
     assert all(len(c) == 15 for c in batched)
+
+
+def test_sdpa_matches_naive_attention(monkeypatch):
+    m = tiny()
+    tokens = torch.randint(0, 256, (2, 33))
+    prompts = prompts_of([1, 17, 4, 9, 30])
+    with torch.no_grad():
+        fast_logits = m(tokens)
+    fast = m.generate(prompts, max_new_tokens=15, temperature=0)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", naive_attention)
+    with torch.no_grad():
+        assert (m(tokens) - fast_logits).abs().max().item() < 1e-5
+    # a pad query that saw no key would turn NaN here, and its NaN value would poison the real rows
+    assert m.generate(prompts, max_new_tokens=15, temperature=0) == fast
 
 
 def test_eos_stops_each_row_and_is_included(monkeypatch):
