@@ -179,3 +179,22 @@ def test_templates():
     assert c == " <think>\nsteps\n</think>\n<answer>\\boxed{5}</answer>"
     with pytest.raises(ValueError, match="unknown template"):
         D.format_prompt("Q", "chatml")
+
+
+def test_hf_tokenizer_json_loads_through_tokenizers(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # comes with transformers (dev)
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(["Compute 12 + 7.", "Solve 3x + 5 = 20."] * 20,
+                          trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    t.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}}))
+    tok = D.load_tokenizer(str(tmp_path))
+    assert isinstance(tok, D.HFTokenizer) and (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)
+    ids = tok.encode("Compute 12 + 7.", bos=True, eos=True)
+    assert ids[0] == 1 and ids[-1] == 2 and tok.decode(ids) == "Compute 12 + 7."
+    (tmp_path / "copy").mkdir()
+    tok.save(str(tmp_path / "copy"))
+    assert D.load_tokenizer(str(tmp_path / "copy")).encode("Solve 3x") == tok.encode("Solve 3x")
