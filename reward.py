@@ -513,30 +513,33 @@ class _Parser:
     # -- grammar
     def expr(self):
         self.enter()
-        v = self.term()
+        terms = [self.term()]
         while True:
             if self.eat("+"):
-                v = _check(v + self.term())
+                terms.append(self.term())
             elif self.eat("-"):
-                v = _check(v - self.term())
+                terms.append(-self.term())
             else:
                 break
         self.depth -= 1
-        return v
+        return _check(sympy.Add(*terms))  # one Add: folding them one by one is quadratic in sympy
 
     def term(self):
-        v = self.unary()
+        factors = [self.unary()]
         while True:
             if self.eat("*") or self.eat("\\cdot") or self.eat("\\times"):
-                v = _check(v * self.unary())
+                factors.append(self.unary())
             elif self.eat("/") or self.eat("\\div"):
-                v = _check(v / self.unary())
+                factors.append(1 / self.unary())
             elif self.starts_atom():  # implicit multiplication: 2x, 2\sqrt{2}, (a+5)(b+2)
                 if self.peek() in "0123456789." and self.s[:self.i].rstrip()[-1:] in "0123456789.":
                     raise _Refuse("two numbers side by side")  # "3 4" or "2 1/2" is no product
-                v = _check(v * self.power())
+                factors.append(self.power())
             else:
-                return v
+                break
+        if sum(_max_bits(f) for f in factors) > MAX_BITS:  # sympy multiplies the numbers out
+            raise _Refuse("product too large")
+        return _check(sympy.Mul(*factors))
 
     def unary(self):
         sign = 1
