@@ -235,6 +235,25 @@ class Transformer(nn.Module):
         h = self._blocks(tokens, cos[None, :, None], sin[None, :, None])  # tables (1, T, 1, hd)
         return self.output(self.norm(h))  # (B, T, V)
 
+    def _left_pad(self, prompts, S, dtype):
+        """Left-pad ragged prompts for a cache of S columns: tokens (B, P); RoPE tables (B, S, 1, hd) whose
+        positions start at each row's first real token; attention masks, None when no row is padded."""
+        device, lens = self.tok_embeddings.weight.device, [len(p) for p in prompts]
+        B, P = len(prompts), max(lens)
+        tokens = torch.tensor([[0] * (P - n) + list(p) for p, n in zip(prompts, lens)], device=device)  # (B, P)
+        pad = P - torch.tensor(lens, device=device)  # (B,) pad columns on the left of each row
+        col = torch.arange(S, device=device)  # (S,)
+        cos, sin = rope_tables((col - pad[:, None]).clamp(min=0), self.cfg.head_dim, self.cfg.rope_theta)  # (B, S, hd)
+        if P == min(lens):
+            return tokens, cos[:, :, None], sin[:, :, None], None, None  # plain causal attention
+        real = col[None, :] >= pad[:, None]  # (B, S) key is a real token (every generated one is)
+        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()  # (P, P)
+        own = torch.eye(P, dtype=torch.bool, device=device)  # a pad query sees itself, so its softmax is finite
+        prefill_mask = ((causal & real[:, None, :P]) | own)[:, None]  # (B, 1, P, P)
+        decode_mask = torch.zeros(B, 1, 1, S, dtype=dtype, device=device)  # additive: no bool->float per step
+        decode_mask.masked_fill_(~real[:, None, None, :], float("-inf"))  # (B, 1, 1, S), sliced each step
+        return tokens, cos[:, :, None], sin[:, :, None], prefill_mask, decode_mask
+
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, generator=None, seed=None):
         """Sample completions for ragged prompts (list[list[int]]) -> list[list[int]], completions only.
@@ -259,27 +278,12 @@ class Transformer(nn.Module):
         if generator is None and seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
 
-        tokens = torch.tensor([[0] * (P - n) + list(p) for p, n in zip(prompts, lens)], device=device)  # (B, P)
-        pad = P - torch.tensor(lens, device=device)  # (B,) pad columns on the left of each row
-        col = torch.arange(S, device=device)  # (S,)
-        cos, sin = rope_tables((col - pad[:, None]).clamp(min=0), cfg.head_dim, cfg.rope_theta)  # (B, S, hd)
-        cos, sin = cos[:, :, None], sin[:, :, None]  # (B, S, 1, hd)
         dtype = self.tok_embeddings.weight.dtype
         if torch.is_autocast_enabled(device.type):  # the cache holds what the projections produce
             dtype = torch.get_autocast_dtype(device.type)
-        K, hd = cfg.n_kv_heads, cfg.head_dim
-        caches = [(torch.empty(B, K, S, hd, dtype=dtype, device=device),
-                   torch.empty(B, K, S, hd, dtype=dtype, device=device)) for _ in self.layers]
-
-        prefill_mask = decode_mask = None  # no padding: plain causal attention
-        if P != min(lens):
-            real = col[None, :] >= pad[:, None]  # (B, S) key is a real token (every generated one is)
-            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()  # (P, P)
-            own = torch.eye(P, dtype=torch.bool, device=device)  # a pad query sees itself, so its softmax is finite
-            prefill_mask = (causal & real[:, None, :P]) | own  # (B, P, P)
-            prefill_mask = prefill_mask[:, None]  # (B, 1, P, P)
-            decode_mask = torch.zeros(B, 1, 1, S, dtype=dtype, device=device)  # additive: no bool->float per step
-            decode_mask.masked_fill_(~real[:, None, None, :], float("-inf"))  # (B, 1, 1, S), sliced each step
+        tokens, cos, sin, prefill_mask, decode_mask = self._left_pad(prompts, S, dtype)
+        caches = [(torch.empty(B, cfg.n_kv_heads, S, cfg.head_dim, dtype=dtype, device=device),
+                   torch.empty(B, cfg.n_kv_heads, S, cfg.head_dim, dtype=dtype, device=device)) for _ in self.layers]
 
         h = self._blocks(tokens, cos[:, :P], sin[:, :P], prefill_mask, caches, 0)  # (B, P, D)
         logits = self.output(self.norm(h[:, -1]))  # (B, V), next-token logits only
