@@ -24,23 +24,17 @@ must be removed when decoding (skip_special_tokens). When the prompt template al
 (R1-Zero: "Assistant: <think>"), pass think_in_prompt=True: the completion then starts inside the think block
 and must not open another one.
 
-is_equiv(pred, gold). Normalization, applied to both sides:
-    - a \\boxed{} inside an answer is unwrapped; null bytes dropped; unicode − × · ÷ π ∞ √ ° become LaTeX
-    - removed: $ and \\$, \\( \\) and \\[ \\] around the answer, \\left \\right \\big.., \\displaystyle, spacing
-      (\\! \\, \\; \\: \\quad ~), a trailing '.', a leading 'answer:', degrees (^\\circ, ^{\\circ}, \\degree), percent
-      signs ("50\\%" = "50", not 0.5); \\dfrac \\tfrac \\cfrac become \\frac; \\mathrm \\mathbf \\boldsymbol are
-      dropped around their argument (\\mathrm{e} = e), except that \\mathrm{cm} (2+ letters) is a unit
-    - \\text{} \\textbf{} \\mbox{} ...: if the whole answer is text ("\\text{(B)}", "\\text{even}") it is compared as
-      text (lowercase, letters and digits only: "(B)" = "b"); otherwise the text is a unit and is dropped with
-      a following ^2/^3 ("864 \\mbox{ inches}^2" = "864"); "\\text{ or }" / "\\text{ and }" separate answers
-    - an answer made only of words, one of them 3+ letters ("even", "Navin"), is compared as text
-    - trailing words of 2+ letters after a space are units ("5 cm" = "5"); bare "or"/"and" separate answers
-    - thousands: "10,\\!080" = "10080"; a whole answer like "1,000" or "1,000,000.5" loses its commas, but
-      inside brackets a comma always separates ("(1,000, 2)" is a 3-tuple)
-    - "x = 5", "x \\in [1,2]" lose their one-variable left side; another equation a = b is kept as a - b, and
-      two equations are equal when a1 - b1 = k (a2 - b2) for a constant k != 0
-    - "a \\pm b" is the list {a+b, a-b}; an integer then \\frac of integers is a mixed number (1\\frac{4}{5} = 9/5)
-Structures (the gold's kind decides):
+is_equiv(pred, gold), in order:
+    1. a \\boxed{} inside an answer is unwrapped; answers over MAX_LEN characters are compared as strings only
+    2. both sides go through mathparse.normalize (LaTeX noise, units, thousands separators: the rules are
+       there); equal normalized strings, spaces aside, are equal
+    3. text answers (normalize says which) are compared as text: lowercase, letters and digits only
+       ("\\text{(B)}" = "b")
+    4. plain decimals and \\frac{int}{int} are compared as exact fractions, without sympy
+    5. otherwise both sides go through mathparse.parse_answer and are compared as below. An answer it refuses
+       only matches its exact normalized string, so a gold answer that cannot be parsed never gives 1.0 to
+       everything.
+Parsed answers (the gold's kind decides):
     - bare comma lists ("2, 3", "x=2 \\text{ or } x=3") and sets \\{..\\} are unordered multisets; a one-element
       list or set also equals its element
     - (..), [..], (..], [..) with commas are ordered sequences whose brackets must match: tuples and intervals
@@ -48,52 +42,26 @@ Structures (the gold's kind decides):
     - A \\cup B ... is an unordered collection of intervals
     - pmatrix / bmatrix / vmatrix / matrix: same shape, cell by cell; a one-row or one-column matrix also
       equals the tuple "(..)" of its entries
-Expressions: our own recursive-descent parser (class _Parser) for numbers (decimals are exact rationals;
-1.5e3), + - * / ^ **, implicit multiplication (2x, 2\\sqrt2, (a+5)(b+2); but two numbers side by side, "3 4",
-are refused), \\frac{a}{b} \\frac12, \\sqrt[n]{x}, \\pi, \\infty, \\cdot \\times \\div, single letters with
-subscripts (i is the imaginary unit, e is Euler's number), greek letters, |x|, n! (n <= 300), \\binom, \\sin
-\\cos \\tan \\cot \\sec \\csc \\arcsin \\arccos \\arctan \\sinh \\cosh \\tanh \\ln \\log \\log_b \\exp and e^x, and
-base-n numerals "52_8" (kept as their own symbol: "52_8" != "42"). It builds sympy objects directly; the
-functions are opaque sympy functions (see _F). Two expressions are equal when sympy's automatic canonical
-form of their difference is exactly 0 (so exact rationals are compared exactly: 1/3 != 0.3333333333333),
-or, when that difference is not a plain number, when they agree at N_POINTS fixed pseudo-random points
-(variables of both signs) in double precision, to REL_TOL. We never call simplify(): it has no time bound.
+    - two equations a1 = b1 and a2 = b2 are equal when a1 - b1 = k (a2 - b2) for a constant k != 0
+    - two expressions are equal when sympy's automatic canonical form of their difference is exactly 0 (so
+      exact rationals are compared exactly: 1/3 != 0.3333333333333), or, when that difference is not a plain
+      number, when they agree at mathparse.sample_points (variables of both signs) in double precision, to
+      REL_TOL. We never call simplify(): it has no time bound.
 
-Refused (the answer then only matches its exact normalized string): answers over MAX_LEN characters,
-nesting deeper than MAX_DEPTH, more than MAX_ATOMS atoms or MAX_ITEMS elements, number literals over
-MAX_DIGITS digits, exact numbers over MAX_BITS bits, checked before they are built (9^{9^{9^9}}, 2^{100000}),
-radicals whose total radicand bits times the lcm of their root degrees exceed MAX_RADICAL_BITS (sympy
-factors radicands when it merges them; this also refuses x^{1/3000}), function arguments and non-numeric
-exponents over 1e4 in absolute value at the sample points (sin(e^{e^{e^5}})), unknown commands and
-characters, and anything that evaluates to nan or zoo (1/0). A gold answer that cannot be parsed is thus
-matched only by string equality: it never gives 1.0 to everything.
-
-Safety and time: nothing from the inputs reaches eval/exec/sympify/parse_expr. Time is bounded by
-construction: the caps keep every sympy operation small, and numeric checks run in doubles (O(1) per node).
-As a second line, a wall-clock budget (TIME_BUDGET per parse and per comparison) is checked between
-operations; it needs no signal, so it works in any thread and in worker processes.
+Safety and time: nothing from the inputs reaches eval/exec/sympify/parse_expr. Every math string is parsed
+by our own recursive-descent parser in mathparse.py, whose docstring says what it refuses and how its time
+is bounded; each comparison gets the same wall-clock TIME_BUDGET.
 """
-import cmath
-import math
-import random
 import re
 import time
 from fractions import Fraction
-from functools import lru_cache
 
 import sympy
-from sympy.core.function import AppliedUndef
 
-MAX_LEN = 1000  # characters of one extracted answer; longer ones are compared as strings only
-MAX_DEPTH = 50  # bracket / \frac nesting
-MAX_ATOMS = 300  # numbers, letters and commands in one expression
-MAX_ITEMS = 64  # elements of a list, set, tuple or matrix
-MAX_DIGITS = 100  # digits in one number literal
-MAX_BITS = 20_000  # size of any exact integer we let sympy build (about 6,000 decimal digits)
-MAX_RADICAL_BITS = 2048  # (total bits of radicands) x (lcm of root degrees): what sympy may factor
-TIME_BUDGET = 0.3  # seconds per parse and per comparison, checked between sympy operations
+from mathparse import (MAX_DIGITS, MAX_LEN, TIME_BUDGET, Refuse, Timeout, evaluate, normalize, parse_answer,
+                       sample_points)
+
 REL_TOL = 1e-10  # relative tolerance of the numeric comparison
-N_POINTS = 4  # random points for expressions with variables
 
 # ----------------------------------------------------------------------------------------------------
 # public API
@@ -183,15 +151,7 @@ def _last_boxed(text):
 # ----------------------------------------------------------------------------------------------------
 # equivalence
 
-class _Refuse(ValueError):
-    """The input is outside our grammar or over a cap: fall back to string equality."""
-
-
-class _Timeout(Exception):
-    """The wall-clock budget ran out; never cached, the comparison answers False."""
-
-
-_FAILURES = (_Refuse, _Timeout, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError,
+_FAILURES = (Refuse, Timeout, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError,
              NotImplementedError, AttributeError, IndexError, KeyError)
 
 
@@ -208,8 +168,8 @@ def _is_equiv(pred, gold):
         gold = extract_answer(gold) or gold
     if len(pred) > MAX_LEN or len(gold) > MAX_LEN:  # too long to normalize: exact match only
         return bool(gold.strip()) and pred.strip() == gold.strip()
-    p_text, p = _clean(pred)
-    g_text, g = _clean(gold)
+    p_text, p = normalize(pred)
+    g_text, g = normalize(gold)
     if not g:
         return False
     if p.replace(" ", "") == g.replace(" ", ""):
@@ -219,8 +179,8 @@ def _is_equiv(pred, gold):
     fp, fg = _fraction(p), _fraction(g)
     if fp is not None and fg is not None:  # the fast path: plain numbers, no sympy
         return fp == fg
-    gs = _parse(g)
-    ps = _parse(p) if gs is not None else None
+    gs = parse_answer(g)
+    ps = parse_answer(p) if gs is not None else None
     if gs is None or ps is None:
         return False
     return _same(ps, gs, time.perf_counter() + TIME_BUDGET)
@@ -245,509 +205,13 @@ def _fraction(s):
     return None
 
 
-# ---- string normalization
-
-_UNICODE = {"\x00": "", "−": "-", "–": "-", "×": "\\times ", "·": "\\cdot ", "÷": "\\div ", "π": "\\pi ",
-            "∞": "\\infty ", "√": "\\sqrt", "°": "", "\u2009": " ", "\u00a0": " "}
-_SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?|\\(?:displaystyle|textstyle)"
-                      r"(?![A-Za-z])|(?<!\\)\\[!,]")
-_WIDE_SPACING = re.compile(r"(?<!\\)\\[;: ]|\\q?quad(?![A-Za-z])|~")
-_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|\\degree(?![A-Za-z])")
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox)\s*\{")
-_STYLE_CMD = re.compile(r"\\(?:mathrm|mathbf|mathit|boldsymbol|operatorname)(?![A-Za-z])")
-_TEXT_POWER = re.compile(r"\s*\^\s*(?:\{\s*[0-9]\s*\}|[0-9])")
-_UNITS_TAIL = re.compile(r"(?:\s+[A-Za-z]{2,}(?:\^\{?[0-9]\}?)?)+\s*$")
-_THOUSANDS_TEX = re.compile(r"([0-9]),\\!\s*(?=[0-9]{3}(?![0-9]))")
-_THOUSANDS = re.compile(r"[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
-_WORDS = re.compile(r"[A-Za-z\s().,'-]*")
-
-
-@lru_cache(maxsize=4096)
-def _clean(s):
-    """Normalize one answer string. Returns (is_text, cleaned)."""
-    for a, b in _UNICODE.items():
-        s = s.replace(a, b)
-    s = s.strip()
-    if s.startswith("\\[") and s.endswith("\\]") or s.startswith("\\(") and s.endswith("\\)"):
-        s = s[2:-2]
-    s = s.replace("\\$", "").replace("$", "")
-    s = re.sub(r"^(?:final\s+)?answer\s*:", "", s.strip(), flags=re.IGNORECASE)
-    s = _THOUSANDS_TEX.sub(r"\1", s)
-    s = _WIDE_SPACING.sub(" ", _SPACING.sub("", s))
-    s = _DEGREES.sub("", s).replace("\\%", "").replace("%", "")
-    s = re.sub(r"\\[dtc]frac(?![A-Za-z])", "\\\\frac", s)
-    s = re.sub(r"\\mathrm\s*\{\s*([A-Za-z]{2,})\s*\}", r"\\text{\1}", s)  # \mathrm{cm} is a unit
-    s = _STYLE_CMD.sub("", s)  # but \mathrm{e} is e: the braces stay as a group
-    s, texts = _split_text(s)
-    if not re.sub(r"[\s().,]", "", s) and texts:  # the whole answer is text
-        return True, " ".join(texts).strip()
-    s = re.sub(r"(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])", ",", s)
-    s = s.strip().rstrip(".").strip()
-    if _WORDS.fullmatch(s) and re.search(r"[A-Za-z]{3}", s):  # words: "even", "Navin"
-        return True, s
-    tail = _UNITS_TAIL.search(s)
-    if tail and s[:tail.start()].strip():
-        s = s[:tail.start()]
-    s = s.strip().rstrip(".,").strip()
-    if _THOUSANDS.fullmatch(s):
-        s = s.replace(",", "")
-    return False, s
-
-
-def _split_text(s):
-    """Take out \\text{..}-like groups: '\\text{ or }' becomes ',', others are returned as a list."""
-    out, texts, i = [], [], 0
-    while True:
-        m = _TEXT_CMD.search(s, i)
-        if not m:
-            out.append(s[i:])
-            return "".join(out), texts
-        end = _close_of(s, m.end() - 1)
-        if end < 0:
-            raise _Refuse("unclosed \\text")
-        out.append(s[i:m.start()])
-        content = s[m.end():end]
-        if content.strip() in ("or", "and", ","):
-            out.append(" , ")
-        else:
-            texts.append(content)
-        power = _TEXT_POWER.match(s, end + 1)  # a unit's ^2
-        i = power.end() if power else end + 1
-
-
-def _close_of(s, i, opens="{", closes="}"):
-    """Index of the bracket closing the one at s[i], or -1."""
-    depth = 0
-    for k in range(i, len(s)):
-        if s[k] in opens:
-            depth += 1
-        elif s[k] in closes:
-            depth -= 1
-            if depth == 0:
-                return k
-    return -1
-
-
-# ---- structure: lists, sets, tuples, intervals, unions, matrices, equations
-
-_VAR_PREFIX = re.compile(r"\s*(?:\{?[A-Za-z](?:_\{?[A-Za-z0-9]{1,4}\}?)?\}?)?\s*(?:=|\\in(?![A-Za-z]))")
-_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
-
-
-@lru_cache(maxsize=4096)
-def _parse(s):
-    """Parse a cleaned answer into a tagged tuple, or None when refused. Timeouts propagate (uncached)."""
-    try:
-        return _structure(s, time.perf_counter() + TIME_BUDGET)
-    except (_Refuse, ArithmeticError, ValueError, TypeError, RecursionError, IndexError):
-        return None
-
-
-def _strip_var(s):
-    m = _VAR_PREFIX.match(s)
-    rest = s[m.end():] if m else s
-    return rest if m and rest.strip() and "=" not in rest else s
-
-
-def _structure(s, deadline):
-    s = _strip_var(s).strip()
-    if not s:
-        raise _Refuse("empty")
-    m = _MATRIX.fullmatch(s)
-    if m:
-        rows = [r for r in m.group(2).split("\\\\") if r.strip()]
-        cells = [[_expr(c, deadline) for c in r.split("&")] for r in rows]
-        if not cells or len({len(r) for r in cells}) != 1 or len(rows) * len(cells[0]) > MAX_ITEMS:
-            raise _Refuse("matrix shape")
-        return ("matrix", tuple(map(tuple, cells)))
-    parts = _split_top(s, "\\cup")
-    if len(parts) > 1:
-        seqs = tuple(_structure(p, deadline) for p in parts)
-        if any(q[0] != "seq" for q in seqs):
-            raise _Refuse("union of non-intervals")
-        return ("union", seqs)
-    if s.startswith("\\{") and s.endswith("\\}") and _close_of(s, 1, "{([", "})]") == len(s) - 1:
-        return ("set", _elements(_split_top(s[2:-2], ","), deadline))
-    items = _split_top(s, ",")
-    if s[0] in "([" and s[-1] in ")]" and _close_of(s, 0, "{([", "})]") == len(s) - 1:
-        inner = _split_top(s[1:-1], ",")
-        if len(inner) > 1:
-            return ("seq", s[0] + s[-1], tuple(_expr(x, deadline) for x in inner))
-    if len(items) > 1 or "\\pm" in s or "\\mp" in s:
-        return ("list", _elements(items, deadline))
-    if s.count("=") == 1:
-        lhs, rhs = s.split("=")
-        return ("eq", _expr(lhs, deadline) - _expr(rhs, deadline))
-    return ("expr", _expr(s, deadline))
-
-
-def _elements(items, deadline):
-    """Unordered elements: 'x=' prefixes dropped, 'a \\pm b' expanded to a+b and a-b."""
-    out = []
-    for item in items:
-        item = _strip_var(item)
-        if "\\pm" in item or "\\mp" in item:
-            a, _, b = re.split(r"(\\pm|\\mp)(?![A-Za-z])", item, maxsplit=1)
-            out += [_expr(a + "+" + b, deadline), _expr(a + "-(" + b + ")", deadline)]
-        else:
-            out.append(_expr(item, deadline))
-        if len(out) > MAX_ITEMS:
-            raise _Refuse("too many items")
-    return tuple(out)
-
-
-def _split_top(s, sep):
-    """Split at `sep` outside any brackets."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        c = s[i]
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0 and s.startswith(sep, i) and s[i - 1:i] != "\\":
-            parts.append(s[start:i])
-            start = i + len(sep)
-            i = start
-            continue
-        i += 1
-    parts.append(s[start:])
-    if len(parts) > MAX_ITEMS:
-        raise _Refuse("too many items")
-    return parts
-
-
-_MIXED = re.compile(r"\s*(-?)\s*([0-9]{1,20})\s*\\frac\s*(?:\{([0-9]{1,20})\}|([0-9]))"
-                    r"\s*(?:\{([0-9]{1,20})\}|([0-9]))\s*")
-
-
-def _expr(s, deadline):
-    m = _MIXED.fullmatch(s)
-    if m:  # "1\frac{4}{5}" = 9/5, as MATH writes mixed numbers
-        whole, num, den = int(m.group(2)), int(m.group(3) or m.group(4)), int(m.group(5) or m.group(6))
-        if den == 0:
-            raise _Refuse("zero denominator")
-        v = sympy.Integer(whole) + sympy.Rational(num, den)
-        return -v if m.group(1) else v
-    v = _Parser(s, deadline).parse()
-    if v.has(sympy.nan, sympy.zoo):
-        raise _Refuse("undefined value")
-    return v
-
-
-# ---- the expression parser
-
-# Functions are sympy *undefined* functions: sympy's own sin/log/Abs/exp evaluate themselves and answer
-# assumption queries through as_real_imag() and evalf(), which can take minutes on nested input. Ours are
-# opaque to sympy (sin(x) - sin(x) still cancels) and evaluated by _walk in doubles.
-_CMATH = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "cot": lambda z: 1 / cmath.tan(z),
-          "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z), "arcsin": cmath.asin,
-          "arccos": cmath.acos, "arctan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh,
-          "tanh": cmath.tanh, "ln": cmath.log, "exp": cmath.exp, "abs": abs}
-_F = {name: sympy.Function(name) for name in _CMATH}
-_FUNCS = (set(_CMATH) - {"abs"}) | {"log"}  # \log is the natural log, \log_b x = ln x / ln b
-_GREEK = set("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi "
-             "rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega".split())
-_ATOM_CMDS = {"frac", "sqrt", "pi", "infty", "binom"} | _GREEK | set(_FUNCS)
-_NUM = re.compile(r"([0-9]*)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]{1,4}))?")
-_SUB = re.compile(r"_(?:\{\s*([A-Za-z0-9]{1,8})\s*\}|([A-Za-z0-9]))")
-
-
-class _Parser:
-    """Recursive descent over one expression, building sympy objects directly (no eval, no sympify).
-
-    expr := term (('+'|'-') term)*        term := unary (('*'|'/'|\\cdot|\\times|\\div) unary | power)*
-    unary := ('-'|'+')* power              power := postfix ('^' unary-ish exponent)?
-    postfix := atom '!'*                   atom := number | letter | (expr) | [expr] | {expr} | |expr| | \\cmd
-    """
-
-    def __init__(self, s, deadline):
-        self.s, self.i, self.depth, self.atoms = s, 0, 0, 0
-        self.radical_bits, self.radical_q = 0, 1  # see pow()
-        self.deadline = deadline
-
-    def parse(self):
-        v = self.expr()
-        self.skip()
-        if self.i != len(self.s):
-            raise _Refuse(f"unexpected {self.s[self.i:self.i + 10]!r}")
-        return v
-
-    # -- scanning
-    def skip(self):
-        while self.i < len(self.s) and self.s[self.i] in " \t\n\r":
-            self.i += 1
-
-    def peek(self):
-        self.skip()
-        return self.s[self.i:self.i + 1]
-
-    def eat(self, tok):
-        self.skip()
-        if not self.s.startswith(tok, self.i):
-            return False
-        after = self.s[self.i + len(tok):self.i + len(tok) + 1]
-        if tok[-1].isalpha() and after.isalpha():  # "\cdot" must not match "\cdots"
-            return False
-        self.i += len(tok)
-        return True
-
-    def expect(self, tok):
-        if not self.eat(tok):
-            raise _Refuse(f"expected {tok}")
-
-    def enter(self):
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _Refuse("too deep")
-        if time.perf_counter() > self.deadline:
-            raise _Timeout()
-
-    def starts_atom(self):
-        c = self.peek()
-        if c == "\\":
-            m = re.match(r"\\([A-Za-z]+)", self.s[self.i:self.i + 20])
-            return bool(m) and m.group(1) in _ATOM_CMDS
-        return c != "" and (c in "0123456789.([{" or (c.isascii() and c.isalpha()))
-
-    # -- grammar
-    def expr(self):
-        self.enter()
-        terms = [self.term()]
-        while True:
-            if self.eat("+"):
-                terms.append(self.term())
-            elif self.eat("-"):
-                terms.append(-self.term())
-            else:
-                break
-        self.depth -= 1
-        return _check(sympy.Add(*terms))  # one Add: folding them one by one is quadratic in sympy
-
-    def term(self):
-        factors = [self.unary()]
-        while True:
-            if self.eat("*") or self.eat("\\cdot") or self.eat("\\times"):
-                factors.append(self.unary())
-            elif self.eat("/") or self.eat("\\div"):
-                factors.append(1 / self.unary())
-            elif self.starts_atom():  # implicit multiplication: 2x, 2\sqrt{2}, (a+5)(b+2)
-                if self.peek() in "0123456789." and self.s[:self.i].rstrip()[-1:] in "0123456789.":
-                    raise _Refuse("two numbers side by side")  # "3 4" or "2 1/2" is no product
-                factors.append(self.power())
-            else:
-                break
-        if sum(_max_bits(f) for f in factors) > MAX_BITS:  # sympy multiplies the numbers out
-            raise _Refuse("product too large")
-        return _check(sympy.Mul(*factors))
-
-    def unary(self):
-        sign = 1
-        while True:
-            if self.eat("-"):
-                sign = -sign
-            elif not self.eat("+"):
-                break
-        v = self.power()
-        return -v if sign < 0 else v
-
-    def power(self):
-        base = self.postfix()
-        if not (self.eat("^") or self.eat("**")):
-            return base
-        self.enter()
-        e = self.unary()  # right-associative: 2^3^2 = 2^9; LaTeX x^2y is x^2 * y
-        self.depth -= 1
-        return self.pow(base, e)
-
-    def postfix(self):
-        v = self.atom()
-        while self.eat("!"):
-            if not (v.is_Integer and 0 <= v <= 300):
-                raise _Refuse("factorial")
-            v = sympy.factorial(v)
-        return v
-
-    def atom(self):
-        self.enter()
-        self.atoms += 1
-        if self.atoms > MAX_ATOMS:
-            raise _Refuse("too many atoms")
-        c = self.peek()
-        if c != "" and c in "0123456789.":
-            v = self.number()
-        elif c.isascii() and c.isalpha():
-            self.i += 1
-            v = self.symbol(c)
-        elif c != "" and c in "([{":
-            self.i += 1
-            v = self.expr()
-            self.expect(")]}"["([{".index(c)])
-        elif c == "|":
-            self.i += 1
-            v = self.expr()
-            v = abs(v) if v.is_Rational else _F["abs"](v)
-            self.expect("|")
-        elif c == "\\":
-            v = self.command()
-        else:
-            raise _Refuse(f"unexpected {c!r}")
-        self.depth -= 1
-        return v
-
-    def number(self):
-        m = _NUM.match(self.s, self.i)
-        whole, frac, exp = m.group(1), m.group(2) or "", m.group(3)
-        if not whole and not frac:
-            raise _Refuse("bad number")
-        if len(whole) + len(frac) > MAX_DIGITS:
-            raise _Refuse("too many digits")
-        self.i = m.end()
-        sub = _SUB.match(self.s, self.i)
-        if sub and not frac and not exp:  # 52_8: a numeral in base 8 stays its own symbol
-            self.i = sub.end()
-            return sympy.Symbol(f"{int(whole)}_{sub.group(1) or sub.group(2)}")
-        v = sympy.Rational(int(whole + frac or "0"), 10 ** len(frac))
-        if exp is not None:
-            if abs(int(exp)) > 400:
-                raise _Refuse("exponent too large")
-            v = v * sympy.Integer(10) ** int(exp)
-        return v
-
-    def symbol(self, c):
-        sub = _SUB.match(self.s, self.i)
-        if sub:
-            self.i = sub.end()
-            return sympy.Symbol(f"{c}_{sub.group(1) or sub.group(2)}")
-        return {"i": sympy.I, "e": sympy.E}.get(c) or sympy.Symbol(c)
-
-    def arg(self):
-        """One argument of \\frac or \\sqrt: a {group}, or a single digit, letter or command (\\frac12)."""
-        c = self.peek()
-        if c == "{":
-            self.i += 1
-            v = self.expr()
-            self.expect("}")
-            return v
-        if c != "" and c in "0123456789":
-            self.i += 1
-            return sympy.Integer(int(c))
-        if c.isascii() and c.isalpha():
-            self.i += 1
-            return self.symbol(c)
-        if c == "\\":
-            return self.command()
-        raise _Refuse("bad argument")
-
-    def command(self):
-        m = re.match(r"\\([A-Za-z]+|.)", self.s[self.i:self.i + 30])
-        if not m:
-            raise _Refuse("bad command")
-        name = m.group(1)
-        self.i += m.end()
-        if name == "frac":
-            num = self.arg()
-            return _check(num / self.arg())
-        if name == "binom":
-            n, k = self.arg(), self.arg()
-            if not (n.is_Integer and k.is_Integer and 0 <= n <= 1000):
-                raise _Refuse("binomial")
-            return sympy.binomial(n, k)
-        if name == "sqrt":
-            index = sympy.Integer(2)
-            if self.eat("["):
-                index = self.expr()
-                self.expect("]")
-            return self.pow(self.arg(), 1 / index)
-        if name == "pi":
-            return sympy.pi
-        if name == "infty":
-            return sympy.oo
-        if name in _GREEK:
-            return sympy.Symbol(name)
-        if name in _FUNCS:
-            return self.function(name)
-        raise _Refuse(f"unknown command \\{name}")
-
-    def function(self, name):
-        base = self.arg() if name == "log" and self.eat("_") else None
-        power = None
-        if self.eat("^"):  # \sin^2 x
-            power = self.arg()
-        if self.peek() in ("(", "{"):
-            x = self.atom()
-        else:  # \sin 2x: the argument is the run of factors up to the next operator or function
-            x = self.power()
-            while self.starts_atom() and not re.match(r"\\(?:%s)(?![A-Za-z])" % "|".join(_FUNCS),
-                                                       self.s[self.i:self.i + 10]):
-                x = _check(x * self.power())
-        if not _moderate(x) or (base is not None and not _moderate(base)):
-            raise _Refuse("function of a huge argument")
-        if name == "log":
-            v = _F["ln"](x) if base is None else _check(_F["ln"](x) / _F["ln"](base))
-        else:
-            v = _F[name](x)
-        return self.pow(v, power) if power is not None else v
-
-    def pow(self, base, e):
-        """base**e, refusing results too large to build (power towers, 9^{9^9}) before sympy builds them."""
-        if time.perf_counter() > self.deadline:
-            raise _Timeout()
-        if base == sympy.E:  # e^x is our opaque exp(x), like \exp(x)
-            if not _moderate(e):
-                raise _Refuse("huge exponent")
-            return _F["exp"](e)
-        if e.is_Number:
-            if not e.is_Rational:
-                raise _Refuse("non-finite exponent")
-            bits = _max_bits(base)
-            if abs(e) > 10_000 or bits * max(1, math.ceil(abs(e))) > MAX_BITS:
-                raise _Refuse("power too large")
-            if not e.is_Integer:  # also for symbolic bases: (N/x)^{1/3} splits off N^{1/3}
-                # sympy factors radicands, and when it merges radicals (2^{1/2} 3^{1/2} = 6^{1/2}) the number
-                # it factors can reach (product of radicands)^(common denominator): bound that product
-                nested = math.lcm(1, *(x.exp.q for x in base.atoms(sympy.Pow) if x.exp.is_Rational))
-                self.radical_q = math.lcm(self.radical_q, e.q * nested)
-                self.radical_bits += sum(_bits(a) for a in base.atoms(sympy.Rational))
-                if self.radical_bits * self.radical_q > MAX_RADICAL_BITS:
-                    raise _Refuse("radicals too large")
-        elif not _moderate(e):
-            raise _Refuse("huge exponent")
-        return _check(sympy.Pow(base, e))
-
-
-def _bits(r):
-    return max(abs(r.p).bit_length(), r.q.bit_length())
-
-
-def _max_bits(v):
-    return max((_bits(a) for a in v.atoms(sympy.Rational)), default=1)
-
-
-def _moderate(v, limit=1e4):
-    """|v| <= limit at our sample points, in doubles. Function arguments and symbolic exponents must be: sympy
-    evaluates them numerically on its own (sin(e^{e^9}) needs ~e^{e^9} bits of precision)."""
-    for env in _points(v.free_symbols):
-        z = _value(v, env)
-        if z is None or abs(z) > limit:
-            return False
-    return True
-
-
-def _check(v):
-    """Refuse exact numbers that grew too large through + - * /."""
-    coeff = v.args[0] if (v.is_Add or v.is_Mul) and v.args and v.args[0].is_Rational else v
-    if coeff.is_Rational and _bits(coeff) > MAX_BITS:
-        raise _Refuse("number too large")
-    return v
-
 
 # ---- comparing parsed answers
 
 def _same(p, g, deadline):
     """Is the parsed prediction p equal to the parsed gold g? The gold's kind decides the rule."""
     if time.perf_counter() > deadline:
-        raise _Timeout()
+        raise Timeout()
     kp, kg = p[0], g[0]
     if kg == "expr":  # a one-element set "\\{3\\}" also answers "3"
         one = p[1] if kp == "expr" else p[1][0] if kp in ("list", "set") and len(p[1]) == 1 else None
@@ -797,7 +261,7 @@ def _bag_eq(a, b, eq, deadline):
     unused = list(a)
     for y in b:
         if time.perf_counter() > deadline:
-            raise _Timeout()
+            raise Timeout()
         hit = next((k for k, x in enumerate(unused) if eq(x, y)), None)
         if hit is None:
             return False
@@ -814,8 +278,8 @@ def _expr_eq(a, b):
     if d.is_Number:
         return d == 0
     agree = 0
-    for env in _points(a.free_symbols | b.free_symbols):
-        va, vb = _value(a, env), _value(b, env)
+    for env in sample_points(a.free_symbols | b.free_symbols):
+        va, vb = evaluate(a, env), evaluate(b, env)
         if va is None and vb is None:
             continue  # outside both domains: no information
         if va is None or vb is None or abs(va - vb) > REL_TOL * max(abs(va), abs(vb)) + 1e-12:
@@ -829,8 +293,8 @@ def _proportional(a, b):
     if a == b or a == -b:
         return True
     ratio = None
-    for env in _points(a.free_symbols | b.free_symbols):
-        va, vb = _value(a, env), _value(b, env)
+    for env in sample_points(a.free_symbols | b.free_symbols):
+        va, vb = evaluate(a, env), evaluate(b, env)
         if va is None or vb is None or (va == 0) != (vb == 0):
             return False
         if vb == 0:
@@ -841,47 +305,3 @@ def _proportional(a, b):
     return ratio is not None and ratio != 0
 
 
-def _points(symbols):
-    """N_POINTS fixed pseudo-random values per variable, of both signs (so sqrt(x^2) != x), or one point
-    when there are no variables."""
-    if not symbols:
-        return [{}]
-    rng = random.Random(1234)
-    names = sorted(symbols, key=str)
-    return [{x: rng.choice((-1, 1)) * rng.uniform(0.5, 2.5) for x in names} for _ in range(N_POINTS)]
-
-
-_CONSTANTS = {sympy.pi: math.pi, sympy.E: math.e, sympy.I: 1j}
-
-
-def _value(e, env):
-    """e as a Python complex in double precision: O(1) per node, so bounded by the size caps. None if it
-    overflows, divides by zero or leaves the domain."""
-    try:
-        v = _walk(e, env)
-    except (ArithmeticError, ValueError):
-        return None
-    return v if cmath.isfinite(v) else None
-
-
-def _walk(e, env):
-    if e.is_Rational:
-        return complex(e.p / e.q)
-    if e in _CONSTANTS:
-        return complex(_CONSTANTS[e])
-    if e.is_Symbol:
-        return complex(env[e])
-    if e.is_Add:
-        return sum((_walk(a, env) for a in e.args), 0j)
-    if e.is_Mul:
-        return math.prod((_walk(a, env) for a in e.args), start=1 + 0j)
-    if e.is_Pow:
-        base, x = _walk(e.args[0], env), _walk(e.args[1], env)
-        if x.imag == 0 and x.real == int(x.real) and abs(x.real) <= 64:
-            return base ** int(x.real)  # exact-ish integer powers, and 0^2 without a complex log
-        return base ** x
-    if isinstance(e, AppliedUndef) and len(e.args) == 1:
-        return complex(_CMATH[e.func.__name__](_walk(e.args[0], env)))
-    if e.func == sympy.exp:  # sympy turns e*e into its own exp(2)
-        return cmath.exp(_walk(e.args[0], env))
-    raise ValueError(f"cannot evaluate {e.func}")
