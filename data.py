@@ -371,7 +371,7 @@ def load_jsonl(path, format="auto", question_field="question", answer_field="ans
             sol = _need(row, "solution", path, lineno)
             ans = row.get("answer")
             if ans is None:
-                from reward import extract_answer  # only reward.py parses math strings
+                from reward import extract_answer  # reward.py (with mathparse.py) owns parsing math strings
                 ans = extract_answer(sol)
                 if ans is None:
                     raise ValueError(f"{path}, line {lineno}: no 'answer' field and no \\boxed{{}} in the solution")
