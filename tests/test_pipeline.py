@@ -52,3 +52,17 @@ def test_toy_pipeline_produces_every_artifact(tmp_path):
     md = open(os.path.join(out, "report.md")).read()
     assert "| step | greedy | pass@1 | pass@2 | maj@1 | maj@2 |" in md and "| student |" in md
     assert "format_rate" in md
+
+
+def test_shipped_configs_load():
+    import glob
+    import pipeline
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.toml")))
+    assert len(paths) >= 3
+    for path in paths:
+        cfg = T.load_config(path)
+        if cfg.stage == "pipeline":
+            steps = pipeline.pipeline_configs(cfg, T.RUNNERS)
+            assert all(s.stage in T.RUNNERS for _, s in steps)
+        else:
+            assert cfg.stage in T.RUNNERS, path
