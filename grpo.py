@@ -54,7 +54,7 @@ class GRPOConfig:
     ref_update_every: int = 0  # iterative GRPO: reset the reference to the policy every N steps; 0 = never
     mask_truncated: bool = False  # DAPO: completions cut at max_new_tokens (no eos) leave the loss
     skip_zero_std_groups: bool = False  # DAPO: groups with all-equal accuracy leave the loss
-    micro_batch_size: int = 32  # sequences per forward/backward; accumulation makes the update independent of it
+    micro_batch_size: int = 16  # sequences per forward/backward (16: cache-friendly logits on CPU); exact accumulation
     max_grad_norm: float = 1.0  # clip the global gradient L2 norm before the optimizer step; 0 = no clipping
 
 
