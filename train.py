@@ -176,11 +176,12 @@ def evaluate_and_log(model, tok, problems, cfg, device, step, log):
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 
-def train_loop(cfg, model, tok, opt, batch_fn, eval_problems, device, start_step=0, loss_fn=None):
+def train_loop(cfg, run, batch_fn, loss_fn=None):
     """Optimize for cfg.train.max_steps steps with warmup + cosine lr, grad accumulation and clipping;
     log, evaluate and checkpoint on schedule; write out_dir/final at the end.
     loss_fn(model, x, y, mask) -> (loss, stats) replaces the next-token loss (distillation uses it)."""
-    tc = cfg.train
+    tc, model, tok, opt, device, start_step = cfg.train, run.model, run.tok, run.opt, run.device, run.start
+    eval_problems = run.test[: tc.eval_n]
     log = RunLog(cfg.out_dir, start_step)
     pbar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc=cfg.stage,
                 disable=None)
@@ -241,14 +242,28 @@ def save_on_schedule(cfg, model, tok, opt, done, extra=None):
         shutil.rmtree(old)
 
 
-def start_run(cfg, train_problems):
-    """Device, seed, tokenizer, model and optimizer for a stage; restored from a checkpoint when resuming.
-    Returns (device, tok, model, opt, start_step, train_state), or None when out_dir/final exists on resume."""
+@dataclass
+class Run:
+    """What every stage starts from (start_run)."""
+    device: torch.device
+    tok: object           # data.Tokenizer or data.HFTokenizer
+    model: Transformer
+    opt: torch.optim.Optimizer
+    start: int            # the step to start from (> 0 when resuming)
+    state: dict           # the resumed train_state.pt ({} on a fresh start)
+    train: list           # training problems
+    test: list            # held-out problems
+
+
+def start_run(cfg):
+    """Problems, device, seed, tokenizer, model and optimizer for a stage, restored from the newest checkpoint
+    when resuming. None when out_dir/final exists and we resume: the stage is done."""
     device = resolve_device(cfg.train.device)
     resume_from = prepare_out_dir(cfg)
     if resume_from == "final":
         print(f"{cfg.out_dir}/final exists: stage {cfg.stage} is done, nothing to resume")
         return None
+    train_problems, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
     seed_everything(cfg.train.seed)
     if resume_from:
         tok = D.load_tokenizer(resume_from)
@@ -266,7 +281,7 @@ def start_run(cfg, train_problems):
         start_step = state["step"]
         print(f"resuming {cfg.stage} from {resume_from} at step {start_step}")
     model.train()
-    return device, tok, model, opt, start_step, (state if resume_from else {})
+    return Run(device, tok, model, opt, start_step, state, train_problems, test)
 
 
 def step_generator(seed, step, micro, device="cpu"):
@@ -279,31 +294,26 @@ def step_generator(seed, step, micro, device="cpu"):
 
 
 def run_pretrain(cfg):
-    train, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
-    run = start_run(cfg, train)
+    run = start_run(cfg)
     if run is None:
         return
-    device, tok, model, opt, start, _ = run
-    stream = D.pack_documents(tok, [D.format_document(p) for p in train])  # (N,) token ids
-    T = min(cfg.data.seq_len, model.cfg.max_seq_len)
+    stream = D.pack_documents(run.tok, [D.format_document(p) for p in run.train])  # (N,) token ids
+    T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
 
     def batch_fn(step, micro):
         x, y = D.packed_batch(stream, cfg.train.batch_size, T, step_generator(cfg.train.seed, step, micro))
         return x, y, None
 
-    train_loop(cfg, model, tok, opt, batch_fn, test[: cfg.train.eval_n], device, start)
+    train_loop(cfg, run, batch_fn)
 
 
 def run_sft(cfg):
-    train, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
-    run = start_run(cfg, train)
+    run = start_run(cfg)
     if run is None:
         return
-    device, tok, model, opt, start, _ = run
-    T = min(cfg.data.seq_len, model.cfg.max_seq_len)
-    pairs = [D.encode_sft(tok, p, cfg.data.template, T) for p in train]
-
-    train_loop(cfg, model, tok, opt, sft_batches(pairs, cfg, tok), test[: cfg.train.eval_n], device, start)
+    T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
+    pairs = [D.encode_sft(run.tok, p, cfg.data.template, T) for p in run.train]
+    train_loop(cfg, run, sft_batches(pairs, cfg, run.tok))
 
 
 def sft_batches(pairs, cfg, tok):
@@ -341,22 +351,20 @@ def run_grpo(cfg):
     grpo.ref_update_every steps, and then saved with the training state so a resume replays exactly)."""
     if not cfg.init:
         raise ValueError("the grpo stage starts from a checkpoint: set init = \"DIR\" or pass --init DIR")
-    train, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
-    run = start_run(cfg, train)
+    run = start_run(cfg)
     if run is None:
         return
-    device, tok, model, opt, start, state = run
-    gc, tc = cfg.grpo, cfg.train
+    gc, tc, device, tok, model, opt, start = cfg.grpo, cfg.train, run.device, run.tok, run.model, run.opt, run.start
     ref = None
     if gc.beta > 0:
         ref = Transformer.from_pretrained(cfg.init, dtype=torch.float32).to(device).eval().requires_grad_(False)
-        if "ref_model" in state:
-            ref.load_state_dict(state["ref_model"])
-    prompts = [tok.encode(D.format_prompt(p["question"], cfg.data.template), bos=True) for p in train]
-    golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, train)}
+        if "ref_model" in run.state:
+            ref.load_state_dict(run.state["ref_model"])
+    prompts = E.encode_prompts(tok, run.train, cfg.data.template)
+    golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, run.train)}
     reward_fn = make_reward_fn(tok, golds, cfg.reward)
     log = RunLog(cfg.out_dir, start)
-    eval_problems = test[: tc.eval_n]
+    eval_problems = run.test[: tc.eval_n]
     if start == 0 and tc.eval_n:
         log.log({"step": 0, "stage": cfg.stage, **evaluate_and_log(model, tok, eval_problems, cfg, device, 0, log)})
     pbar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc=cfg.stage, disable=None)
@@ -388,7 +396,6 @@ def run_grpo(cfg):
         extra = {"ref_model": ref.state_dict()} if ref is not None and gc.ref_update_every > 0 else None
         save_on_schedule(cfg, model, tok, opt, done, extra)
     log.close()
-
 
 
 def same_tokenizer(a, b):
@@ -460,25 +467,24 @@ def run_distill(cfg):
                          "sources teacher, dataset")
     if not cfg.init and not cfg.data.tokenizer:
         cfg.data.tokenizer = dc.teacher  # a student from scratch takes the teacher's tokenizer
-    train, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
-    run = start_run(cfg, train)
+    run = start_run(cfg)
     if run is None:
         return
-    device, tok, student, opt, start, _ = run
+    device, tok = run.device, run.tok
     if not same_tokenizer(tok, D.load_tokenizer(dc.teacher)):
         raise ValueError(f"student tokenizer ({cfg.init or cfg.data.tokenizer}) differs from the teacher's "
                          f"({dc.teacher}): logits and traces are only comparable over one vocabulary")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
     if dc.mode == "traces":  # SFT on what the teacher got right
-        batch_fn, loss_fn = sft_batches(teacher_traces(cfg, teacher, tok, train, device), cfg, tok), None
+        batch_fn, loss_fn = sft_batches(teacher_traces(cfg, teacher, tok, run.train, device), cfg, tok), None
     elif dc.source == "dataset":  # logit matching on the dataset's worked solutions
-        T = min(cfg.data.seq_len, student.cfg.max_seq_len)
-        batch_fn = sft_batches([D.encode_sft(tok, p, cfg.data.template, T) for p in train], cfg, tok)
+        T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
+        batch_fn = sft_batches([D.encode_sft(tok, p, cfg.data.template, T) for p in run.train], cfg, tok)
         loss_fn = logit_matching_loss(teacher, dc)
     else:  # logit matching on fresh teacher samples
-        batch_fn, loss_fn = teacher_sample_batches(cfg, teacher, tok, train, device), logit_matching_loss(teacher, dc)
-    train_loop(cfg, student, tok, opt, batch_fn, test[: cfg.train.eval_n], device, start, loss_fn)
-
+        batch_fn = teacher_sample_batches(cfg, teacher, tok, run.train, device)
+        loss_fn = logit_matching_loss(teacher, dc)
+    train_loop(cfg, run, batch_fn, loss_fn)
 
 
 RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo, "distill": run_distill,
