@@ -218,6 +218,10 @@ def test_completion_logprobs_matches_one_row_at_a_time():
         want = token_logprobs(model(row)[:, :-1], row[:, 1:])[0, len(p) - 1:]  # (|o|,)
         assert torch.allclose(logp[b][mask[b].bool()], want, atol=1e-5)
         assert (logp[b][~mask[b].bool()] == 0).all()
+    # convention 10: at temperature 2 the log-probs are those of softmax(logits / 2), the sampling distribution
+    hot = completion_logprobs(model, tokens, mask, micro_batch_size=3, temperature=2.0)  # (B, T-1)
+    want = token_logprobs(model(tokens[:, :-1]) / 2, tokens[:, 1:]) * mask  # (B, T-1)
+    assert torch.allclose(hot, want, atol=1e-5) and not torch.allclose(hot, logp, atol=1e-2)
 
 
 @pytest.mark.parametrize("agg", ["seq-mean", "token-mean", "dr-grpo"])
