@@ -101,6 +101,22 @@ def test_unsupported_hf_config_names_the_key(key, value):
         ModelConfig.from_hf(hf)
 
 
+def test_real_checkpoint_configs_parse():
+    # config.json of DeepSeek-R1-Distill-Qwen-1.5B: a sliding_window value, but use_sliding_window false
+    r1 = {"architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 1536, "intermediate_size": 8960,
+          "max_position_embeddings": 131072, "max_window_layers": 21, "model_type": "qwen2", "num_attention_heads": 12,
+          "num_hidden_layers": 28, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+          "sliding_window": 4096, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_mrope": False,
+          "use_sliding_window": False, "vocab_size": 151936}
+    assert ModelConfig.from_hf(r1) == ModelConfig(151936, 1536, 28, 12, 2, 8960, 131072, 10000.0, 1e-6, False, True)
+    # TinyLlama-1.1B: rope_scaling null, no rope_theta key (the default 1e4), pretraining_tp 1
+    tiny_llama = {"model_type": "llama", "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 5632,
+                  "max_position_embeddings": 2048, "num_attention_heads": 32, "num_hidden_layers": 22,
+                  "num_key_value_heads": 4, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
+                  "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 32000}
+    assert ModelConfig.from_hf(tiny_llama) == ModelConfig(32000, 2048, 22, 32, 4, 5632, 2048, 10000.0, 1e-5, False)
+
+
 def test_param_and_flop_count_by_hand():
     # size S of the bench: 3.95 M params; N_matmul = L (D*(H+2K)hd + D*D + 3 D F) + V D
     cfg = ModelConfig(vocab_size=4096, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=688)
@@ -108,6 +124,21 @@ def test_param_and_flop_count_by_hand():
     n_matmul = 4 * (256 * 512 + 256 * 256 + 3 * 256 * 688) + 4096 * 256
     assert m.num_params() == n_matmul + 4 * 2 * 256 + 256  # + norms; tied embedding counted once
     assert m.flops_per_token(256) == 6 * n_matmul + 12 * 4 * 256 * 256
+
+
+def test_init_for_training_from_scratch():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=512, dim=256, n_layers=8, n_heads=4, n_kv_heads=2, hidden_dim=512,
+                                attn_bias=True))
+    resid = 0.02 / math.sqrt(2 * 8)  # GPT-2: residual projections scaled by 1/sqrt(2L)
+    for name, p in m.named_parameters():
+        if name.endswith("bias"):
+            assert p.abs().max() == 0, name
+        elif "norm" in name:
+            assert torch.all(p == 1), name
+        else:
+            want = resid if name.endswith(("wo.weight", "w2.weight")) else 0.02
+            assert abs(p.std().item() / want - 1) < 0.05 and abs(p.mean().item()) < want / 20, name
 
 
 # ---------------------------------------------------------------------------------------- parity with HF
