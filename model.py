@@ -11,9 +11,12 @@ layout (dim i of a head pairs with dim i + head_dim/2), cos/sin and RMSNorm comp
 Departures from the Hugging Face modules (same math, different layout or plumbing):
 1. q/k/v are one Linear (`wqkv`) and gate/up are one Linear (`w13`): fewer, larger matmuls. They are joined at
    load and split at save, so files keep Hugging Face's separate tensors.
-2. generate() left-pads ragged prompts and starts each row's RoPE positions at its first real token, so a row's
-   completion does not depend on the rest of the batch. Pad keys are masked; a pad query attends to itself only.
+2. generate() left-pads ragged prompts into one preallocated KV cache. Each row's RoPE positions start at its first
+   real token (as HF's position_ids do), pad keys are masked, and a pad query attends to itself only (never an
+   all-masked softmax row), so a row's completion does not depend on the rest of the batch.
 3. A decode step folds the H/K query heads that share a kv head into the query axis, so K/V are never repeated.
+4. Sampling draws one uniform per row and inverts the CDF: the distribution of torch.multinomial, a different
+   random stream (so seeds do not reproduce HF's samples).
 """
 import json
 import math
@@ -310,44 +313,12 @@ class Transformer(nn.Module):
     def from_pretrained(cls, path, dtype=None, device="cpu"):
         """Load a Hugging Face Llama / Qwen2 folder (config.json + model.safetensors or a sharded index).
 
-        Lean: the model is built on the meta device and each tensor is read once (plain reads, no mmap), straight
-        into its fused buffer, then converted and moved, so peak memory stays near the checkpoint's size.
-        dtype=None keeps the file's dtype (that of the embedding).
+        Lean: the model is built on the meta device (no random init) and takes the tensors read_hf_state makes,
+        so peak memory stays near the checkpoint's size. dtype=None keeps the file's dtype.
         """
         with open(os.path.join(path, "config.json")) as f:
             cfg = ModelConfig.from_hf(json.load(f))
-        shards = ["model.safetensors"]
-        if os.path.exists(os.path.join(path, "model.safetensors.index.json")):
-            with open(os.path.join(path, "model.safetensors.index.json")) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        found = {}  # HF tensor name -> (shard, dtype, shape, byte offset, byte length)
-        for shard in shards:
-            found.update({name: (shard, *info) for name, info in read_safetensors_header(os.path.join(path, shard)).items()})
-        layout = hf_layout(cfg)
-        expected = {name: shape for _, parts in layout for name, shape in parts}
-        ignored = {n for n in found if n.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and n == "lm_head.weight")}
-        missing = sorted(set(expected) - set(found))
-        unexpected = sorted(set(found) - set(expected) - ignored)
-        wrong = [f"{n} {found[n][2]} != {expected[n]}" for n in sorted(set(expected) & set(found)) if found[n][2] != expected[n]]
-        if missing or unexpected or wrong:
-            raise ValueError(f"checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}, "
-                             f"wrong shape {wrong}")
-        dtype = dtype or SAFETENSORS_DTYPES[found["model.embed_tokens.weight"][1]]
-        state = {}
-        with ExitStack() as stack:
-            files = {s: stack.enter_context(open(os.path.join(path, s), "rb")) for s in shards}
-            for ours, parts in layout:  # one tensor at a time: read the HF parts joined, convert, move
-                buf, at = bytearray(sum(found[n][4] for n, _ in parts)), 0
-                for name, _ in parts:
-                    shard, _, _, offset, nbytes = found[name]
-                    files[shard].seek(offset)
-                    if files[shard].readinto(memoryview(buf)[at : at + nbytes]) != nbytes:
-                        raise ValueError(f"checkpoint {path}: {name} is truncated in {shard}")
-                    at += nbytes
-                rows = sum(shape[0] for _, shape in parts)
-                t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[found[parts[0][0]][1]]).view(rows, *parts[0][1][1:])
-                state[ours] = t.to(device=device, dtype=dtype)  # no copy when already right: t owns buf
-                del buf, t
+        state = read_hf_state(path, cfg, dtype, device)
         with torch.device("meta"):
             model = cls(cfg)
         if cfg.tie_embeddings:
@@ -388,6 +359,50 @@ def sample(logits, temperature, top_p, generator=None):
     return (choice if order is None else order.gather(-1, choice)).squeeze(-1)
 
 
+def read_hf_state(path, cfg, dtype=None, device="cpu"):
+    """Our state dict from the safetensors file(s) of a Hugging Face folder, checked against cfg.
+
+    Plain reads, no mmap, one tensor at a time: the HF parts of each of our tensors are read into one buffer that
+    becomes the tensor, then it is converted and moved. dtype=None keeps the file's dtype (that of the embedding).
+    """
+    shards = ["model.safetensors"]
+    if os.path.exists(os.path.join(path, "model.safetensors.index.json")):
+        with open(os.path.join(path, "model.safetensors.index.json")) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    found = {}  # HF tensor name -> (shard, dtype, shape, byte offset, byte length)
+    for shard in shards:
+        found.update({n: (shard, *info) for n, info in read_safetensors_header(os.path.join(path, shard)).items()})
+    layout = hf_layout(cfg)
+    expected = {name: shape for _, parts in layout for name, shape in parts}
+    # old Llama files carry RoPE buffers; some tied files also store the output matrix: both are dropped
+    ignored = {n for n in found if n.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and n == "lm_head.weight")}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected) - ignored)
+    wrong = [f"{n} {found[n][2]} != {shape}" for n, shape in sorted(expected.items())
+             if n in found and found[n][2] != shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}, "
+                         f"wrong shape {wrong}")
+    dtype = dtype or SAFETENSORS_DTYPES[found["model.embed_tokens.weight"][1]]
+    state = {}
+    with ExitStack() as stack:
+        files = {s: stack.enter_context(open(os.path.join(path, s), "rb")) for s in shards}
+        for ours, parts in layout:
+            buf, at = bytearray(sum(found[n][4] for n, _ in parts)), 0
+            for name, _ in parts:  # a fused tensor is its HF parts back to back (concatenated on dim 0)
+                shard, _, _, offset, nbytes = found[name]
+                files[shard].seek(offset)
+                if files[shard].readinto(memoryview(buf)[at : at + nbytes]) != nbytes:
+                    raise ValueError(f"checkpoint {path}: {name} is truncated in {shard}")
+                at += nbytes
+            rows = sum(part_shape[0] for _, part_shape in parts)
+            t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[found[parts[0][0]][1]])  # shares buf, no copy
+            t = t.view(rows, *parts[0][1][1:])
+            state[ours] = t.to(device=device, dtype=dtype)  # no copy when already right
+            del buf, t
+    return state
+
+
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -403,7 +418,8 @@ def read_safetensors_header(path):
     for name, t in header.items():
         if t["dtype"] not in SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {t['dtype']}")
-    return {name: (t["dtype"], tuple(t["shape"]), 8 + n + t["data_offsets"][0], t["data_offsets"][1] - t["data_offsets"][0])
+    return {name: (t["dtype"], tuple(t["shape"]), 8 + n + t["data_offsets"][0],  # offsets count from the data start
+                   t["data_offsets"][1] - t["data_offsets"][0])
             for name, t in header.items()}
 
 
@@ -419,7 +435,8 @@ def hf_layout(cfg):
             layout.append((ours + "attention.wqkv.bias", [(a + "q_proj.bias", (q,)), (a + "k_proj.bias", (kv,)),
                                                            (a + "v_proj.bias", (kv,))]))
         layout += [(ours + "attention.wo.weight", [(a + "o_proj.weight", (D, q))]),
-                   (ours + "feed_forward.w13.weight", [(m + "gate_proj.weight", (F_, D)), (m + "up_proj.weight", (F_, D))]),
+                   (ours + "feed_forward.w13.weight", [(m + "gate_proj.weight", (F_, D)),
+                                                        (m + "up_proj.weight", (F_, D))]),
                    (ours + "feed_forward.w2.weight", [(m + "down_proj.weight", (D, F_))]),
                    (ours + "attention_norm.weight", [(f"model.layers.{i}.input_layernorm.weight", (D,))]),
                    (ours + "ffn_norm.weight", [(f"model.layers.{i}.post_attention_layernorm.weight", (D,))])]
