@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import model as model_lib
 from model import ModelConfig, Transformer, sample
 
-transformers = pytest.importorskip("transformers")  # development dependency only
+import transformers  # noqa: E402  (development dependency: requirements-dev.txt; parity tests must not skip)
 
 TINY = dict(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=160, max_seq_len=128)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
