@@ -85,7 +85,8 @@ def test_bad_config_raises(kw, msg):
 
 
 def test_hf_config_roundtrip():
-    for cfg in (ModelConfig(**TINY, rope_theta=5e5, norm_eps=1e-6), ModelConfig(**TINY, attn_bias=True, tie_embeddings=False)):
+    for cfg in (ModelConfig(**TINY, rope_theta=5e5, norm_eps=1e-6),
+                ModelConfig(**TINY, attn_bias=True, tie_embeddings=False)):
         hf = cfg.to_hf()
         assert hf["model_type"] == ("qwen2" if cfg.attn_bias else "llama")
         assert ModelConfig.from_hf(hf) == cfg
@@ -177,6 +178,13 @@ def test_greedy_generate_matches_hf_generate(tmp_path):
     prompts = prompts_of([5, 9, 1])
     got = ours.generate(prompts, max_new_tokens=12, temperature=0)
     assert got == [hf_generate(hf, p, 12) for p in prompts]
+    # and HF's own left-padded batch (attention mask, position ids from it) agrees with our ragged batch
+    P = max(map(len, prompts))
+    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    out = hf.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                      eos_token_id=None, pad_token_id=0)
+    assert got == out[:, P:].tolist()
 
 
 def test_right_padding_does_not_change_earlier_positions():
