@@ -250,7 +250,13 @@ def format_completion(solution, answer, template="plain"):
 
 def format_document(p):
     """A pretraining document: the problem and its worked solution as plain text."""
-    return f"Problem: {p['question']}\nSolution: {p['solution']}\nThe answer is \\boxed{{{p['answer']}}}."
+    return f"Problem: {p['question']}\nSolution: {p['solution']}\nThe answer is \\boxed{{{shown_answer(p)}}}."
+
+
+def shown_answer(p):
+    """The answer a demonstration boxes: the one its worked solution reaches (a flawed synthetic demonstration
+    follows its dropped carry through to the end), else the gold answer."""
+    return p.get("final", p["answer"])
 
 
 def tokenizer_corpus(problems):
@@ -258,7 +264,7 @@ def tokenizer_corpus(problems):
     for p in problems:
         yield format_document(p)
         for t in ("plain", "r1"):
-            yield format_prompt(p["question"], t) + format_completion(p["solution"], p["answer"], t)
+            yield format_prompt(p["question"], t) + format_completion(p["solution"], shown_answer(p), t)
 
 
 # -----------------------------------------------------------------------------
@@ -285,7 +291,7 @@ def packed_batch(stream, batch_size, seq_len, generator):
 def encode_sft(tok, problem, template, seq_len=None):
     """(prompt_ids, completion_ids): bos + prompt, and the worked completion + eos (what the loss sees)."""
     prompt = tok.encode(format_prompt(problem["question"], template), bos=True)
-    completion = tok.encode(format_completion(problem["solution"], problem["answer"], template), eos=True)
+    completion = tok.encode(format_completion(problem["solution"], shown_answer(problem), template), eos=True)
     if seq_len is not None and len(prompt) + len(completion) > seq_len + 1:
         completion = completion[: max(0, seq_len + 1 - len(prompt))]  # truncate: the loss still masks the prompt
     return prompt, completion

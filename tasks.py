@@ -47,7 +47,7 @@ def gen_add(rng, level, flaw_p=0.0):
     a, b = max(a, b), min(a, b)
     lines, result = _column_steps(a, b, "+", rng, flaw_p)
     sol = "\n".join(lines + [f"So {a} + {b} = {result}."])  # columns right to left
-    return f"Compute {a} + {b}.", sol, str(a + b)
+    return f"Compute {a} + {b}.", sol, str(a + b), str(result)
 
 
 def gen_sub(rng, level, flaw_p=0.0):
@@ -55,7 +55,7 @@ def gen_sub(rng, level, flaw_p=0.0):
     a, b = max(a, b), min(a, b)
     lines, result = _column_steps(a, b, "-", rng, flaw_p)
     sol = "\n".join(lines + [f"So {a} - {b} = {result}."])
-    return f"Compute {a} - {b}.", sol, str(a - b)
+    return f"Compute {a} - {b}.", sol, str(a - b), str(result)
 
 
 def gen_mul(rng, level, flaw_p=0.0):
@@ -73,7 +73,7 @@ def gen_mul(rng, level, flaw_p=0.0):
         digits.extend(int(c) for c in str(carry)[::-1])
     result = int("".join(map(str, digits[::-1])))
     lines.append(f"So {a} * {b} = {result}.")
-    return f"Compute {a} * {b}.", "\n".join(lines), str(a * b)
+    return f"Compute {a} * {b}.", "\n".join(lines), str(a * b), str(result)
 
 
 def _lin(a, b, var="x"):
@@ -157,11 +157,14 @@ FAMILIES = {"add": gen_add, "sub": gen_sub, "mul": gen_mul, "linear": gen_linear
 
 
 def make_problem(family, rng, level=1, flaw_p=0.0):
-    """One synthetic problem as a dict: question, solution (worked steps), answer (gold), family, level."""
+    """One synthetic problem as a dict: question, solution (worked steps), answer (gold), family, level, and
+    final: the answer the worked solution reaches, which a flawed demonstration boxes (it differs from the gold
+    answer exactly when a dropped carry changed the result; rewards and evaluation always use the gold)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown task family {family!r}; valid: {sorted(FAMILIES)}")
-    q, sol, ans = FAMILIES[family](rng, level, flaw_p)
-    return {"question": q, "solution": sol, "answer": ans, "family": family, "level": level}
+    q, sol, ans, *reached = FAMILIES[family](rng, level, flaw_p)  # only add/sub/mul can be flawed
+    return {"question": q, "solution": sol, "answer": ans, "final": reached[0] if reached else ans,
+            "family": family, "level": level}
 
 
 def _csv(s):

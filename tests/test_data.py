@@ -103,6 +103,23 @@ def test_flawed_demonstrations_keep_true_gold_and_same_questions():
     assert wrong > 100
 
 
+def test_flawed_demonstration_boxes_the_answer_its_work_reaches():
+    """The flaw runs through to the end: the SFT target's boxed answer is the flawed result, never the gold one
+    (a demonstration whose work says 76 but whose box says 66 would teach nothing consistent)."""
+    flawed = D.synthetic_problems(300, "add,sub,mul", "1,2", seed=3, flaw_p=0.5)
+    tok = D.Tokenizer.__new__(D.Tokenizer)  # encode_sft only needs encode(): use a character-level stand-in
+    tok.encode = lambda text, bos=False, eos=False: [ord(c) for c in text]
+    differ = 0
+    for p in flawed:
+        stated = p["solution"].splitlines()[-1].rsplit("= ", 1)[1].rstrip(".")
+        _, completion = D.encode_sft(tok, p, "plain")
+        text = "".join(map(chr, completion))
+        assert text.endswith(f"\\boxed{{{stated}}}.") and stated == p["final"], (p, text)
+        assert f"\\boxed{{{stated}}}" in D.format_document(p)
+        differ += stated != p["answer"]
+    assert differ > 50
+
+
 def test_splits_disjoint_and_deterministic(problems):
     train, test = problems
     assert not {p["question"] for p in train} & {p["question"] for p in test}
