@@ -15,6 +15,7 @@ demonstrations, and a verifiable reward lets GRPO correct it. The gold `answer` 
 
 import json
 import os
+import random
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ class DataConfig:
     tokenizer: str = ""           # folder or file of an existing tokenizer; "" = train one on the data
     vocab_size: int = 512         # size of a newly trained sentencepiece vocabulary
     seq_len: int = 256            # training sequence length (pretraining window / SFT max length)
+    chat_frac: float = 0.0        # pretraining: share of documents written as R1-template chat transcripts
 
 
 # -----------------------------------------------------------------------------
@@ -251,6 +253,15 @@ def format_completion(solution, answer, template="plain"):
 def format_document(p):
     """A pretraining document: the problem and its worked solution as plain text."""
     return f"Problem: {p['question']}\nSolution: {p['solution']}\nThe answer is \\boxed{{{shown_answer(p)}}}."
+
+
+def pretrain_documents(problems, chat_frac=0.0, seed=0):
+    """The pretraining corpus: each problem as a plain document, or with probability chat_frac as an R1-template
+    chat transcript (prompt + <think>/<answer> completion), standing in for the chat text a web corpus holds, so
+    that a base model has seen the tags R1-Zero's format reward asks for. Deterministic in seed."""
+    rng = random.Random(seed)
+    return [format_prompt(p["question"], "r1") + format_completion(p["solution"], shown_answer(p), "r1")
+            if rng.random() < chat_frac else format_document(p) for p in problems]
 
 
 def shown_answer(p):

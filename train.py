@@ -297,7 +297,8 @@ def run_pretrain(cfg):
     run = start_run(cfg)
     if run is None:
         return
-    stream = D.pack_documents(run.tok, [D.format_document(p) for p in run.train])  # (N,) token ids
+    docs = D.pretrain_documents(run.train, cfg.data.chat_frac, cfg.data.seed)
+    stream = D.pack_documents(run.tok, docs)  # (N,) token ids, documents joined by eos
     T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
 
     def batch_fn(step, micro):
