@@ -26,13 +26,14 @@ def list_checkpoints(out_dir):
     paths = glob.glob(os.path.join(out_dir, "ckpt-*", "train_state.pt"))
     return sorted(os.path.dirname(p) for p in paths)
 
-def save_checkpoint(folder, model, tok, cfg, train_state=None):
-    """Write the checkpoint to a temporary sibling folder, then rename it into place."""
+def save_checkpoint(folder, model, tok, cfg, train_state=None, weights=None):
+    """Write the checkpoint to a temporary sibling folder, then rename it into place. weights: the model's full
+    state dict when the model itself holds only a shard of it (FSDP2); None = model.state_dict()."""
     parent, name = os.path.split(os.path.abspath(folder))
     tmp = os.path.join(parent, f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, weights)
     tok.save(tmp)
     with open(os.path.join(tmp, "run_config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2)

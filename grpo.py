@@ -28,6 +28,11 @@ Conventions and departures, each a switch in GRPOConfig (the defaults are DeepSe
  9. num_iterations (mu) > 1: each iteration is one optimizer step on the whole rollout batch.
 10. log-probs (ratio, KL) are those of the sampling distribution softmax(logits / temperature), as in TRL and
     verl; at the default temperature 1 that is the model itself.
+
+Data parallel (train.py under torchrun): each rank calls grpo_step on its own prompts with `reduce`, a function
+that sums a tensor over the ranks. The loss denominators (sequences, tokens), the gradients and the logged
+statistics then cover every rank's samples, so W ranks take the optimizer step one process would take on the union
+of their rollouts. This file never asks which rank it is on.
 """
 import math
 import time
@@ -55,6 +60,7 @@ class GRPOConfig:
     mask_truncated: bool = False  # DAPO: completions cut at max_new_tokens (no eos) leave the loss
     skip_zero_std_groups: bool = False  # DAPO: groups with all-equal accuracy leave the loss
     micro_batch_size: int = 16  # sequences per forward/backward (16: cache-friendly logits on CPU); exact accumulation
+    rollout_prompts: int = 0  # prompts per generate call (its KV cache holds prompts x G rows); 0 = batch / ranks
     max_grad_norm: float = 1.0  # clip the global gradient L2 norm before the optimizer step; 0 = no clipping
 
 
@@ -186,12 +192,17 @@ def rollout(policy, prompts, reward_fn, cfg, eos_id=None, generator=None):
     reward_fn(prompt_ids, completion_ids) returns a float, or a pair (shaped_reward, accuracy): the reward
     drives the advantages, the accuracy only decides skip_zero_std_groups (a float reward is its own accuracy).
     Returns a dict: prompt_ids, completion_ids (lists, G rows per prompt, contiguous), rewards, accuracy,
-    truncated (tensors (N*G,))."""
+    truncated (tensors (N*G,)). A list of generators splits the prompts into that many equal chunks, one
+    generate call each with its own generator (rollout chunks: the KV cache holds one chunk at a time)."""
     prompt_ids = [p for p in prompts for _ in range(cfg.group_size)]  # (N*G,) lists
+    gens = generator if isinstance(generator, list) else [generator]
+    rows = -(-len(prompts) // len(gens)) * cfg.group_size  # rows per generate call
     was_training = policy.training
     policy.eval()
-    completion_ids = policy.generate(prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                     top_p=cfg.top_p, eos_id=eos_id, generator=generator)
+    completion_ids = []
+    for i, gen in enumerate(gens):
+        completion_ids += policy.generate(prompt_ids[i * rows:(i + 1) * rows], max_new_tokens=cfg.max_new_tokens,
+                                          temperature=cfg.temperature, top_p=cfg.top_p, eos_id=eos_id, generator=gen)
     policy.train(was_training)
     scores = [reward_fn(p, c) for p, c in zip(prompt_ids, completion_ids)]
     pairs = [s if isinstance(s, tuple) else (s, s) for s in scores]
@@ -208,11 +219,16 @@ def rollout(policy, prompts, reward_fn, cfg, eos_id=None, generator=None):
 UPDATE_KEYS = ("loss", "kl", "ratio_mean", "clip_frac_low", "clip_frac_high", "clip_frac", "entropy", "grad_norm")
 
 
-def grpo_update(policy, ref_model, optimizer, prompt_ids, completion_ids, advantages, cfg):
+def grpo_update(policy, ref_model, optimizer, prompt_ids, completion_ids, advantages, cfg, reduce=None):
     """cfg.num_iterations optimizer steps on the GRPO loss of one rollout batch (already filtered).
-    Gradient accumulation over micro-batches, each loss weighted so the sum equals the full-batch loss."""
+    Gradient accumulation over micro-batches, each loss weighted so the sum equals the full-batch loss.
+    reduce (data parallel): sums a tensor over the ranks; B and the token count are then global, the gradients
+    are summed before clipping, and this rank's batch may be empty (it still takes the step)."""
     device = next(policy.parameters()).device
-    tokens, mask = build_batch(prompt_ids, completion_ids, device=device)  # (B, T), (B, T-1)
+    if prompt_ids:
+        tokens, mask = build_batch(prompt_ids, completion_ids, device=device)  # (B, T), (B, T-1)
+    else:  # data parallel: every sample of this rank was filtered out
+        tokens, mask = torch.zeros(0, 2, dtype=torch.long, device=device), torch.zeros(0, 1, device=device)
     adv = advantages.to(device)  # (B,)
     B, mb = len(tokens), cfg.micro_batch_size
     # pi_ref and pi_old are fixed during the update: one no-grad pass each, or none at all
@@ -220,6 +236,9 @@ def grpo_update(policy, ref_model, optimizer, prompt_ids, completion_ids, advant
     ref_logp = completion_logprobs(ref_model, tokens, mask, mb, temp) if cfg.beta and ref_model is not None else None
     old_logp = completion_logprobs(policy, tokens, mask, mb, temp) if cfg.num_iterations > 1 else None  # else ratio 1
     n_tok = mask.sum()
+    if reduce is not None:  # the denominators count every rank's sequences and tokens
+        B, n_tok = reduce(torch.tensor([float(B), n_tok.item()], dtype=torch.float64)).tolist()
+        n_tok = torch.tensor(n_tok, device=device)
     totals = dict.fromkeys(UPDATE_KEYS, 0.0)
     params = [p for p in policy.parameters() if p.requires_grad]
     for it in range(cfg.num_iterations):
@@ -241,13 +260,26 @@ def grpo_update(policy, ref_model, optimizer, prompt_ids, completion_ids, advant
                 totals[k] += w_tok * v / cfg.num_iterations
             if it == 0:  # entropy, sampled: E_{o~pi}[-log pi(o)] = H(pi) with the tokens from pi (top_p = 1)
                 totals["entropy"] -= ((logp.detach() * m).sum() / n_tok).item()
+        if reduce is not None:  # each rank's share is already weighted by the global counts: sum them
+            sum_grads(params, reduce)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf  # inf: measure, do not clip
         totals["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, max_norm).item() / cfg.num_iterations
         optimizer.step()
+    if reduce is not None:  # the ranks' weighted shares of the loss and token statistics add up
+        keys = [k for k in UPDATE_KEYS if k != "grad_norm"]  # the norm is already global
+        totals.update(zip(keys, reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64)).tolist()))
     return totals
 
 
-def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None, generator=None):
+def sum_grads(params, reduce):
+    """Replace each gradient by its sum over the ranks, in one collective (a rank without a gradient adds zeros)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = reduce(torch.cat([g.flatten() for g in grads]))  # (sum of numel,)
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = g.view_as(p)
+
+
+def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None, generator=None, reduce=None):
     """One GRPO step on the distinct prompts (list[list[int]]), each sampled cfg.group_size times:
     rollout + rewards, group advantages, then cfg.num_iterations optimizer steps (zero_grad, backward,
     grad clipping, optimizer.step all happen here; the caller sets the lr and counts steps).
@@ -256,7 +288,9 @@ def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None
     reward_std (population, over all completions), accuracy_mean, completion_len, truncated_frac, zero_std_frac
     (groups with all-equal accuracy), kept_frac (completions in the loss), rollout_s (sampling + rewards),
     update_s; plus one non-float entry "_samples": per completion a dict of prompt_ids, completion_ids,
-    reward, accuracy, advantage, truncated (pop it before logging metrics)."""
+    reward, accuracy, advantage, truncated (pop it before logging metrics).
+    reduce (data parallel, see the file docstring): the update and every statistic cover all ranks' samples;
+    "_samples" holds this rank's."""
     t0 = time.perf_counter()
     roll = rollout(policy, prompts, reward_fn, cfg, eos_id=eos_id, generator=generator)
     t1 = time.perf_counter()
@@ -273,25 +307,36 @@ def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None
     if cfg.skip_zero_std_groups:
         keep &= ~zero_std.repeat_interleave(G)
     idx = keep.nonzero().squeeze(1).tolist()
-    if idx:
+    n_kept = len(idx) if reduce is None else int(reduce(torch.tensor(float(len(idx)))).item())
+    if n_kept:
         stats = grpo_update(policy, ref_model, optimizer, [roll["prompt_ids"][i] for i in idx],
-                            [roll["completion_ids"][i] for i in idx], adv[idx], cfg)
+                            [roll["completion_ids"][i] for i in idx], adv[idx], cfg, reduce)
     else:  # nothing to learn from: no optimizer step
         stats = dict.fromkeys(UPDATE_KEYS, 0.0)
     t2 = time.perf_counter()
 
     lens = torch.tensor([len(c) for c in roll["completion_ids"]], dtype=torch.float32)  # (N*G,)
-    stats.update({
-        "reward_mean": rewards.mean().item(),
-        "reward_std": rewards.std(unbiased=False).item(),
-        "accuracy_mean": acc.mean().item(),
-        "completion_len": lens.mean().item(),
-        "truncated_frac": truncated.float().mean().item(),
-        "zero_std_frac": zero_std.float().mean().item(),
-        "kept_frac": keep.float().mean().item(),
-        "rollout_s": t1 - t0,
-        "update_s": t2 - t1,
-    })
+    if reduce is None:
+        stats.update({
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std(unbiased=False).item(),
+            "accuracy_mean": acc.mean().item(),
+            "completion_len": lens.mean().item(),
+            "truncated_frac": truncated.float().mean().item(),
+            "zero_std_frac": zero_std.float().mean().item(),
+            "kept_frac": keep.float().mean().item(),
+        })
+    else:  # the same means over every rank's completions (and groups): sums and counts, then two-pass std
+        cols = torch.stack([rewards.float(), acc.float(), lens, truncated.float(), keep.float()])  # (5, N*G)
+        sums = reduce(torch.cat([cols.double().sum(-1), torch.tensor([len(rewards), zero_std.sum(), len(zero_std)],
+                                                                     dtype=torch.float64)]))
+        n = sums[5]
+        mean = sums[:5] / n
+        var = reduce(((rewards.double() - mean[0]) ** 2).sum()) / n
+        stats.update({"reward_mean": mean[0].item(), "reward_std": var.sqrt().item(), "accuracy_mean": mean[1].item(),
+                      "completion_len": mean[2].item(), "truncated_frac": mean[3].item(),
+                      "zero_std_frac": (sums[6] / sums[7]).item(), "kept_frac": mean[4].item()})
+    stats.update({"rollout_s": t1 - t0, "update_s": t2 - t1})
     stats["_samples"] = [
         {"prompt_ids": p, "completion_ids": c, "reward": r, "accuracy": a, "advantage": v, "truncated": t}
         for p, c, r, a, v, t in zip(roll["prompt_ids"], roll["completion_ids"], rewards.tolist(), acc.tolist(),

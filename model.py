@@ -328,10 +328,11 @@ class Transformer(nn.Module):
             model.output.weight = model.tok_embeddings.weight
         return model
 
-    def save_pretrained(self, path):
-        """Write config.json + model.safetensors in the Hugging Face layout into folder `path` (created)."""
+    def save_pretrained(self, path, state=None):
+        """Write config.json + model.safetensors in the Hugging Face layout into folder `path` (created).
+        state: our state dict to write instead of self.state_dict() (the gathered full tensors of a sharded model)."""
         os.makedirs(path, exist_ok=True)
-        state = self.state_dict()
+        state = self.state_dict() if state is None else state
         tensors = {}
         for ours, parts in hf_layout(self.cfg):  # split the fused tensors back into HF's q/k/v and gate/up
             chunks = state[ours].detach().to("cpu").split([shape[0] for _, shape in parts])
@@ -339,7 +340,7 @@ class Transformer(nn.Module):
                 tensors[name] = t.clone() if len(parts) > 1 else t.contiguous()
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump(self.cfg.to_hf(self.tok_embeddings.weight.dtype), f, indent=2)
+            json.dump(self.cfg.to_hf(state["tok_embeddings.weight"].dtype), f, indent=2)
 
 
 def sample(logits, temperature, top_p, generator=None):

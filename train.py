@@ -35,6 +35,7 @@ import data as D
 import distill
 import eval as E
 import grpo
+import dist
 import pipeline
 from checkpoint import RunLog, list_checkpoints, prepare_out_dir, rng_state, save_checkpoint, set_rng_state
 from distill import DistillConfig
@@ -46,8 +47,8 @@ from reward import accuracy_reward, format_reward
 @dataclass
 class TrainConfig:
     max_steps: int = 1000         # optimizer steps
-    batch_size: int = 16          # sequences per micro-batch
-    grad_accum: int = 1           # micro-batches per optimizer step
+    batch_size: int = 16          # sequences per micro-batch (grpo: prompts per step)
+    grad_accum: int = 1           # micro-batches per optimizer step, over all ranks (a multiple of the rank count)
     lr: float = 1e-3              # peak learning rate (AdamW)
     warmup_steps: int = 50        # linear warmup, then cosine decay to min_lr_frac * lr
     min_lr_frac: float = 0.1      # final lr as a fraction of the peak
@@ -66,6 +67,8 @@ class TrainConfig:
     seed: int = 0                 # seeds init, batches and sampling
     device: str = "auto"          # auto (cuda if present), cpu or cuda; bf16 autocast on cuda
     resume: bool = False          # continue from the newest checkpoint in out_dir
+    bf16: bool = True             # bf16 autocast on CUDA (log-probs, ratios, KL, losses stay fp32); CPU is fp32
+    fsdp: bool = False            # FSDP2 under torchrun: shard weights, grads, optimizer state (not for grpo)
 
 
 @dataclass
@@ -104,8 +107,8 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def autocast(device):
-    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+def autocast(device, enabled=True):
+    return torch.autocast("cuda", torch.bfloat16) if enabled and device.type == "cuda" else nullcontext()
 
 
 def seed_everything(seed):
@@ -115,13 +118,16 @@ def seed_everything(seed):
 
 
 def build_tokenizer(cfg, train_problems):
-    """The tokenizer of the init checkpoint, the one the config names, or a new one trained on the data."""
+    """The tokenizer of the init checkpoint, the one the config names, or a new one trained on the data
+    (by rank 0 under torchrun; the other ranks read its file, see start_run)."""
     if cfg.init:
         return D.load_tokenizer(cfg.init)
     if cfg.data.tokenizer:
         return D.load_tokenizer(cfg.data.tokenizer)
     os.makedirs(cfg.out_dir, exist_ok=True)
     prefix = os.path.join(cfg.out_dir, "tokenizer")
+    if not dist.is_main():
+        return D.Tokenizer(prefix + ".model")
     return D.train_tokenizer(D.tokenizer_corpus(train_problems), prefix, cfg.data.vocab_size)
 
 
@@ -168,7 +174,7 @@ def evaluate_and_log(model, tok, problems, cfg, device, step, log):
     if not problems:
         return {}
     model.eval()
-    with autocast(device):
+    with autocast(device, cfg.train.bf16):
         metrics, samples = E.greedy_eval(model, tok, problems, cfg.data.template, cfg.train.max_new_tokens,
                                          cfg.train.eval_batch_size)
     model.train()
@@ -179,67 +185,87 @@ def evaluate_and_log(model, tok, problems, cfg, device, step, log):
 def train_loop(cfg, run, batch_fn, loss_fn=None):
     """Optimize for cfg.train.max_steps steps with warmup + cosine lr, grad accumulation and clipping;
     log, evaluate and checkpoint on schedule; write out_dir/final at the end.
-    loss_fn(model, x, y, mask) -> (loss, stats) replaces the next-token loss (distillation uses it)."""
+    loss_fn(model, x, y, mask) -> (loss, stats) replaces the next-token loss (distillation uses it).
+    Under torchrun, rank r takes micro-batches r, r + W, ... of each step (see dist.py)."""
     tc, model, tok, opt, device, start_step = cfg.train, run.model, run.tok, run.opt, run.device, run.start
+    W = dist.world()
+    if tc.grad_accum % W:
+        raise ValueError(f"train.grad_accum={tc.grad_accum} must be a multiple of the {W} ranks: the global batch "
+                         f"is batch_size x grad_accum sequences, grad_accum / {W} micro-batches per rank")
+    fwd = dist.wrap(model, device, tc.fsdp)  # DDP under torchrun; `model` itself in one process or with FSDP2
     eval_problems = run.test[: tc.eval_n]
-    log = RunLog(cfg.out_dir, start_step)
+    log = RunLog(cfg.out_dir, start_step) if dist.is_main() else None
     pbar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc=cfg.stage,
-                disable=None)
+                disable=None if dist.is_main() else True)
     t0, tokens = time.time(), 0
     for step in pbar:
         lr = lr_at(step, tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss_sum, stats = 0.0, {}
-        for micro in range(tc.grad_accum):
+        loss_sum, stats, step_tokens = 0.0, {}, 0
+        mine = range(dist.rank(), tc.grad_accum, W)  # this rank's micro-batches (all of them in one process)
+        for micro in mine:
             x, y, mask = batch_fn(step, micro)
             x, y = x.to(device), y.to(device)
             mask = mask.to(device) if mask is not None else None
-            with autocast(device):
-                if loss_fn is None:
-                    loss, st = lm_loss(model(x), y, mask), {}  # logits (B, T, V)
-                else:
-                    loss, st = loss_fn(model, x, y, mask)
-            (loss / tc.grad_accum).backward()
+            with dist.grad_sync(fwd, micro == mine[-1]):  # reduce gradients once, after the last micro-batch
+                with autocast(device, tc.bf16):
+                    if loss_fn is None:
+                        loss, st = lm_loss(fwd(x), y, mask), {}  # logits (B, T, V)
+                    else:
+                        loss, st = loss_fn(fwd, x, y, mask)
+                # mean over all grad_accum micro-batches; DDP/FSDP2 average over W ranks, so we scale by W
+                (loss / tc.grad_accum * W).backward()
             loss_sum += loss.item() / tc.grad_accum
             for k, v in st.items():
                 stats[k] = stats.get(k, 0.0) + v / tc.grad_accum
-            tokens += int(mask.sum()) if mask is not None else y.numel()
+            step_tokens += int(mask.sum()) if mask is not None else y.numel()
+        if W > 1:  # every rank's share, so each rank sees the global numbers (and stops together on a NaN)
+            loss_sum, step_tokens, *vals = dist.sum_floats([loss_sum, step_tokens, *stats.values()])
+            stats = dict(zip(stats, vals))
+        tokens += step_tokens
         if not math.isfinite(loss_sum):
             last = list_checkpoints(cfg.out_dir)
             raise FloatingPointError(f"non-finite loss {loss_sum} at step {step}; stopping without saving. "
                                      f"Last good checkpoint: {last[-1] if last else 'none'}")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else 1e30)
+        grad_norm = dist.clip_grad_norm(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else 1e30)
         opt.step()
         opt.zero_grad(set_to_none=True)
         done = step + 1
         row = {}
-        if tc.eval_n and ((tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps):
+        # rank 0 evaluates alone; with FSDP2 it cannot (sampling would need the other ranks' shards): eval.py after
+        if tc.eval_n and ((tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps) and log \
+                and not tc.fsdp:
             row.update(evaluate_and_log(model, tok, eval_problems, cfg, device, done, log))
-        if done % tc.log_every == 0 or done == tc.max_steps or row:
+        if log and (done % tc.log_every == 0 or done == tc.max_steps or row):
             dt = time.time() - t0
             row = {"step": done, "stage": cfg.stage, **stats, "loss": loss_sum, "lr": lr,
-                   "grad_norm": float(grad_norm), "tokens_per_s": tokens / max(dt, 1e-9), **row}
+                   "grad_norm": grad_norm, "tokens_per_s": tokens / max(dt, 1e-9), **row}
             log.log(row)
             pbar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
             t0, tokens = time.time(), 0
         save_on_schedule(cfg, model, tok, opt, done)
-    log.close()
+    if log:
+        log.close()
     return model
 
 
 def save_on_schedule(cfg, model, tok, opt, done, extra=None):
-    """A step checkpoint every save_every steps (keeping the newest keep_last), `final` after the last step."""
+    """A step checkpoint every save_every steps (keeping the newest keep_last), `final` after the last step.
+    Every rank calls it (FSDP2 gathers the full state); rank 0 writes."""
     tc = cfg.train
     if done % tc.save_every and done < tc.max_steps:
         return
-    state = {"step": done, "optimizer": opt.state_dict(), "rng": rng_state(), **(extra or {})}
-    if done == tc.max_steps:
-        save_checkpoint(os.path.join(cfg.out_dir, "final"), model, tok, cfg, state)
-        return
-    save_checkpoint(os.path.join(cfg.out_dir, f"ckpt-{done:07d}"), model, tok, cfg, state)
-    for old in list_checkpoints(cfg.out_dir)[: -tc.keep_last]:
-        shutil.rmtree(old)
+    weights, opt_state = dist.full_state(model, opt)
+    if dist.is_main():
+        state = {"step": done, "optimizer": opt_state, "rng": rng_state(), **(extra or {})}
+        if done == tc.max_steps:
+            save_checkpoint(os.path.join(cfg.out_dir, "final"), model, tok, cfg, state, weights)
+        else:
+            save_checkpoint(os.path.join(cfg.out_dir, f"ckpt-{done:07d}"), model, tok, cfg, state, weights)
+            for old in list_checkpoints(cfg.out_dir)[: -tc.keep_last]:
+                shutil.rmtree(old)
+    dist.barrier()  # no rank runs ahead while the checkpoint is written
 
 
 @dataclass
@@ -257,8 +283,9 @@ class Run:
 
 def start_run(cfg):
     """Problems, device, seed, tokenizer, model and optimizer for a stage, restored from the newest checkpoint
-    when resuming. None when out_dir/final exists and we resume: the stage is done."""
-    device = resolve_device(cfg.train.device)
+    when resuming. None when out_dir/final exists and we resume: the stage is done.
+    Under torchrun every rank builds the same model (same seed, same checkpoint); FSDP2 shards it here."""
+    device = dist.setup(resolve_device(cfg.train.device))
     resume_from = prepare_out_dir(cfg)
     if resume_from == "final":
         print(f"{cfg.out_dir}/final exists: stage {cfg.stage} is done, nothing to resume")
@@ -270,13 +297,16 @@ def start_run(cfg):
         model = Transformer.from_pretrained(resume_from, dtype=torch.float32).to(device)
         cfg.model = model.cfg
     else:
-        tok = build_tokenizer(cfg, train_problems)
+        with dist.rank0_first():
+            tok = build_tokenizer(cfg, train_problems)
         model = build_model(cfg, tok, device)
+    if cfg.train.fsdp:
+        dist.shard(model, device)
     opt = build_optimizer(model, cfg.train)
     start_step, state = 0, {}
     if resume_from:
         state = torch.load(os.path.join(resume_from, "train_state.pt"), weights_only=False)
-        opt.load_state_dict(state["optimizer"])
+        dist.load_optimizer(model, opt, state["optimizer"])
         set_rng_state(state["rng"])
         start_step = state["step"]
         print(f"resuming {cfg.stage} from {resume_from} at step {start_step}")
@@ -336,67 +366,86 @@ def make_reward_fn(tok, golds, rcfg):
     return reward_fn
 
 
-def rollout_metrics(tok, samples):
+def rollout_metrics(tok, samples, reduce=None):
     """Per-step numbers that need the decoded text or the per-sample split: format rate and the completion
-    lengths of correct and wrong samples."""
+    lengths of correct and wrong samples. reduce (under torchrun): over every rank's samples."""
     fmt = [format_reward(tok.decode(s["completion_ids"])) for s in samples]
     right = [len(s["completion_ids"]) for s in samples if s["accuracy"] > 0]
     wrong = [len(s["completion_ids"]) for s in samples if s["accuracy"] <= 0]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
-    return {"format_rate": mean(fmt), "len_correct": mean(right), "len_wrong": mean(wrong)}
+    sums = [sum(fmt), len(fmt), sum(right), len(right), sum(wrong), len(wrong)]
+    if reduce is not None:
+        sums = reduce(torch.tensor(sums, dtype=torch.float64)).tolist()
+    mean = lambda total, n: total / n if n else float("nan")
+    return {"format_rate": mean(*sums[0:2]), "len_correct": mean(*sums[2:4]), "len_wrong": mean(*sums[4:6])}
 
 
 def run_grpo(cfg):
     """GRPO from a checkpoint: each step samples batch_size distinct training prompts, G completions each,
     and takes grpo.grpo_step. The reference model is the init checkpoint (reset to the policy every
-    grpo.ref_update_every steps, and then saved with the training state so a resume replays exactly)."""
+    grpo.ref_update_every steps, and then saved with the training state so a resume replays exactly).
+    Under torchrun the prompts are cut into rollout chunks of grpo.rollout_prompts, chunk c on rank c % W with
+    its own generator (dist.py); the samples, and so the update, do not depend on the number of ranks."""
     if not cfg.init:
         raise ValueError("the grpo stage starts from a checkpoint: set init = \"DIR\" or pass --init DIR")
+    if cfg.train.fsdp:  # sampling through sharded weights would need every rank in lockstep at every token
+        raise ValueError("train.fsdp is not supported for grpo: use DDP (the default under torchrun)")
     run = start_run(cfg)
     if run is None:
         return
     gc, tc, device, tok, model, opt, start = cfg.grpo, cfg.train, run.device, run.tok, run.model, run.opt, run.start
+    W = dist.world()
+    C = gc.rollout_prompts or tc.batch_size // W  # prompts per rollout chunk
+    if C < 1 or tc.batch_size % C or (tc.batch_size // C) % W:
+        raise ValueError(f"train.batch_size={tc.batch_size} prompts must split into rollout chunks of "
+                         f"grpo.rollout_prompts={C}, the same number of chunks on each of the {W} ranks")
+    mine = range(dist.rank(), tc.batch_size // C, W)  # this rank's chunks
+    reduce = dist.all_sum if W > 1 else None
     ref = None
-    if gc.beta > 0:
-        ref = Transformer.from_pretrained(cfg.init, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    if gc.beta > 0:  # frozen: bf16 on CUDA (half the memory), fp32 on CPU
+        ref_dtype = torch.bfloat16 if tc.bf16 and device.type == "cuda" else torch.float32
+        ref = Transformer.from_pretrained(cfg.init, dtype=ref_dtype).to(device).eval().requires_grad_(False)
         if "ref_model" in run.state:
             ref.load_state_dict(run.state["ref_model"])
     prompts = E.encode_prompts(tok, run.train, cfg.data.template)
     golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, run.train)}
     reward_fn = make_reward_fn(tok, golds, cfg.reward)
-    log = RunLog(cfg.out_dir, start)
+    log = RunLog(cfg.out_dir, start) if dist.is_main() else None  # rank 0 logs and evaluates
     eval_problems = run.test[: tc.eval_n]
-    if start == 0 and tc.eval_n:
+    if start == 0 and tc.eval_n and log:
         log.log({"step": 0, "stage": cfg.stage, **evaluate_and_log(model, tok, eval_problems, cfg, device, 0, log)})
-    pbar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc=cfg.stage, disable=None)
+    pbar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc=cfg.stage,
+                disable=None if log else True)
     ema = None
     for step in pbar:
         lr = lr_at(step, tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        pick = torch.randperm(len(prompts), generator=step_generator(tc.seed, step, 0))[: tc.batch_size]
-        with autocast(device):
-            stats = grpo.grpo_step(model, ref, opt, [prompts[i] for i in pick.tolist()], reward_fn, gc,
-                                   eos_id=tok.eos_id, generator=step_generator(tc.seed, step, 1, device))
+        pick = torch.randperm(len(prompts), generator=step_generator(tc.seed, step, 0))[: tc.batch_size].tolist()
+        my_prompts = [prompts[i] for c in mine for i in pick[c * C:(c + 1) * C]]
+        gens = [step_generator(tc.seed, step, 1 + c, device) for c in mine]  # one per chunk
+        with autocast(device, tc.bf16):
+            stats = grpo.grpo_step(model, ref, opt, my_prompts, reward_fn, gc, eos_id=tok.eos_id, generator=gens,
+                                   reduce=reduce)
         samples = stats.pop("_samples")
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"non-finite GRPO loss at step {step}; stopping without saving")
         done = step + 1
         grpo.maybe_update_ref(ref, model, done, gc)
         ema = stats["reward_mean"] if ema is None else 0.9 * ema + 0.1 * stats["reward_mean"]
-        row = {}
-        if tc.eval_n and ((tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps):
-            row = evaluate_and_log(model, tok, eval_problems, cfg, device, done, log)
-        if done % tc.log_every == 0 or done == tc.max_steps or row:
+        eval_now = tc.eval_n and ((tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps)
+        if eval_now or done % tc.log_every == 0 or done == tc.max_steps:
+            row = evaluate_and_log(model, tok, eval_problems, cfg, device, done, log) if eval_now and log else {}
             row = {"step": done, "stage": cfg.stage, "lr": lr, **stats, "reward_ema": ema,
-                   **rollout_metrics(tok, samples), **row}
-            log.log(row)
-            log.log_samples(done, [{"completion": tok.decode(s["completion_ids"]), "reward": s["reward"],
-                                    "accuracy": s["accuracy"]} for s in samples[: tc.n_samples]])
+                   **rollout_metrics(tok, samples, reduce), **row}  # every rank: rollout_metrics sums over them
+            if log:
+                log.log(row)
+                log.log_samples(done, [{"completion": tok.decode(s["completion_ids"]), "reward": s["reward"],
+                                        "accuracy": s["accuracy"]} for s in samples[: tc.n_samples]])
         pbar.set_postfix(reward=f"{stats['reward_mean']:.2f}", kl=f"{stats['kl']:.3f}")
         extra = {"ref_model": ref.state_dict()} if ref is not None and gc.ref_update_every > 0 else None
         save_on_schedule(cfg, model, tok, opt, done, extra)
-    log.close()
+    if log:
+        log.close()
 
 
 def same_tokenizer(a, b):
@@ -413,7 +462,7 @@ def teacher_traces(cfg, teacher, tok, problems, device):
         prompts = E.encode_prompts(tok, problems, cfg.data.template)
         flat = [i for i in range(len(problems)) for _ in range(dc.samples_per_prompt)]  # (P*N,) problem index
         gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-        with autocast(device):
+        with autocast(device, cfg.train.bf16):
             comps = E.complete(teacher, [prompts[i] for i in flat], dc.max_new_tokens, tok.eos_id,
                                cfg.train.eval_batch_size, dc.sample_temperature, 1.0, gen, desc="teacher traces")
         samples = [{"prompt_ids": prompts[i], "completion_ids": c, "question": problems[i]["question"]}
@@ -449,7 +498,7 @@ def teacher_sample_batches(cfg, teacher, tok, problems, device):
     def batch_fn(step, micro):
         idx = torch.randint(len(prompts), (cfg.train.batch_size,), generator=step_generator(cfg.train.seed, step, micro))
         gen = step_generator(cfg.train.seed, step, micro + 1000, device)
-        with autocast(device):
+        with autocast(device, cfg.train.bf16):
             comps = teacher.generate([prompts[i] for i in idx.tolist()], dc.max_new_tokens, dc.sample_temperature,
                                      eos_id=tok.eos_id, generator=gen)
         return D.sft_batch([(prompts[i], c) for i, c in zip(idx.tolist(), comps)], tok.pad_id)
@@ -476,8 +525,10 @@ def run_distill(cfg):
         raise ValueError(f"student tokenizer ({cfg.init or cfg.data.tokenizer}) differs from the teacher's "
                          f"({dc.teacher}): logits and traces are only comparable over one vocabulary")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
-    if dc.mode == "traces":  # SFT on what the teacher got right
-        batch_fn, loss_fn = sft_batches(teacher_traces(cfg, teacher, tok, run.train, device), cfg, tok), None
+    if dc.mode == "traces":  # SFT on what the teacher got right (sampled by rank 0, read by the others)
+        with dist.rank0_first():
+            traces = teacher_traces(cfg, teacher, tok, run.train, device)
+        batch_fn, loss_fn = sft_batches(traces, cfg, tok), None
     elif dc.source == "dataset":  # logit matching on the dataset's worked solutions
         T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
         batch_fn = sft_batches([D.encode_sft(tok, p, cfg.data.template, T) for p in run.train], cfg, tok)

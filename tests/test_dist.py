@@ -1,0 +1,154 @@
+"""Several processes on CPU with gloo: 2 ranks land on the weights of 1 process with the same global batch (SFT,
+GRPO, FSDP2), and a resumed 2-rank run lands on the uninterrupted one. The 2 ranks are spawned once with
+torch.multiprocessing and run every scenario in one process group (the imports dominate the time)."""
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+import train as T
+
+TINY = """
+[model]
+dim = 32
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+hidden_dim = 64
+max_seq_len = 128
+[data]
+families = "add"
+levels = "1"
+n_train = 200
+n_test = 8
+vocab_size = 384
+seq_len = 64
+[train]
+batch_size = 3
+grad_accum = 2
+lr = 1e-3
+warmup_steps = 1
+log_every = 1
+eval_every = 2
+eval_n = 2
+eval_batch_size = 2
+max_new_tokens = 8
+save_every = 2
+"""
+
+SFT = ["--stage", "sft", "--train.max_steps=3"]
+GRPO = ["--stage", "grpo", "--train.max_steps=4", "--train.batch_size=4", "--train.eval_n=0", "--grpo.group_size=3",
+        "--grpo.max_new_tokens=6", "--grpo.agg=token-mean", "--grpo.micro_batch_size=4", "--grpo.rollout_prompts=1",
+        "--reward.format_weight=0.5", "--grpo.skip_zero_std_groups=true"]
+
+
+def odd_length_reward(text, gold):
+    """A stand-in for accuracy that a tiny untrained model gets right about half the time: a real learning signal."""
+    return float(len(text) % 2)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _worker(rank, world, port, jobs):
+    """One rank: join the gloo group the way torchrun's environment would, then run each (argv, stop_after) job.
+    stop_after = n raises after the n-th optimizer step (after its checkpoint, if any), like a killed job."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    T.accuracy_reward = odd_length_reward
+    real_save = T.save_on_schedule
+    for argv, stop_after in jobs:
+        def save(cfg, model, tok, opt, done, extra=None):
+            real_save(cfg, model, tok, opt, done, extra)
+            if done == stop_after:
+                raise Interrupt
+        T.save_on_schedule = save
+        try:
+            T.main(argv)
+        except Interrupt:
+            pass
+    torch.distributed.destroy_process_group()
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(r) for r in f]
+
+
+def _weights(out):
+    return load_file(os.path.join(out, "final", "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """1-process references in this process, then every 2-rank scenario in one spawn."""
+    d = tmp_path_factory.mktemp("dist")
+    (d / "tiny.toml").write_text(TINY)
+    base = ["--config", str(d / "tiny.toml")]
+    out = {k: str(d / k) for k in ("sft1", "sft2", "fsdp2", "grpo1", "grpo2", "cut2")}
+    T.main(base + SFT + ["--out_dir", out["sft1"]])
+    init = os.path.join(out["sft1"], "final")
+    real = T.accuracy_reward
+    T.accuracy_reward = odd_length_reward
+    try:
+        T.main(base + GRPO + ["--init", init, "--out_dir", out["grpo1"]])
+    finally:
+        T.accuracy_reward = real
+    jobs = [(base + SFT + ["--out_dir", out["sft2"]], None),
+            (base + SFT + ["--out_dir", out["fsdp2"], "--train.fsdp=true"], None),
+            (base + GRPO + ["--init", init, "--out_dir", out["grpo2"]], None),
+            (base + GRPO + ["--init", init, "--out_dir", out["cut2"]], 3),  # killed after step 3 (ckpt at 2)
+            (base + GRPO + ["--init", init, "--out_dir", out["cut2"], "--train.resume=true"], None)]
+    mp.spawn(_worker, args=(2, _free_port(), jobs), nprocs=2, join=True)
+    return out
+
+
+def _assert_same_run(a, b, atol):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert diff < atol, f"max weight difference {diff}"
+    ra, rb = _metrics(a), _metrics(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):  # the logged numbers are global: loss scale and gradient norm must agree too
+        for k in ("loss", "grad_norm", "reward_mean", "accuracy_mean", "kl", "entropy", "completion_len"):
+            if k in x:
+                assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), (k, x["step"], x[k], y[k])
+
+
+def test_ddp_sft_equals_one_process(runs):
+    _assert_same_run(runs["sft1"], runs["sft2"], atol=2e-6)
+    assert all(math.isfinite(r["loss"]) for r in _metrics(runs["sft2"]))
+    assert "eval/accuracy" in _metrics(runs["sft2"])[1]  # rank 0 evaluated
+
+
+def test_fsdp2_sft_equals_one_process_and_saves_hf_layout(runs):
+    _assert_same_run(runs["sft1"], runs["fsdp2"], atol=2e-6)
+    w = _weights(runs["fsdp2"])
+    assert "model.layers.0.self_attn.q_proj.weight" in w and w["model.embed_tokens.weight"].shape == (384, 32)
+
+
+def test_ddp_grpo_equals_one_process(runs):
+    _assert_same_run(runs["grpo1"], runs["grpo2"], atol=2e-6)
+    rows = _metrics(runs["grpo2"])
+    assert 0 < rows[0]["reward_mean"] < 1.5  # a real signal: the update is not all zeros
+
+
+def test_resumed_two_rank_run_matches_uninterrupted(runs):
+    a, b = _weights(runs["grpo2"]), _weights(runs["cut2"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _metrics(runs["cut2"])] == [1, 2, 3, 4]
