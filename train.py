@@ -36,6 +36,7 @@ import distill
 import eval as E
 import grpo
 import dist
+import memory
 import pipeline
 from checkpoint import RunLog, list_checkpoints, prepare_out_dir, rng_state, save_checkpoint, set_rng_state
 from distill import DistillConfig
@@ -69,6 +70,7 @@ class TrainConfig:
     resume: bool = False          # continue from the newest checkpoint in out_dir
     bf16: bool = True             # bf16 autocast on CUDA (log-probs, ratios, KL, losses stay fp32); CPU is fp32
     fsdp: bool = False            # FSDP2 under torchrun: shard weights, grads, optimizer state (not for grpo)
+    check_memory: bool = True     # refuse a run whose memory plan (memory.py, printed at start) exceeds the device
 
 
 @dataclass
@@ -314,6 +316,19 @@ def start_run(cfg):
     return Run(device, tok, model, opt, start_step, state, train_problems, test)
 
 
+def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0):
+    """Print the run's memory plan per device (memory.py) and refuse one that cannot fit (train.check_memory)."""
+    tc, device = cfg.train, run.device
+    est = memory.estimate(run.model.cfg, run.model.num_params(), micro_tokens, amp=tc.bf16 and device.type == "cuda",
+                          world=dist.world(), fsdp=tc.fsdp, frozen_params=frozen.num_params() if frozen else 0,
+                          kv_rows=kv_rows, kv_len=kv_len)
+    cap = memory.capacity(device)
+    line = memory.check(est, cap) if tc.check_memory else memory.describe(est, cap)
+    if dist.is_main():
+        print(line)
+    return est
+
+
 def step_generator(seed, step, micro, device="cpu"):
     """The batch RNG is a pure function of (seed, step, micro): resumed runs see the same batches."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 97 + micro)
@@ -330,6 +345,7 @@ def run_pretrain(cfg):
     docs = D.pretrain_documents(run.train, cfg.data.chat_frac, cfg.data.seed)
     stream = D.pack_documents(run.tok, docs)  # (N,) token ids, documents joined by eos
     T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
+    report_memory(cfg, run, cfg.train.batch_size * T)
 
     def batch_fn(step, micro):
         x, y = D.packed_batch(stream, cfg.train.batch_size, T, step_generator(cfg.train.seed, step, micro))
@@ -344,6 +360,7 @@ def run_sft(cfg):
         return
     T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
     pairs = [D.encode_sft(run.tok, p, cfg.data.template, T) for p in run.train]
+    report_memory(cfg, run, cfg.train.batch_size * T)
     train_loop(cfg, run, sft_batches(pairs, cfg, run.tok))
 
 
@@ -407,6 +424,8 @@ def run_grpo(cfg):
         if "ref_model" in run.state:
             ref.load_state_dict(run.state["ref_model"])
     prompts = E.encode_prompts(tok, run.train, cfg.data.template)
+    S = max(len(p) for p in prompts) + gc.max_new_tokens  # longest sequence of a rollout or an update
+    report_memory(cfg, run, gc.micro_batch_size * S, ref, kv_rows=C * gc.group_size, kv_len=S)
     golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, run.train)}
     reward_fn = make_reward_fn(tok, golds, cfg.reward)
     log = RunLog(cfg.out_dir, start) if dist.is_main() else None  # rank 0 logs and evaluates
@@ -525,6 +544,7 @@ def run_distill(cfg):
         raise ValueError(f"student tokenizer ({cfg.init or cfg.data.tokenizer}) differs from the teacher's "
                          f"({dc.teacher}): logits and traces are only comparable over one vocabulary")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    report_memory(cfg, run, cfg.train.batch_size * min(cfg.data.seq_len, run.model.cfg.max_seq_len), teacher)
     if dc.mode == "traces":  # SFT on what the teacher got right (sampled by rank 0, read by the others)
         with dist.rank0_first():
             traces = teacher_traces(cfg, teacher, tok, run.train, device)
