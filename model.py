@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from safetensors.torch import save_file
 
 
@@ -198,6 +199,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.checkpointing = False  # activation checkpointing in training forwards (train.py sets it)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         # GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2L) so the residual stream's variance
@@ -222,8 +224,12 @@ class Transformer(nn.Module):
     def _blocks(self, tokens, cos, sin, mask=None, caches=None, start=0):
         """The residual stream after the last block (before the final norm), (B, T, D)."""
         h = self.tok_embeddings(tokens)  # (B, T, D)
+        recompute = self.checkpointing and caches is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, None if caches is None else caches[i], start)
+            if recompute:  # keep only the block's input; its activations are recomputed in backward
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, mask, None if caches is None else caches[i], start)
         return h
 
     def forward(self, tokens):

@@ -71,6 +71,8 @@ class TrainConfig:
     bf16: bool = True             # bf16 autocast on CUDA (log-probs, ratios, KL, losses stay fp32); CPU is fp32
     fsdp: bool = False            # FSDP2 under torchrun: shard weights, grads, optimizer state (not for grpo)
     check_memory: bool = True     # refuse a run whose memory plan (memory.py, printed at start) exceeds the device
+    activation_checkpointing: bool = False  # recompute each block in backward: activations ~L x smaller, ~1.3x time
+    compile: bool = False         # torch.compile the training forward (not sampling); first steps slow
 
 
 @dataclass
@@ -194,7 +196,7 @@ def train_loop(cfg, run, batch_fn, loss_fn=None):
     if tc.grad_accum % W:
         raise ValueError(f"train.grad_accum={tc.grad_accum} must be a multiple of the {W} ranks: the global batch "
                          f"is batch_size x grad_accum sequences, grad_accum / {W} micro-batches per rank")
-    fwd = dist.wrap(model, device, tc.fsdp)  # DDP under torchrun; `model` itself in one process or with FSDP2
+    fwd = dist.wrap(model, device, tc.fsdp, tc.compile)  # DDP under torchrun (not FSDP2); compiled on request
     eval_problems = run.test[: tc.eval_n]
     log = RunLog(cfg.out_dir, start_step) if dist.is_main() else None
     pbar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc=cfg.stage,
@@ -302,6 +304,7 @@ def start_run(cfg):
         with dist.rank0_first():
             tok = build_tokenizer(cfg, train_problems)
         model = build_model(cfg, tok, device)
+    model.checkpointing = cfg.train.activation_checkpointing
     if cfg.train.fsdp:
         dist.shard(model, device)
     opt = build_optimizer(model, cfg.train)
@@ -320,8 +323,8 @@ def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0):
     """Print the run's memory plan per device (memory.py) and refuse one that cannot fit (train.check_memory)."""
     tc, device = cfg.train, run.device
     est = memory.estimate(run.model.cfg, run.model.num_params(), micro_tokens, amp=tc.bf16 and device.type == "cuda",
-                          world=dist.world(), fsdp=tc.fsdp, frozen_params=frozen.num_params() if frozen else 0,
-                          kv_rows=kv_rows, kv_len=kv_len)
+                          world=dist.world(), fsdp=tc.fsdp, checkpointing=tc.activation_checkpointing,
+                          frozen_params=frozen.num_params() if frozen else 0, kv_rows=kv_rows, kv_len=kv_len)
     cap = memory.capacity(device)
     line = memory.check(est, cap) if tc.check_memory else memory.describe(est, cap)
     if dist.is_main():
@@ -417,6 +420,7 @@ def run_grpo(cfg):
                          f"grpo.rollout_prompts={C}, the same number of chunks on each of the {W} ranks")
     mine = range(dist.rank(), tc.batch_size // C, W)  # this rank's chunks
     reduce = dist.all_sum if W > 1 else None
+    policy = torch.compile(model) if tc.compile else model  # compiles the update's forward; generate stays eager
     ref = None
     if gc.beta > 0:  # frozen: bf16 on CUDA (half the memory), fp32 on CPU
         ref_dtype = torch.bfloat16 if tc.bf16 and device.type == "cuda" else torch.float32
@@ -443,7 +447,7 @@ def run_grpo(cfg):
         my_prompts = [prompts[i] for c in mine for i in pick[c * C:(c + 1) * C]]
         gens = [step_generator(tc.seed, step, 1 + c, device) for c in mine]  # one per chunk
         with autocast(device, tc.bf16):
-            stats = grpo.grpo_step(model, ref, opt, my_prompts, reward_fn, gc, eos_id=tok.eos_id, generator=gens,
+            stats = grpo.grpo_step(policy, ref, opt, my_prompts, reward_fn, gc, eos_id=tok.eos_id, generator=gens,
                                    reduce=reduce)
         samples = stats.pop("_samples")
         if not math.isfinite(stats["loss"]):
