@@ -31,7 +31,8 @@ class DataConfig:
     n_test: int = 500             # synthetic held-out problems (never share a question with train)
     seed: int = 1234              # data seed (separate from the training seed)
     flaw_p: float = 0.0           # prob. of dropping each carry/borrow in the demonstrations (0 = clean)
-    template: str = "plain"       # prompt template: "plain" or "r1" (DeepSeek-R1-Zero <think>/<answer>)
+    template: str = "plain"       # "plain", "r1" (R1-Zero <think>/<answer>), or "chat": the tokenizer.json model's
+                                  # own chat format ("qwen" ChatML or "deepseek-r1"), which may also be named
     train_file: str = ""          # JSONL file instead of synthetic training problems
     test_file: str = ""           # JSONL file instead of synthetic test problems
     format: str = "auto"          # JSONL layout: auto, gsm8k, math or generic
@@ -74,7 +75,11 @@ class Tokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizer.json` (Qwen2, DeepSeek), read with the optional `tokenizers` package."""
+    """A Hugging Face `tokenizer.json` (Qwen2, DeepSeek), read with the optional `tokenizers` package.
+    chat_template names the chat format the model was tuned on, recognised from its special tokens (we do not run
+    the Jinja template of tokenizer_config.json): "qwen" (ChatML, <|im_start|>), "deepseek-r1" (<｜User｜>), or
+    None. With ChatML an assistant turn ends with <|im_end|>, so that is eos_id (where sampling stops and SFT
+    targets end), even where tokenizer_config.json names <|endoftext|> (the Qwen2.5 base models)."""
 
     def __init__(self, folder):
         try:
@@ -93,6 +98,12 @@ class HFTokenizer:
         self.bos_id, self.eos_id = self._special_id(special, "bos_token"), self._special_id(special, "eos_token")
         pad = self._special_id(special, "pad_token")
         self.pad_id = pad if pad is not None else self.eos_id
+        self.chat_template = None
+        if self.tk.token_to_id("<|im_start|>") is not None and self.tk.token_to_id("<|im_end|>") is not None:
+            self.chat_template = "qwen"
+            self.eos_id = self.tk.token_to_id("<|im_end|>")
+        elif self.tk.token_to_id("<｜User｜>") is not None and self.tk.token_to_id("<｜Assistant｜>") is not None:
+            self.chat_template = "deepseek-r1"
 
     def _special_id(self, special, name):
         t = special.get(name)  # a string, or a dict with 'content' in newer files
@@ -234,20 +245,47 @@ R1_PREAMBLE = ("A conversation between User and Assistant. The User asks a quest
                "<think> </think> and the answer inside <answer> </answer>, with the final answer in \\boxed{}.")
 
 
+# the instruction Qwen2.5-Math's chat template puts in its system turn, and DeepSeek-R1's usage notes ask to add to
+# the user turn for math
+STEP_BY_STEP = "Please reason step by step, and put your final answer within \\boxed{}."
+TEMPLATES = ("plain", "r1", "qwen", "deepseek-r1")
+
+
 def format_prompt(question, template="plain"):
     if template == "plain":
         return f"Question: {question}\nAnswer:"
     if template == "r1":
         return f"{R1_PREAMBLE} User: {question} Assistant:"
-    raise ValueError(f"unknown template {template!r}; valid: plain, r1")
+    if template == "qwen":  # ChatML, as Qwen2.5-Math's tokenizer_config.json renders it with add_generation_prompt
+        return (f"<|im_start|>system\n{STEP_BY_STEP}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+                "<|im_start|>assistant\n")
+    if template == "deepseek-r1":  # DeepSeek-R1(-Distill)'s template; the model's bos comes from encode(bos=True)
+        return f"<｜User｜>{question}\n{STEP_BY_STEP}<｜Assistant｜><think>\n"
+    raise ValueError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}, chat (from the tokenizer)")
 
 
 def format_completion(solution, answer, template="plain"):
+    """The demonstration a model is trained to write after format_prompt (the tokenizer adds eos after it)."""
     if template == "plain":
         return f"\n{solution}\nThe answer is \\boxed{{{answer}}}."
     if template == "r1":
         return f" <think>\n{solution}\n</think>\n<answer>\\boxed{{{answer}}}</answer>"
-    raise ValueError(f"unknown template {template!r}; valid: plain, r1")
+    if template == "qwen":
+        return f"{solution}\nThe final answer is \\boxed{{{answer}}}."
+    if template == "deepseek-r1":  # the prompt opened <think>
+        return f"{solution}\n</think>\n\nThe final answer is \\boxed{{{answer}}}."
+    raise ValueError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}, chat (from the tokenizer)")
+
+
+def resolve_template(template, tok):
+    """The template a run uses: "chat" becomes the tokenizer's own chat format (HFTokenizer.chat_template)."""
+    if template != "chat":
+        return template
+    name = getattr(tok, "chat_template", None)
+    if name is None:
+        raise ValueError("data.template = 'chat' needs a tokenizer.json with a known chat format (Qwen2 ChatML or "
+                         f"DeepSeek-R1); this tokenizer has none: use one of {', '.join(TEMPLATES)}")
+    return name
 
 
 def format_document(p):

@@ -162,7 +162,8 @@ def parse_args(argv):
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top_p", type=float, default=1.0)
     ap.add_argument("--max_new_tokens", type=int, default=256)
-    ap.add_argument("--template", default=None, help="plain or r1; default: the checkpoint's training template")
+    ap.add_argument("--template", default=None, help="plain, r1, qwen, deepseek-r1 or chat (the tokenizer's "
+                    "own); default: the checkpoint's training template")
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0: all)")
     ap.add_argument("--n_test", type=int, default=500, help="synthetic test problems")
     ap.add_argument("--batch_size", type=int, default=64)
@@ -184,7 +185,7 @@ def main(argv=None):
     check_checkpoint(args.ckpt)
     problems = None if args.prompt else D.parse_data_spec(args.data, args.n_test)  # bad data fails here
     model, tok, run_cfg = load_checkpoint(args.ckpt, device)
-    template = args.template or run_cfg.get("data", {}).get("template", "plain")
+    template = D.resolve_template(args.template or run_cfg.get("data", {}).get("template", "plain"), tok)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if args.prompt:
         ids = tok.encode(D.format_prompt(args.prompt, template), bos=True)

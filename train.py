@@ -305,6 +305,7 @@ def start_run(cfg):
             tok = build_tokenizer(cfg, train_problems)
         model = build_model(cfg, tok, device)
     model.checkpointing = cfg.train.activation_checkpointing
+    cfg.data.template = D.resolve_template(cfg.data.template, tok)  # "chat" -> the tokenizer's format, recorded
     if cfg.train.fsdp:
         dist.shard(model, device)
     opt = build_optimizer(model, cfg.train)

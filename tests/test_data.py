@@ -215,3 +215,53 @@ def test_hf_tokenizer_json_loads_through_tokenizers(tmp_path):
     (tmp_path / "copy").mkdir()
     tok.save(str(tmp_path / "copy"))
     assert D.load_tokenizer(str(tmp_path / "copy")).encode("Solve 3x") == tok.encode("Solve 3x")
+
+
+def _hf_tokenizer(folder, specials, config):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(["Compute 12 + 7.", "Solve 3x + 5 = 20.", "Please reason step by step"] * 20,
+                          trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"],
+                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    t.add_special_tokens([AddedToken(s, special=True) for s in specials])
+    t.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return t
+
+
+def test_qwen_chat_template_from_tokenizer_json(tmp_path):
+    # Qwen2.5-Math base: eos_token <|endoftext|>, no bos; the ChatML turn ends with <|im_end|>
+    t = _hf_tokenizer(tmp_path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                      {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+    tok = D.load_tokenizer(str(tmp_path))
+    im_start, im_end = t.token_to_id("<|im_start|>"), t.token_to_id("<|im_end|>")
+    assert tok.chat_template == "qwen" and tok.eos_id == im_end and tok.bos_id is None
+    assert tok.pad_id == t.token_to_id("<|endoftext|>")
+    assert D.resolve_template("chat", tok) == "qwen" and D.resolve_template("r1", tok) == "r1"
+    prompt = D.format_prompt("Compute 12 + 7.", "qwen")
+    assert prompt == ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}."
+                      "<|im_end|>\n<|im_start|>user\nCompute 12 + 7.<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok.encode(prompt, bos=True)
+    assert ids[0] == im_start and ids.count(im_start) == 3 and ids.count(im_end) == 2  # one id each, no bos
+    p, c = D.encode_sft(tok, {"question": "Compute 12 + 7.", "solution": "12 + 7 = 19", "answer": "19"}, "qwen")
+    assert c[-1] == im_end and tok.decode(c) == "12 + 7 = 19\nThe final answer is \\boxed{19}."
+
+
+def test_deepseek_r1_chat_template_and_no_chat_format(tmp_path):
+    _hf_tokenizer(tmp_path, ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"],
+                  {"bos_token": {"content": "<｜begin▁of▁sentence｜>"}, "eos_token": {"content": "<｜end▁of▁sentence｜>"}})
+    tok = D.load_tokenizer(str(tmp_path))
+    assert tok.chat_template == "deepseek-r1" and D.resolve_template("chat", tok) == "deepseek-r1"
+    prompt = D.format_prompt("Solve 3x + 5 = 20.", "deepseek-r1")
+    assert prompt.startswith("<｜User｜>Solve 3x + 5 = 20.\nPlease reason") and prompt.endswith("<｜Assistant｜><think>\n")
+    ids = tok.encode(prompt, bos=True)
+    assert ids[0] == tok.bos_id and tok.tk.id_to_token(ids[1]) == "<｜User｜>"
+    assert tok.eos_id == tok.tk.token_to_id("<｜end▁of▁sentence｜>")
+    assert D.format_completion("s", "5", "deepseek-r1") == "s\n</think>\n\nThe final answer is \\boxed{5}."
+    other = tmp_path / "plain"
+    other.mkdir()
+    _hf_tokenizer(other, ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"})
+    with pytest.raises(ValueError, match="needs a tokenizer.json with a known chat format"):
+        D.resolve_template("chat", D.load_tokenizer(str(other)))
