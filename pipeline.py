@@ -48,9 +48,10 @@ def pipeline_configs(cfg, runners):
     return out
 
 
-def run_pipeline(cfg, runners):
+def run_pipeline(cfg, runners, writer=True):
     """Run the steps in order. With --train.resume=true a finished step is skipped and an interrupted one
-    continues from its newest checkpoint. Wall time per step goes to out_dir/pipeline.jsonl."""
+    continues from its newest checkpoint. Wall time per step goes to out_dir/pipeline.jsonl. writer: this
+    process writes pipeline.jsonl and the report (under torchrun only rank 0 does; every rank trains)."""
     steps = pipeline_configs(cfg, runners)
     os.makedirs(cfg.out_dir, exist_ok=True)
     for name, step in steps:
@@ -58,7 +59,9 @@ def run_pipeline(cfg, runners):
             continue  # finished in an earlier run
         t0 = time.time()
         runners[step.stage](step)
+        if not writer:
+            continue
         with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:  # a resumed step adds a second row
             f.write(json.dumps({"step": name, "stage": step.stage, "wall_s": time.time() - t0}) + "\n")
-    if "report" in cfg.pipeline:
+    if "report" in cfg.pipeline and writer:
         report.write_report(cfg, steps, cfg.pipeline["report"])

@@ -292,7 +292,8 @@ def start_run(cfg):
     device = dist.setup(resolve_device(cfg.train.device))
     resume_from = prepare_out_dir(cfg)
     if resume_from == "final":
-        print(f"{cfg.out_dir}/final exists: stage {cfg.stage} is done, nothing to resume")
+        if dist.is_main():
+            print(f"{cfg.out_dir}/final exists: stage {cfg.stage} is done, nothing to resume")
         return None
     train_problems, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
     seed_everything(cfg.train.seed)
@@ -315,7 +316,8 @@ def start_run(cfg):
         dist.load_optimizer(model, opt, state["optimizer"])
         set_rng_state(state["rng"])
         start_step = state["step"]
-        print(f"resuming {cfg.stage} from {resume_from} at step {start_step}")
+        if dist.is_main():
+            print(f"resuming {cfg.stage} from {resume_from} at step {start_step}")
     model.train()
     return Run(device, tok, model, opt, start_step, state, train_problems, test)
 
@@ -565,7 +567,7 @@ def run_distill(cfg):
 
 
 RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo, "distill": run_distill,
-           "pipeline": lambda cfg: pipeline.run_pipeline(cfg, RUNNERS)}
+           "pipeline": lambda cfg: pipeline.run_pipeline(cfg, RUNNERS, dist.is_main())}
 
 
 def main(argv=None):
@@ -578,6 +580,7 @@ def main(argv=None):
     cfg = load_config(path, argv)
     if cfg.stage not in RUNNERS:
         raise ValueError(f"unknown stage {cfg.stage!r}; valid: {sorted(RUNNERS)}")
+    dist.setup(resolve_device(cfg.train.device))  # under torchrun: join the process group before any stage
     RUNNERS[cfg.stage](cfg)
     return cfg
 

@@ -47,6 +47,11 @@ GRPO = ["--stage", "grpo", "--train.max_steps=4", "--train.batch_size=4", "--tra
         "--reward.format_weight=0.5", "--grpo.skip_zero_std_groups=true"]
 
 
+DISTILL = ["--stage", "distill", "--model.dim=16", "--model.n_heads=2", "--model.n_kv_heads=1", "--model.hidden_dim=32",
+           "--train.max_steps=2", "--train.eval_n=0", "--distill.max_new_tokens=6", "--distill.mode=logits",
+           "--distill.source=teacher"]
+
+
 def odd_length_reward(text, gold):
     """A stand-in for accuracy that a tiny untrained model gets right about half the time: a real learning signal."""
     return float(len(text) % 2)
@@ -99,9 +104,12 @@ def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     (d / "tiny.toml").write_text(TINY)
     base = ["--config", str(d / "tiny.toml")]
-    out = {k: str(d / k) for k in ("sft1", "sft2", "fsdp2", "grpo1", "grpo2", "cut2")}
+    out = {k: str(d / k) for k in ("sft1", "sft2", "fsdp2", "fsdp_cut2", "distill1", "distill2", "grpo1", "grpo2",
+                                   "cut2")}
     T.main(base + SFT + ["--out_dir", out["sft1"]])
     init = os.path.join(out["sft1"], "final")
+    distill = base + DISTILL + ["--distill.teacher", init]
+    T.main(distill + ["--out_dir", out["distill1"]])
     real = T.accuracy_reward
     T.accuracy_reward = odd_length_reward
     try:
@@ -110,6 +118,10 @@ def runs(tmp_path_factory):
         T.accuracy_reward = real
     jobs = [(base + SFT + ["--out_dir", out["sft2"]], None),
             (base + SFT + ["--out_dir", out["fsdp2"], "--train.fsdp=true"], None),
+            (base + SFT + ["--out_dir", out["fsdp_cut2"], "--train.fsdp=true", "--train.save_every=1"], 1),  # killed
+            (base + SFT + ["--out_dir", out["fsdp_cut2"], "--train.fsdp=true", "--train.save_every=1",
+                           "--train.resume=true"], None),
+            (distill + ["--out_dir", out["distill2"]], None),
             (base + GRPO + ["--init", init, "--out_dir", out["grpo2"]], None),
             (base + GRPO + ["--init", init, "--out_dir", out["cut2"]], 3),  # killed after step 3 (ckpt at 2)
             (base + GRPO + ["--init", init, "--out_dir", out["cut2"], "--train.resume=true"], None)]
@@ -140,6 +152,17 @@ def test_fsdp2_sft_equals_one_process_and_saves_hf_layout(runs):
     _assert_same_run(runs["sft1"], runs["fsdp2"], atol=2e-6)
     w = _weights(runs["fsdp2"])
     assert "model.layers.0.self_attn.q_proj.weight" in w and w["model.embed_tokens.weight"].shape == (384, 32)
+
+
+def test_fsdp2_resume_matches_uninterrupted(runs):
+    # the step-1 checkpoint (gathered weights + full optimizer state) reloads into a sharded model and optimizer
+    assert T.list_checkpoints(runs["fsdp_cut2"])
+    _assert_same_run(runs["fsdp2"], runs["fsdp_cut2"], atol=1e-7)
+
+
+def test_ddp_distill_equals_one_process(runs):
+    _assert_same_run(runs["distill1"], runs["distill2"], atol=2e-6)
+    assert "distill" in _metrics(runs["distill2"])[0]
 
 
 def test_ddp_grpo_equals_one_process(runs):
