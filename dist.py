@@ -22,6 +22,7 @@ How a step's work splits over W ranks so that the update equals one process with
 Rank 0 alone writes checkpoints, metrics and samples, and evaluates; every rank resumes from the same checkpoint.
 """
 
+import datetime
 import os
 from contextlib import contextmanager, nullcontext
 
@@ -37,8 +38,8 @@ def setup(device):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():  # a long timeout: the other ranks wait while rank 0 evaluates or saves
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return device
 
 

@@ -2,6 +2,7 @@
 Training entry point for r1-mini: one command runs one stage, configured by a TOML file.
 
     python train.py --config configs/NAME.toml [--section.key=value ...] [--init CKPT] [--out_dir DIR]
+    torchrun --nproc_per_node N train.py --config ...     # N processes: DDP (or FSDP2), see dist.py
 
 Stages (the top-level `stage` key), each a short `run_<stage>` function:
     pretrain   next-token loss on packed documents
@@ -32,10 +33,10 @@ from tqdm import tqdm
 
 import config as C
 import data as D
+import dist
 import distill
 import eval as E
 import grpo
-import dist
 import memory
 import pipeline
 from checkpoint import RunLog, list_checkpoints, prepare_out_dir, rng_state, save_checkpoint, set_rng_state

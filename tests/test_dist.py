@@ -72,8 +72,7 @@ def _worker(rank, world, port, jobs):
     stop_after = n raises after the n-th optimizer step (after its checkpoint, if any), like a killed job."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)  # the first train.main joins the gloo group (dist.setup) and later ones reuse it
     T.accuracy_reward = odd_length_reward
     real_save = T.save_on_schedule
     for argv, stop_after in jobs:
