@@ -21,10 +21,10 @@ import os
 
 
 def estimate(mcfg, n_params, micro_tokens, *, amp=False, world=1, fsdp=False, checkpointing=False,
-             frozen_params=0, kv_rows=0, kv_len=0):
+             frozen_params=0, frozen_bytes=None, kv_rows=0, kv_len=0):
     """Bytes per device by part (see the docstring). mcfg: the ModelConfig; micro_tokens: tokens of one training
-    micro-batch; amp: bf16 autocast (CUDA); frozen_params: reference model or teacher; kv_rows x kv_len: one
-    generate call's cache."""
+    micro-batch; amp: bf16 autocast (CUDA); frozen_params: reference model or teacher, frozen_bytes per parameter
+    (default: 2 with amp, else 4); kv_rows x kv_len: one generate call's cache."""
     act = 2 if amp else 4  # bytes of an activation element
     shard = world if fsdp else 1
     D, F, L, V = mcfg.dim, mcfg.hidden_dim, mcfg.n_layers, mcfg.vocab_size
@@ -37,7 +37,7 @@ def estimate(mcfg, n_params, micro_tokens, *, amp=False, world=1, fsdp=False, ch
         "weights": 4 * n_params // shard,
         "gradients": 4 * n_params // shard,
         "optimizer": 8 * n_params // shard,
-        "frozen": frozen_params * act,
+        "frozen": frozen_params * (frozen_bytes or act),
         "kv_cache": 2 * L * kv_rows * mcfg.n_kv_heads * kv_len * mcfg.head_dim * act,
         "activations": micro_tokens * saved,
         "logits": micro_tokens * V * (act + 8),

@@ -328,7 +328,9 @@ def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0):
     tc, device = cfg.train, run.device
     est = memory.estimate(run.model.cfg, run.model.num_params(), micro_tokens, amp=tc.bf16 and device.type == "cuda",
                           world=dist.world(), fsdp=tc.fsdp, checkpointing=tc.activation_checkpointing,
-                          frozen_params=frozen.num_params() if frozen else 0, kv_rows=kv_rows, kv_len=kv_len)
+                          frozen_params=frozen.num_params() if frozen else 0,
+                          frozen_bytes=frozen.tok_embeddings.weight.element_size() if frozen else None,
+                          kv_rows=kv_rows, kv_len=kv_len)
     cap = memory.capacity(device)
     line = memory.check(est, cap) if tc.check_memory else memory.describe(est, cap)
     if dist.is_main():

@@ -90,3 +90,8 @@ def test_train_refuses_a_plan_that_cannot_fit(tmp_path):
             "--train.batch_size=10000000", "--train.max_steps=1", "--train.eval_n=0"]
     with pytest.raises(MemoryError, match="logits .* GiB.*does not fit"):  # ~10^7 x 64 tokens of 384 logits
         T.main(args)
+
+
+def test_frozen_model_bytes_follow_its_dtype():
+    N = hand_count(CFG)
+    assert memory.estimate(CFG, N, 0, amp=True, frozen_params=N, frozen_bytes=4)["frozen"] == 4 * N  # fp32 teacher
