@@ -327,3 +327,21 @@ def test_grpo_learns_toy_task():
              for _ in range(30)]
     first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
     assert first < 0.2 and last > 0.6, curve  # 4 seeds: 0.07-0.11 -> 0.83-1.0
+
+
+def test_rollout_chunks_each_sample_with_their_own_generator():
+    """A list of generators: one generate call per chunk of prompts, so a chunk's samples do not depend on the
+    other chunks (how train.py shards a step's rollout over ranks)."""
+    from grpo import rollout
+    policy, cfg = tiny_model(), GRPOConfig(group_size=3, max_new_tokens=5)
+    prompts = PROMPTS + [[10, 11]]  # 4 prompts -> 2 chunks of 2
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (7, 8)]
+    both = rollout(policy, prompts, low_token_reward, cfg, generator=gens())
+    first = rollout(policy, prompts[:2], low_token_reward, cfg, generator=gens()[0])
+    second = rollout(policy, prompts[2:], low_token_reward, cfg, generator=gens()[1])
+    assert both["completion_ids"] == first["completion_ids"] + second["completion_ids"]
+    assert both["prompt_ids"][6:] == [p for p in prompts[2:] for _ in range(3)]
+    assert torch.equal(both["rewards"], torch.cat([first["rewards"], second["rewards"]]))
+    one_call = rollout(policy, prompts, low_token_reward, cfg, generator=gens()[0])
+    assert one_call["completion_ids"][:6] != both["completion_ids"][:6] or \
+        one_call["completion_ids"][6:] != both["completion_ids"][6:]  # one generator over all rows: another stream
