@@ -189,7 +189,11 @@ def main(argv=None):
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if args.prompt:
         ids = tok.encode(D.format_prompt(args.prompt, template), bos=True)
-        text = tok.decode(model.generate([ids], args.max_new_tokens, temperature=0.0, eos_id=tok.eos_id)[0])
+        room = model.cfg.max_seq_len - len(ids)  # one question: answer in whatever room the context leaves
+        if room < 1:
+            raise ValueError(f"the prompt is {len(ids)} tokens; the model's max_seq_len is {model.cfg.max_seq_len}")
+        text = tok.decode(model.generate([ids], min(args.max_new_tokens, room), temperature=0.0,
+                                         eos_id=tok.eos_id)[0])
         print(text.strip(), f"\n\nextracted answer: {extract_answer(text)}")
         return None
     problems = problems[: args.limit] if args.limit else problems

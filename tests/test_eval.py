@@ -71,6 +71,19 @@ def test_end_to_end_report(tmp_path):
     assert rep["n_problems"] == 1 and rep["skipped_long"] == 1 and "sampled" not in rep
 
 
+def test_ask_one_question(tmp_path, capsys):
+    """--prompt with the default max_new_tokens (256) on a model whose context is 256: the answer takes the room
+    the context leaves instead of failing; the printout ends with the extracted answer."""
+    (tmp_path / "t.toml").write_text(TINY)
+    out = str(tmp_path / "run")
+    T.main(["--config", str(tmp_path / "t.toml"), "--out_dir", out, "--train.max_steps=1", "--train.eval_n=0"])
+    E.main(["--ckpt", os.path.join(out, "final"), "--prompt", "Compute 478 + 356."])
+    printed = capsys.readouterr().out
+    assert "extracted answer:" in printed.splitlines()[-1]
+    with pytest.raises(ValueError, match="the prompt is .* tokens; the model's max_seq_len is 256"):
+        E.main(["--ckpt", os.path.join(out, "final"), "--prompt", "Compute 1 + 2. " * 200])
+
+
 def test_bad_input_fails_before_sampling(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config, weights, tokenizer"):
         E.main(["--ckpt", str(tmp_path), "--data", "synthetic"])
