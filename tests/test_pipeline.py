@@ -54,6 +54,41 @@ def test_toy_pipeline_produces_every_artifact(tmp_path):
     assert "format_rate" in md
 
 
+def test_side_by_side_matches_one_at_a_time(tmp_path):
+    """[pipeline] jobs = 2: independent steps run at once in worker processes, a step never starts before the
+    steps it starts from are done, and every checkpoint equals the one-at-a-time run's."""
+    import torch
+    from safetensors.torch import load_file
+    (tmp_path / "toy.toml").write_text(TOY.replace("[pipeline.report]", "[pipeline.other]\nstage = \"sft\"\n"
+                                                   "train = {max_steps = 2}\n[pipeline.report]")
+                                       .replace('steps = ["pretrain", "sft", "grpo", "student"]',
+                                                'steps = ["pretrain", "sft", "grpo", "student", "other"]'))
+    outs = {}
+    for jobs in (1, 2):
+        outs[jobs] = str(tmp_path / f"jobs{jobs}")
+        torch.set_num_threads(1)  # the workers of jobs = 2 get cores // 2 threads: the same on a 2-core machine
+        T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", outs[jobs], "--train.eval_n=0",
+                f"--pipeline.jobs={jobs}"])
+    rows = {r["step"]: r for r in map(json.loads, open(os.path.join(outs[2], "pipeline.jsonl")))}
+    assert set(rows) == {"pretrain", "sft", "grpo", "student", "other"}
+    for step, needs in {"sft": "pretrain", "grpo": "sft", "student": "grpo"}.items():
+        assert rows[step]["start"] >= rows[needs]["end"] - 0.5, (step, needs)  # 0.5 s: the poll's slack
+    for name in rows:
+        a, b = (load_file(os.path.join(outs[j], name, "final", "model.safetensors")) for j in (1, 2))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=f"{name} {k}")
+    assert os.path.exists(os.path.join(outs[2], "report.md"))
+
+
+def test_side_by_side_failure_names_the_step(tmp_path):
+    import pytest
+    (tmp_path / "toy.toml").write_text(TOY.replace('init = "sft"', 'init = "no/such/checkpoint"'))
+    with pytest.raises(RuntimeError, match="pipeline step 'grpo' failed"):
+        T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", str(tmp_path / "o"), "--train.eval_n=0",
+                "--pipeline.jobs=2"])
+
+
 def test_shipped_configs_load():
     import glob
     import pipeline
