@@ -41,6 +41,16 @@ def evaluate_step(ckpt, problems, spec, sampled, device):
     return row
 
 
+def init_chain(name, steps):
+    """The step and the earlier steps it was initialised from, in turn (a distilled student's teacher is not
+    among them: it is an input, like a dataset)."""
+    by_final = {os.path.join(step.out_dir, "final"): n for n, step in steps}
+    cfgs, chain = dict(steps), [name]
+    while cfgs[chain[-1]].init in by_final:
+        chain.append(by_final[cfgs[chain[-1]].init])
+    return chain
+
+
 def zero_curve(metrics, points=6):
     """A few evenly spaced rows of an R1-Zero-style GRPO log: accuracy, format rate, completion length."""
     rows = [r for r in metrics if "reward_mean" in r]
@@ -108,7 +118,8 @@ def write_report(cfg, steps, spec):
     for name in spec["distill"]:
         done = next((r for r in rep["rl"] if r["step"] == name), None)
         row = done or {"step": name, **evaluate_step(final(name), problems, spec, False, device)}
-        rep["distill"].append({**row, "wall_s": wall.get(name, float("nan"))})
+        rep["distill"].append({**row, "wall_s": wall.get(name, float("nan")),
+                               "with_init_s": sum(wall.get(n, float("nan")) for n in init_chain(name, steps))})
     if spec["zero"]:
         rep["zero"] = zero_curve(read_jsonl(os.path.join(cfg.out_dir, spec["zero"], "metrics.jsonl")))
     with open(os.path.join(cfg.out_dir, "report.json"), "w") as f:
@@ -122,7 +133,8 @@ def write_report(cfg, steps, spec):
                   + md_table(rep["rl"], ["step", "greedy"] + ks))
     if rep["distill"]:
         md.append("## Distillation versus RL on the small model (DeepSeek-R1)\n\n"
-                  + md_table(rep["distill"], ["step", "params", "wall_s", "greedy"]))
+                  + "wall_s: the step itself; with_init_s: plus the steps it was initialised from.\n\n"
+                  + md_table(rep["distill"], ["step", "params", "wall_s", "with_init_s", "greedy"]))
     if rep["zero"]:
         md.append(f"## R1-Zero-style GRPO from the pretrained model ({spec['zero']})\n\n"
                   + md_table(rep["zero"], ["step", "accuracy", "format_rate", "completion_len"]))

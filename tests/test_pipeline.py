@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 import train as T
 from test_train import TINY
 
@@ -47,6 +49,8 @@ def test_toy_pipeline_produces_every_artifact(tmp_path):
     params = {r["step"]: r["params"] for r in rep["distill"]}
     assert params["student"] < params["grpo"]
     assert set(rep["wall_s"]) == {"pretrain", "sft", "grpo", "student"} and all(v > 0 for v in rep["wall_s"].values())
+    w, chain = rep["wall_s"], {r["step"]: r["with_init_s"] for r in rep["distill"]}
+    assert chain["grpo"] == pytest.approx(w["pretrain"] + w["sft"] + w["grpo"]) and chain["student"] == w["student"]
     grpo_rows = [json.loads(x) for x in open(os.path.join(out, "grpo", "metrics.jsonl"))]
     assert [z["step"] for z in rep["zero"]] == [r["step"] for r in grpo_rows if "reward_mean" in r]
     md = open(os.path.join(out, "report.md")).read()
@@ -82,7 +86,6 @@ def test_side_by_side_matches_one_at_a_time(tmp_path):
 
 
 def test_side_by_side_failure_names_the_step(tmp_path):
-    import pytest
     (tmp_path / "toy.toml").write_text(TOY.replace('init = "sft"', 'init = "no/such/checkpoint"'))
     with pytest.raises(RuntimeError, match="pipeline step 'grpo' failed"):
         T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", str(tmp_path / "o"), "--train.eval_n=0",
