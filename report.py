@@ -11,7 +11,9 @@ R1-Zero curve, which is the training log by definition. Plots need the optional 
 """
 
 import json
+import multiprocessing
 import os
+import time
 
 import torch
 
@@ -39,6 +41,15 @@ def evaluate_step(ckpt, problems, spec, sampled, device):
                                     generator=gen)
         row.update(metrics)
     return row
+
+
+def evaluate_all(calls, jobs):
+    """evaluate_step over a list of argument tuples; with jobs > 1 in that many worker processes (CPU)."""
+    if jobs <= 1:
+        return [evaluate_step(*args) for args in calls]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(jobs, initializer=torch.set_num_threads, initargs=(max(1, (os.cpu_count() or 1) // jobs),)) as pool:
+        return pool.starmap(evaluate_step, calls)
 
 
 def init_chain(name, steps):
@@ -108,18 +119,20 @@ def write_report(cfg, steps, spec):
     for name in spec["rl"] + spec["distill"] + ([spec["zero"]] if spec["zero"] else []):
         if name not in stage_of:
             raise KeyError(f"[pipeline.report] names step {name!r}, which is not in [pipeline] steps")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    t0, device = time.time(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problems = D.load_problems(cfg.data, "test")[: spec["n_test"]]
     wall = {r["step"]: r["wall_s"] for r in read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl"))}
     final = lambda name: os.path.join(cfg.out_dir, name, "final")
     rep = {"n_test": len(problems), "wall_s": wall, "rl": [], "distill": [], "zero": []}
-    for name in spec["rl"]:
-        rep["rl"].append({"step": name, **evaluate_step(final(name), problems, spec, True, device)})
+    todo = [(name, True) for name in spec["rl"]] + [(n, False) for n in spec["distill"] if n not in spec["rl"]]
+    jobs = int(cfg.pipeline.get("jobs", 1)) if device.type == "cpu" else 1
+    rows = dict(zip([name for name, _ in todo], evaluate_all(
+        [(final(name), problems, spec, sampled, device) for name, sampled in todo], jobs)))
+    rep["rl"] = [{"step": name, **rows[name]} for name in spec["rl"]]
     for name in spec["distill"]:
-        done = next((r for r in rep["rl"] if r["step"] == name), None)
-        row = done or {"step": name, **evaluate_step(final(name), problems, spec, False, device)}
-        rep["distill"].append({**row, "wall_s": wall.get(name, float("nan")),
+        rep["distill"].append({"step": name, **rows[name], "wall_s": wall.get(name, float("nan")),
                                "with_init_s": sum(wall.get(n, float("nan")) for n in init_chain(name, steps))})
+    rep["eval_s"] = time.time() - t0
     if spec["zero"]:
         rep["zero"] = zero_curve(read_jsonl(os.path.join(cfg.out_dir, spec["zero"], "metrics.jsonl")))
     with open(os.path.join(cfg.out_dir, "report.json"), "w") as f:
@@ -127,7 +140,8 @@ def write_report(cfg, steps, spec):
 
     ks = [f"{m}@{k}" for m in ("pass", "maj") for k in spec["k"]]
     md = [f"# r1-mini pipeline report\n\nHeld-out synthetic test problems: {len(problems)}. "
-          f"Wall time per step (s): {', '.join(f'{k} {v:.0f}' for k, v in wall.items())}.\n"]
+          f"Wall time per step (s): {', '.join(f'{k} {v:.0f}' for k, v in wall.items())}; "
+          f"this report's evaluations {rep['eval_s']:.0f}.\n"]
     if rep["rl"]:
         md.append(f"## RL sharpens the distribution (DeepSeekMath 5.2)\n\n{spec['n']} samples per problem.\n\n"
                   + md_table(rep["rl"], ["step", "greedy"] + ks))
