@@ -247,8 +247,10 @@ class Transformer(nn.Module):
                 h = layer(h, cos, sin, mask, None if caches is None else caches[i], start)
         return h
 
-    def forward(self, tokens):
-        """tokens (B, T) int64 -> logits (B, T, V). Causal: right padding never changes earlier positions."""
+    def forward(self, tokens, start=0):
+        """tokens (B, T) int64 -> logits (B, T - start, V) of positions start..T-1 (all of them by default; GRPO
+        asks only for the completion's: the output projection is the largest matmul). Causal: right padding never
+        changes earlier positions."""
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -257,7 +259,7 @@ class Transformer(nn.Module):
             raise ValueError(f"token ids must lie in [0, vocab_size={self.cfg.vocab_size}), got {lo}..{hi}")
         cos, sin = rope_tables(torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta)
         h = self._blocks(tokens, cos[None, :, None], sin[None, :, None])  # tables (1, T, 1, hd)
-        return self.output(self.norm(h))  # (B, T, V)
+        return self.output(self.norm(h[:, start:]))  # (B, T - start, V)
 
     def _left_pad(self, prompts, S, dtype):
         """Left-pad ragged prompts for a cache of S columns: tokens (B, P); RoPE tables (B, S, 1, hd) whose
