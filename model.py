@@ -311,8 +311,10 @@ class Transformer(nn.Module):
         caches = [(torch.empty(B, cfg.n_kv_heads, S, cfg.head_dim, dtype=dtype, device=device),
                    torch.empty(B, cfg.n_kv_heads, S, cfg.head_dim, dtype=dtype, device=device)) for _ in self.layers]
 
+        # the output matrix as (D, V), our Linear's layout (departure 2): a copy per call, worth it on CPU
+        head = self.output.weight.t().contiguous() if device.type == "cpu" else self.output.weight.t()  # (D, V)
         h = self._blocks(tokens, cos[:, :P], sin[:, :P], prefill_mask, caches, 0)  # (B, P, D)
-        logits = self.output(self.norm(h[:, -1]))  # (B, V), next-token logits only
+        logits = self.norm(h[:, -1]) @ head  # (B, V), next-token logits only
         out = torch.empty(B, N, dtype=torch.long, device=device)  # (B, N)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) row has emitted eos
         for i in range(N):
@@ -325,7 +327,7 @@ class Transformer(nn.Module):
             t = P + i  # cache column of the token being fed
             mask = None if decode_mask is None else decode_mask[..., : t + 1]
             h = self._blocks(nxt[:, None], cos[:, t : t + 1], sin[:, t : t + 1], mask, caches, t)  # (B, 1, D)
-            logits = self.output(self.norm(h[:, -1]))  # (B, V)
+            logits = self.norm(h[:, -1]) @ head  # (B, V)
 
         rows = out[:, : i + 1].tolist()
         if eos_id is None:
