@@ -12,7 +12,8 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
 1. q/k/v are one Linear (`wqkv`) and gate/up are one Linear (`w13`): fewer, larger matmuls. They are joined at
    load and split at save, so files keep Hugging Face's separate tensors.
 2. Our Linear stores W as (in, out) and computes x @ W: the transpose of nn.Linear and of the files (transposed at
-   load and save). On CPU this layout makes the few-row matmuls of a decode step ~15-20% faster (training: same).
+   load and save). On CPU this layout makes the few-row matmuls of a decode step faster (training: the same speed);
+   the output matrix keeps nn.Linear's (V, D) to stay tied, so generate() multiplies by a (D, V) copy on CPU.
 3. generate() left-pads ragged prompts into one preallocated KV cache. Each row's RoPE positions start at its first
    real token (as HF's position_ids do), pad keys are masked, and a pad query attends to itself only (never an
    all-masked softmax row), so a row's completion does not depend on the rest of the batch.
