@@ -159,12 +159,14 @@ def build_batch(prompts, completions, pad_id=0, device=None):
 
 
 def micro_batches(mask, micro_batch_size):
-    """Row slices of at most micro_batch_size, each with the width its longest row needs (fewer padded columns)."""
+    """Row slices of at most micro_batch_size, each with the target columns lo..hi-1 its rows need: no completion
+    target before its shortest prompt ends, none after its longest row (fewer columns through the output head)."""
     last = torch.arange(1, mask.shape[1] + 1, device=mask.device) * mask  # (B, T-1)
     width = last.amax(-1).long().tolist()  # per row, the number of target positions it needs
+    first = mask.argmax(-1).tolist()  # per row, its first target column (0 for a row without any)
     for i in range(0, len(width), micro_batch_size):
         rows = slice(i, i + micro_batch_size)
-        yield rows, max(width[rows])
+        yield rows, min(first[rows]), max(width[rows])
 
 
 def completion_logprobs(model, tokens, mask, micro_batch_size, temperature=1.0):
@@ -172,9 +174,9 @@ def completion_logprobs(model, tokens, mask, micro_batch_size, temperature=1.0):
     without autograd: (B, T) -> (B, T-1) fp32, zero where the mask is."""
     logp = torch.zeros(mask.shape, device=mask.device)  # (B, T-1)
     with torch.inference_mode():
-        for rows, W in micro_batches(mask, micro_batch_size):
-            logits = model(tokens[rows, :W])  # (b, W, V): the last token predicts nothing we need
-            logp[rows, :W] = token_logprobs(tempered(logits, temperature), tokens[rows, 1:W + 1])  # (b, W)
+        for rows, lo, hi in micro_batches(mask, micro_batch_size):
+            logits = model(tokens[rows, :hi], start=lo)  # (b, hi-lo, V): positions lo..hi-1 predict tokens lo+1..hi
+            logp[rows, lo:hi] = token_logprobs(tempered(logits, temperature), tokens[rows, lo + 1:hi + 1])
     return logp * mask  # logp was made outside inference mode, so autograd may use it later
 
 
@@ -243,12 +245,13 @@ def grpo_update(policy, ref_model, optimizer, prompt_ids, completion_ids, advant
     params = [p for p in policy.parameters() if p.requires_grad]
     for it in range(cfg.num_iterations):
         optimizer.zero_grad(set_to_none=True)
-        for rows, W in micro_batches(mask, mb):
-            logits = policy(tokens[rows, :W])  # (b, W, V)
-            logp = token_logprobs(tempered(logits, temp), tokens[rows, 1:W + 1])  # (b, W), fp32
-            m = mask[rows, :W]  # (b, W)
-            loss, st = grpo_loss(logp, None if old_logp is None else old_logp[rows, :W],
-                                 None if ref_logp is None else ref_logp[rows, :W], adv[rows], m,
+        for rows, lo, hi in micro_batches(mask, mb):
+            cols = slice(lo, hi)  # the target columns of these rows
+            logits = policy(tokens[rows, :hi], start=lo)  # (b, hi-lo, V)
+            logp = token_logprobs(tempered(logits, temp), tokens[rows, lo + 1:hi + 1])  # (b, hi-lo), fp32
+            m = mask[rows, cols]  # (b, hi-lo)
+            loss, st = grpo_loss(logp, None if old_logp is None else old_logp[rows, cols],
+                                 None if ref_logp is None else ref_logp[rows, cols], adv[rows], m,
                                  clip_eps=cfg.clip_eps, beta=cfg.beta, agg=cfg.agg,
                                  clip_eps_high=cfg.clip_eps_high or None, max_len=cfg.max_new_tokens)
             # seq-mean and dr-grpo average over sequences, token-mean over tokens: weight the micro-batch's share

@@ -11,11 +11,14 @@ layout (dim i of a head pairs with dim i + head_dim/2), cos/sin and RMSNorm comp
 Departures from the Hugging Face modules (same math, different layout or plumbing):
 1. q/k/v are one Linear (`wqkv`) and gate/up are one Linear (`w13`): fewer, larger matmuls. They are joined at
    load and split at save, so files keep Hugging Face's separate tensors.
-2. generate() left-pads ragged prompts into one preallocated KV cache. Each row's RoPE positions start at its first
+2. Our Linear stores W as (in, out) and computes x @ W: the transpose of nn.Linear and of the files (transposed at
+   load and save). On CPU this layout makes the few-row matmuls of a decode step faster (training: the same speed);
+   the output matrix keeps nn.Linear's (V, D) to stay tied, so generate() multiplies by a (D, V) copy on CPU.
+3. generate() left-pads ragged prompts into one preallocated KV cache. Each row's RoPE positions start at its first
    real token (as HF's position_ids do), pad keys are masked, and a pad query attends to itself only (never an
    all-masked softmax row), so a row's completion does not depend on the rest of the batch.
-3. A decode step folds the H/K query heads that share a kv head into the query axis, so K/V are never repeated.
-4. Sampling draws one uniform per row and inverts the CDF: the distribution of torch.multinomial, a different
+4. A decode step folds the H/K query heads that share a kv head into the query axis, so K/V are never repeated.
+5. Sampling draws one uniform per row and inverts the CDF: the distribution of torch.multinomial, a different
    random stream (so seeds do not reproduce HF's samples).
 """
 import json
@@ -139,12 +142,25 @@ class RMSNorm(nn.Module):
         return self.weight * normed.type_as(x)
 
 
+class Linear(nn.Module):
+    """y = x @ W (+ b) with W stored (in, out) (departure 2); no bias unless asked."""
+
+    def __init__(self, d_in, d_out, bias=False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+
+    def forward(self, x):
+        y = x @ self.weight  # (..., out)
+        return y if self.bias is None else y + self.bias
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.attn_bias)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wqkv = Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.attn_bias)
+        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.dim)
 
     def forward(self, x, cos, sin, mask=None, cache=None, start=0):
         B, T, _ = x.shape
@@ -170,8 +186,8 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # [gate (w1); up (w3)] in one matmul
-        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.w13 = Linear(cfg.dim, 2 * cfg.hidden_dim)  # [gate (w1), up (w3)] in one matmul
+        self.w2 = Linear(cfg.hidden_dim, cfg.dim)
 
     def forward(self, x):
         gate, up = self.w13(x).chunk(2, dim=-1)  # (B, T, F) each
@@ -198,7 +214,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)  # (V, D), nn.Linear's layout: it may be tied
         self.checkpointing = False  # activation checkpointing in training forwards (train.py sets it)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -232,8 +248,10 @@ class Transformer(nn.Module):
                 h = layer(h, cos, sin, mask, None if caches is None else caches[i], start)
         return h
 
-    def forward(self, tokens):
-        """tokens (B, T) int64 -> logits (B, T, V). Causal: right padding never changes earlier positions."""
+    def forward(self, tokens, start=0):
+        """tokens (B, T) int64 -> logits (B, T - start, V) of positions start..T-1 (all of them by default; GRPO
+        asks only for the completion's: the output projection is the largest matmul). Causal: right padding never
+        changes earlier positions."""
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -242,7 +260,7 @@ class Transformer(nn.Module):
             raise ValueError(f"token ids must lie in [0, vocab_size={self.cfg.vocab_size}), got {lo}..{hi}")
         cos, sin = rope_tables(torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta)
         h = self._blocks(tokens, cos[None, :, None], sin[None, :, None])  # tables (1, T, 1, hd)
-        return self.output(self.norm(h))  # (B, T, V)
+        return self.output(self.norm(h[:, start:]))  # (B, T - start, V)
 
     def _left_pad(self, prompts, S, dtype):
         """Left-pad ragged prompts for a cache of S columns: tokens (B, P); RoPE tables (B, S, 1, hd) whose
@@ -294,8 +312,10 @@ class Transformer(nn.Module):
         caches = [(torch.empty(B, cfg.n_kv_heads, S, cfg.head_dim, dtype=dtype, device=device),
                    torch.empty(B, cfg.n_kv_heads, S, cfg.head_dim, dtype=dtype, device=device)) for _ in self.layers]
 
+        # the output matrix as (D, V), our Linear's layout (departure 2): a copy per call, worth it on CPU
+        head = self.output.weight.t().contiguous() if device.type == "cpu" else self.output.weight.t()  # (D, V)
         h = self._blocks(tokens, cos[:, :P], sin[:, :P], prefill_mask, caches, 0)  # (B, P, D)
-        logits = self.output(self.norm(h[:, -1]))  # (B, V), next-token logits only
+        logits = self.norm(h[:, -1]) @ head  # (B, V), next-token logits only
         out = torch.empty(B, N, dtype=torch.long, device=device)  # (B, N)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) row has emitted eos
         for i in range(N):
@@ -308,7 +328,7 @@ class Transformer(nn.Module):
             t = P + i  # cache column of the token being fed
             mask = None if decode_mask is None else decode_mask[..., : t + 1]
             h = self._blocks(nxt[:, None], cos[:, t : t + 1], sin[:, t : t + 1], mask, caches, t)  # (B, 1, D)
-            logits = self.output(self.norm(h[:, -1]))  # (B, V)
+            logits = self.norm(h[:, -1]) @ head  # (B, V)
 
         rows = out[:, : i + 1].tolist()
         if eos_id is None:
@@ -341,9 +361,12 @@ class Transformer(nn.Module):
         state = self.state_dict() if state is None else state
         tensors = {}
         for ours, parts in hf_layout(self.cfg):  # split the fused tensors back into HF's q/k/v and gate/up
-            chunks = state[ours].detach().to("cpu").split([shape[0] for _, shape in parts])
-            for (name, _), t in zip(parts, chunks):
-                tensors[name] = t.clone() if len(parts) > 1 else t.contiguous()
+            t = state[ours].detach().to("cpu")
+            t = t.t() if ours.endswith(TRANSPOSED) else t  # our (in, out) Linear weights: HF's (out, in)
+            for (name, _), chunk in zip(parts, t.split([shape[0] for _, shape in parts])):
+                # a part of a fused tensor gets its own memory (safetensors refuses shared storage)
+                own = len(parts) > 1
+                tensors[name] = chunk.clone(memory_format=torch.contiguous_format) if own else chunk.contiguous()
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(self.cfg.to_hf(state["tok_embeddings.weight"].dtype), f, indent=2)
@@ -404,12 +427,15 @@ def read_hf_state(path, cfg, dtype=None, device="cpu"):
                 at += nbytes
             rows = sum(part_shape[0] for _, part_shape in parts)
             t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[found[parts[0][0]][1]])  # shares buf, no copy
-            t = t.view(rows, *parts[0][1][1:])
-            state[ours] = t.to(device=device, dtype=dtype)  # no copy when already right
+            t = t.view(rows, *parts[0][1][1:]).to(device=device, dtype=dtype)  # no copy when already right
+            if ours.endswith(TRANSPOSED):  # our Linear is (in, out): one transposing copy, then buf is freed
+                t = t.t().contiguous()
+            state[ours] = t
             del buf, t
     return state
 
 
+TRANSPOSED = ("wqkv.weight", "wo.weight", "w13.weight", "w2.weight")  # our Linear weights, (in, out)
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -431,7 +457,8 @@ def read_safetensors_header(path):
 
 
 def hf_layout(cfg):
-    """[(our tensor, [(HF tensor, shape), ...])]; a fused tensor of ours is its HF parts concatenated on dim 0."""
+    """[(our tensor, [(HF tensor, shape), ...])]; a fused tensor of ours is its HF parts concatenated on dim 0
+    (then transposed, for the TRANSPOSED weights of our Linear)."""
     D, F_, V, q, kv = cfg.dim, cfg.hidden_dim, cfg.vocab_size, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     layout = [("tok_embeddings.weight", [("model.embed_tokens.weight", (V, D))])]
     for i in range(cfg.n_layers):

@@ -248,6 +248,29 @@ def test_micro_batched_update_equals_full_batch(agg):
     assert full["ratio_mean"] != 1.0 and full["kl"] > 0  # the second iteration moved off-policy
 
 
+def test_update_equals_the_loss_on_every_position():
+    # grpo_update projects only the completion columns to logits, in micro-batches, and at mu = 1 takes pi_old as
+    # the policy itself (no old-logprob pass): its loss and gradient must equal grpo_loss on a full forward
+    g = torch.Generator().manual_seed(0)
+    prompts = [PROMPTS[i % 3] for i in range(5)]
+    comps = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (4, 1, 3, 2, 4)]
+    adv = torch.randn(5, generator=g)
+    cfg = GRPOConfig(max_new_tokens=4, beta=0.04, max_grad_norm=0.0, micro_batch_size=2)
+    ref = tiny_model(seed=1).eval().requires_grad_(False)
+    policy = tiny_model(seed=0)
+    plain = copy.deepcopy(policy)
+    stats = grpo_update(policy, ref, torch.optim.SGD(policy.parameters(), lr=0.0), prompts, comps, adv, cfg)
+    tokens, mask = build_batch(prompts, comps)  # (B, T), (B, T-1)
+    logp = token_logprobs(plain(tokens[:, :-1]), tokens[:, 1:])  # (B, T-1), every position
+    with torch.no_grad():
+        ref_logp = token_logprobs(ref(tokens[:, :-1]), tokens[:, 1:])  # (B, T-1)
+    loss, _ = grpo_loss(logp, logp.detach(), ref_logp, adv, mask, beta=0.04)
+    loss.backward()
+    assert stats["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-7)
+    for p, q in zip(policy.parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+
+
 def test_grpo_step_stats_and_samples():
     policy = tiny_model()
     ref = copy.deepcopy(policy).eval().requires_grad_(False)

@@ -187,6 +187,13 @@ def test_greedy_generate_matches_hf_generate(tmp_path):
     assert got == out[:, P:].tolist()
 
 
+def test_forward_start_gives_the_later_positions():
+    m = tiny()
+    x = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert torch.allclose(m(x, start=7), m(x)[:, 7:], atol=1e-6)
+
+
 def test_right_padding_does_not_change_earlier_positions():
     m = tiny()
     x = torch.randint(0, 256, (2, 30))
