@@ -49,7 +49,10 @@ def evaluate_all(calls, jobs):
         return [evaluate_step(*args) for args in calls]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(jobs, initializer=torch.set_num_threads, initargs=(max(1, (os.cpu_count() or 1) // jobs),)) as pool:
-        return pool.starmap(evaluate_step, calls)
+        rows = pool.starmap(evaluate_step, calls)
+        pool.close()  # workers exit on their own rather than being terminated
+        pool.join()
+    return rows
 
 
 def init_chain(name, steps):
