@@ -266,10 +266,10 @@ def test_eos_stops_each_row_and_is_included(monkeypatch):
         assert g == cut and g.count(eos) <= 1
     # once every row has stopped, no more decode steps run
     calls = []
-    real = Transformer._blocks
-    monkeypatch.setattr(Transformer, "_blocks", lambda self, *a: calls.append(1) or real(self, *a))
+    real = Transformer._decode
+    monkeypatch.setattr(Transformer, "_decode", lambda self, *a: calls.append(1) or real(self, *a))
     m.generate([prompts[0]], max_new_tokens=12, temperature=0, eos_id=eos)
-    assert len(calls) == 1 + k  # prefill + the decode steps feeding tokens 0..k-1
+    assert len(calls) == k  # the decode steps feeding tokens 0..k-1
 
 
 def test_no_eos_gives_exactly_max_new_tokens():
