@@ -20,6 +20,9 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
 4. A decode step folds the H/K query heads that share a kv head into the query axis, so K/V are never repeated.
 5. Sampling draws one uniform per row and inverts the CDF: the distribution of torch.multinomial, a different
    random stream (so seeds do not reproduce HF's samples).
+6. Shared prefixes are computed once. forward(tokens, start) runs the first `start` positions once per distinct
+   prefix and lets every row's later positions attend to its prefix's K/V; generate() prefills each distinct
+   prompt once. GRPO samples each prompt G times, so its rollout and its loss passes do ~1/G of the prompt's work.
 """
 import json
 import math
@@ -149,16 +152,19 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.attn_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask=None, cache=None):
+    def forward(self, x, cos, sin, mask=None, past=None, keep=None):
+        """x (B, T, D) -> (B, T, D). past: K/V (B, K, s, hd) each, of s earlier positions to attend to as well
+        (then mask is required); keep: a list that gets this call's (k, v), (B, K, T, hd) each."""
         B, T, _ = x.shape
         H, K, hd = self.n_heads, self.n_kv_heads, self.head_dim
         # split, not slicing: its backward is one cat, where each slice's backward zero-fills a full-size grad
         qk, v = self.wqkv(x).view(B, T, H + 2 * K, hd).split([H + K, K], dim=2)  # (B, T, H+K | K, hd)
         q, k = apply_rope(qk, cos, sin).split([H, K], dim=2)  # (B, T, H | K, hd): q and k rotated in one pass
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, K, T, hd)
-        if cache is not None:  # generate's prefill: also write K/V into the first columns of the cache
-            cache[0][:, :, :T] = k  # (B, K, S, hd)
-            cache[1][:, :, :T] = v
+        if keep is not None:
+            keep.append((k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, K, s+T, hd)
         # causal unless a mask is given (generate's prefill folds causality into its mask)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=H != K)  # (B, H, T, hd)
@@ -184,8 +190,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, h, cos, sin, mask=None, cache=None):
-        h = h + self.attention(self.attention_norm(h), cos, sin, mask, cache)
+    def forward(self, h, cos, sin, mask=None, past=None, keep=None):
+        h = h + self.attention(self.attention_norm(h), cos, sin, mask, past, keep)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -219,21 +225,24 @@ class Transformer(nn.Module):
         n_matmul = c.n_layers * (qkv + c.n_heads * c.head_dim * c.dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
         return 6 * n_matmul + 12 * c.n_layers * c.dim * seq_len
 
-    def _blocks(self, tokens, cos, sin, mask=None, caches=None):
-        """The residual stream after the last block (before the final norm), (B, T, D)."""
+    def _blocks(self, tokens, cos, sin, mask=None, pasts=None, keep=None):
+        """The residual stream after the last block (before the final norm), (B, T, D). pasts: per layer, K/V of
+        earlier positions (Attention's past); keep: a list that gets every layer's (k, v)."""
         h = self.tok_embeddings(tokens)  # (B, T, D)
-        recompute = self.checkpointing and caches is None and torch.is_grad_enabled()
+        recompute = self.checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
+            past = None if pasts is None else pasts[i]
             if recompute:  # keep only the block's input; its activations are recomputed in backward
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, past, keep, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, mask, None if caches is None else caches[i])
+                h = layer(h, cos, sin, mask, past, keep)
         return h
 
     def forward(self, tokens, start=0):
         """tokens (B, T) int64 -> logits (B, T - start, V) of positions start..T-1 (all of them by default; GRPO
         asks only for the completion's: the output projection is the largest matmul). Causal: right padding never
-        changes earlier positions."""
+        changes earlier positions. Rows whose first `start` tokens are the same (GRPO's G samples of a prompt)
+        compute those positions once (departure 6); the logits equal the row-by-row ones up to rounding."""
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -241,7 +250,19 @@ class Transformer(nn.Module):
         if lo < 0 or hi >= self.cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={self.cfg.vocab_size}), got {lo}..{hi}")
         cos, sin = rope_tables(torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta)
-        h = self._blocks(tokens, cos[None, :, None], sin[None, :, None])  # tables (1, T, 1, hd)
+        cos, sin = cos[None, :, None], sin[None, :, None]  # tables (1, T, 1, hd)
+        if 0 < start < T and B > 1:
+            prefixes, row_prefix = torch.unique(tokens[:, :start], dim=0, return_inverse=True)  # (n, start), (B,)
+            if len(prefixes) < B:
+                # the distinct prefixes once, keeping each layer's K/V; then every row's rest attends to its prefix's
+                # K/V, gathered per row (the gather's backward sums the rows' gradients into the shared prefix)
+                pasts = []
+                self._blocks(prefixes, cos[:, :start], sin[:, :start], keep=pasts)
+                pasts = [(k[row_prefix], v[row_prefix]) for k, v in pasts]  # (B, K, start, hd) each
+                causal = torch.ones(T - start, T, dtype=torch.bool, device=tokens.device).tril(diagonal=start)
+                h = self._blocks(tokens[:, start:], cos[:, start:], sin[:, start:], causal, pasts)  # (B, T-start, D)
+                return self.output(self.norm(h))  # (B, T - start, V)
+        h = self._blocks(tokens, cos, sin)
         return self.output(self.norm(h[:, start:]))  # (B, T - start, V)
 
     def _decode(self, tok, t, cos, sin, mask, caches):
@@ -327,8 +348,18 @@ class Transformer(nn.Module):
         caches = [(torch.empty(B, cfg.n_kv_heads, S, cfg.head_dim, dtype=dtype, device=device),
                    torch.empty(B, cfg.n_kv_heads, S, cfg.head_dim, dtype=dtype, device=device)) for _ in self.layers]
 
-        h = self._blocks(tokens, cos[:, :P], sin[:, :P], prefill_mask, caches)  # (B, P, D)
-        logits = self.output(self.norm(h[:, -1]))  # (B, V), next-token logits only
+        # prefill: each distinct prompt once (GRPO samples every prompt G times), then copied to its rows' caches
+        distinct = {}  # prompt -> (its index among the distinct prompts, its first row)
+        for b, p in enumerate(prompts):
+            distinct.setdefault(tuple(p), (len(distinct), b))
+        first = torch.tensor([b for _, b in distinct.values()], device=device)  # (n,) in index order
+        row_prompt = torch.tensor([distinct[tuple(p)][0] for p in prompts], device=device)  # (B,)
+        mask = None if prefill_mask is None else prefill_mask[first]
+        prefill = []
+        h = self._blocks(tokens[first], cos[first, :P], sin[first, :P], mask, keep=prefill)  # (n, P, D)
+        for (k_cache, v_cache), (k, v) in zip(caches, prefill):
+            k_cache[:, :, :P], v_cache[:, :, :P] = k[row_prompt], v[row_prompt]
+        logits = self.output(self.norm(h[:, -1]))[row_prompt]  # (B, V), next-token logits only
         out = torch.empty(B, N, dtype=torch.long, device=device)  # (B, N)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) row has emitted eos
         for i in range(N):

@@ -194,6 +194,39 @@ def test_forward_start_gives_the_later_positions():
         assert torch.allclose(m(x, start=7), m(x)[:, 7:], atol=1e-6)
 
 
+def test_rows_sharing_a_prefix_compute_it_once(monkeypatch):
+    """forward(tokens, start): rows whose first `start` tokens agree (GRPO's G samples of a prompt) run those
+    positions once per distinct prefix; logits and gradients equal those of each row alone, with and without
+    activation checkpointing."""
+    m = tiny().train()
+    p, q = prompts_of([9, 9], seed=1)
+    tails = prompts_of([8] * 5, seed=2)
+    rows = torch.tensor([p + tails[0], p + tails[1], q + tails[2], p + tails[3], q + tails[4]])  # (5, 17)
+    start = 7  # the first logit asked for; the rows agree on the 9 prompt tokens
+    batches = []
+    real = Transformer._blocks
+    monkeypatch.setattr(Transformer, "_blocks", lambda self, tokens, *a, **k: batches.append(tuple(tokens.shape))
+                        or real(self, tokens, *a, **k))
+    weights = torch.randn(5, 10, 256, generator=torch.Generator().manual_seed(3))
+
+    def run(batched):
+        m.zero_grad(set_to_none=True)
+        logits = m(rows, start=start) if batched else torch.cat([m(r[None], start=start) for r in rows])
+        (logits * weights).sum().backward()
+        return logits.detach(), {n: t.grad.clone() for n, t in m.named_parameters()}
+
+    alone, grads_alone = run(batched=False)
+    assert batches == [(1, 17)] * 5
+    for checkpointing in (False, True):
+        m.checkpointing = checkpointing
+        batches.clear()
+        shared, grads = run(batched=True)
+        assert batches == [(2, 7), (5, 10)]  # the 2 distinct prefixes, then every row's 10 later positions
+        assert (shared - alone).abs().max().item() < 1e-5
+        for n, g in grads.items():
+            assert (g - grads_alone[n]).abs().max().item() <= 1e-5 * grads_alone[n].abs().max().item(), n
+
+
 def test_right_padding_does_not_change_earlier_positions():
     m = tiny()
     x = torch.randint(0, 256, (2, 30))
@@ -238,6 +271,21 @@ def test_ragged_batch_equals_one_by_one():
     batched = m.generate(prompts, max_new_tokens=15, temperature=0)
     assert batched == [m.generate([p], max_new_tokens=15, temperature=0)[0] for p in prompts]
     assert all(len(c) == 15 for c in batched)
+
+
+def test_generate_prefills_each_distinct_prompt_once(monkeypatch):
+    m = tiny()
+    p, q = prompts_of([5, 12], seed=4)
+    prompts = [p, q, p, p, q]
+    batches = []
+    real = Transformer._blocks
+    monkeypatch.setattr(Transformer, "_blocks", lambda self, tokens, *a, **k: batches.append(tuple(tokens.shape))
+                        or real(self, tokens, *a, **k))
+    got = m.generate(prompts, max_new_tokens=10, temperature=0)
+    assert batches == [(2, 12)]
+    monkeypatch.setattr(Transformer, "_blocks", real)
+    alone = {tuple(x): m.generate([x], max_new_tokens=10, temperature=0)[0] for x in (p, q)}
+    assert got == [alone[tuple(x)] for x in prompts]
 
 
 def test_sdpa_matches_naive_attention(monkeypatch):
