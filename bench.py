@@ -1,16 +1,20 @@
 """
-Speed of model.py on this machine: training tokens/s with MFU, and sampling tokens/s.
+Speed of model.py on this machine: training tokens/s with MFU, sampling tokens/s, and one GRPO step.
 
 MFU = tokens/s * Transformer.flops_per_token(seq) / peak, where the peak is a matmul measured here on the same
 device and dtype (fp32 on CPU, bf16 on CUDA), not a datasheet number. Training is forward + backward + AdamW
-on random tokens; sampling is Transformer.generate on ragged random prompts with no eos (all rows run to the end).
+on random tokens; sampling is Transformer.generate on ragged random prompts with no eos (all rows run to the end);
+the GRPO step is grpo.grpo_step (rollout, reference log-probs, loss, AdamW) on 4 random prompts x 8 samples x 64
+tokens with beta 0.04, the shape of the GRPO issue's comparison with TRL.
 
     python bench.py --size S                        # CPU, fp32, 2 threads
+    python bench.py --size S --skip train sample    # the GRPO step only
     python bench.py --size M --threads 2
     python bench.py --size L --device cuda          # ~100M params, bf16 autocast
     python bench.py --dim 384 --n_layers 6 --n_heads 6 --n_kv_heads 2 --hidden_dim 1024 --vocab_size 8192
 """
 import argparse
+import copy
 import random
 import statistics
 import time
@@ -19,6 +23,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from grpo import GRPOConfig, grpo_step
 from model import ModelConfig, Transformer
 
 SIZES = {  # vocab, width, layers, heads, kv heads, SwiGLU width
@@ -82,6 +87,22 @@ def bench_sample(model, cfg, device, amp, batch, new, lo, hi, reps, warmup):
     return batch * new / timed(run, device, reps, warmup)
 
 
+def bench_grpo(model, cfg, device, amp, n_prompts, group, new, lo, hi, reps, warmup):
+    """Seconds per grpo_step and its last rollout / update split; the reward (share of even token ids) is a stand-in:
+    any cheap function of the ids costs the same."""
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
+    gcfg = GRPOConfig(group_size=group, max_new_tokens=new, beta=0.04, clip_eps=0.2)
+    rng, last = random.Random(0), {}
+
+    def step():
+        prompts = [[rng.randrange(cfg.vocab_size) for _ in range(rng.randint(lo, hi))] for _ in range(n_prompts)]
+        with amp:
+            last.update(grpo_step(model, ref, opt, prompts, lambda p, c: sum(t % 2 == 0 for t in c) / len(c), gcfg))
+
+    return timed(step, device, reps, warmup), last["rollout_s"], last["update_s"]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--size", choices=list(SIZES), default="S")
@@ -97,14 +118,15 @@ def main(argv=None):
     p.add_argument("--prompt-len", type=int, nargs=2, default=[20, 40], help="prompt lengths, min max")
     p.add_argument("--gen-reps", type=int, default=3, help="timed generate calls (median reported)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--skip", choices=["train", "sample"], default=None)
+    p.add_argument("--grpo-reps", type=int, default=5, help="timed GRPO steps (median reported)")
+    p.add_argument("--skip", choices=["train", "sample", "grpo"], nargs="*", default=[])
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dims = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in SIZES[args.size].items()}
-    max_seq = max(args.seq, args.prompt_len[1] + args.gen_new)
+    max_seq = max(args.seq, args.prompt_len[1] + args.gen_new, 30 + 64)  # 30 + 64: the GRPO step's longest row
     cfg = ModelConfig(**dims, max_seq_len=max_seq)
     model = Transformer(cfg).to(device)
     cuda = device.type == "cuda"
@@ -114,15 +136,19 @@ def main(argv=None):
     print(f"# torch {torch.__version__} on {name}; {'bf16 autocast' if cuda else 'fp32'}")
     print(f"# model {dims}: {model.num_params() / 1e6:.2f} M params")
     print(f"# matmul peak {peak / 1e9:.1f} GFLOP/s ({'bf16 8192^3' if cuda else 'fp32 2048^3'})")
-    if args.skip != "train":
+    if "train" not in args.skip:
         tok_s = bench_train(model, cfg, device, amp, args.batch, args.seq, args.steps, args.warmup)
         mfu = tok_s * model.flops_per_token(args.seq) / peak
         print(f"train  b{args.batch}x{args.seq}: {tok_s:.0f} tok/s, MFU {100 * mfu:.1f}% "
               f"({model.flops_per_token(args.seq) / 1e6:.1f} MFLOP/token)")
-    if args.skip != "sample":
+    if "sample" not in args.skip:
         lo, hi = args.prompt_len
         tok_s = bench_sample(model, cfg, device, amp, args.gen_batch, args.gen_new, lo, hi, args.gen_reps, 1)
         print(f"sample {args.gen_batch}x{args.gen_new} (prompts {lo}..{hi}): {tok_s:.0f} new tok/s")
+    if "grpo" not in args.skip:
+        sec, roll, upd = bench_grpo(model, cfg, device, amp, 4, 8, 64, 16, 30, args.grpo_reps, 1)
+        print(f"grpo   4 prompts x 8 samples x 64 (prompts 16..30): {sec:.2f} s/step "
+              f"(last step: rollout {roll:.2f} s, update {upd:.2f} s)")
 
 
 if __name__ == "__main__":
