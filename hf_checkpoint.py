@@ -1,0 +1,112 @@
+"""
+Hugging Face Llama / Qwen2 checkpoint files for model.py: our state dict read from and written to the safetensors
+tensors transformers names and shapes. Our fused tensors (q/k/v in `wqkv`, gate/up in `w13`; model.py departure 1)
+are their HF parts concatenated on dim 0. Transformer.from_pretrained / save_pretrained call this file: it is the
+one file of ours that model.py imports, and it imports none.
+
+The safetensors format: 8 bytes little-endian header length, a JSON header {name: dtype, shape, data_offsets},
+then the raw little-endian tensor data. A sharded folder lists its files in model.safetensors.index.json.
+"""
+import json
+import os
+from contextlib import ExitStack
+
+import torch
+from safetensors.torch import save_file
+
+
+def read_hf_state(path, cfg, dtype=None, device="cpu"):
+    """Our state dict from the safetensors file(s) of a Hugging Face folder, checked against cfg.
+
+    Plain reads, no mmap, one tensor at a time: the HF parts of each of our tensors are read into one buffer that
+    becomes the tensor, then it is converted and moved. dtype=None keeps the file's dtype (that of the embedding).
+    """
+    shards = ["model.safetensors"]
+    if os.path.exists(os.path.join(path, "model.safetensors.index.json")):
+        with open(os.path.join(path, "model.safetensors.index.json")) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    found = {}  # HF tensor name -> (shard, dtype, shape, byte offset, byte length)
+    for shard in shards:
+        found.update({n: (shard, *info) for n, info in read_safetensors_header(os.path.join(path, shard)).items()})
+    layout = hf_layout(cfg)
+    expected = {name: shape for _, parts in layout for name, shape in parts}
+    # old Llama files carry RoPE buffers; some tied files also store the output matrix: both are dropped
+    ignored = {n for n in found if n.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and n == "lm_head.weight")}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected) - ignored)
+    wrong = [f"{n} {found[n][2]} != {shape}" for n, shape in sorted(expected.items())
+             if n in found and found[n][2] != shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}, "
+                         f"wrong shape {wrong}")
+    dtype = dtype or SAFETENSORS_DTYPES[found["model.embed_tokens.weight"][1]]
+    state = {}
+    with ExitStack() as stack:
+        files = {s: stack.enter_context(open(os.path.join(path, s), "rb")) for s in shards}
+        for ours, parts in layout:
+            buf, at = bytearray(sum(found[n][4] for n, _ in parts)), 0
+            for name, _ in parts:  # a fused tensor is its HF parts back to back (concatenated on dim 0)
+                shard, _, _, offset, nbytes = found[name]
+                files[shard].seek(offset)
+                if files[shard].readinto(memoryview(buf)[at : at + nbytes]) != nbytes:
+                    raise ValueError(f"checkpoint {path}: {name} is truncated in {shard}")
+                at += nbytes
+            rows = sum(part_shape[0] for _, part_shape in parts)
+            t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[found[parts[0][0]][1]])  # shares buf, no copy
+            t = t.view(rows, *parts[0][1][1:]).to(device=device, dtype=dtype)  # no copy when already right
+            state[ours] = t
+            del buf, t
+    return state
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def read_safetensors_header(path):
+    """{tensor name: (dtype, shape, byte offset, byte length)} from a .safetensors file's header (format above)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    for name, t in header.items():
+        if t["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {t['dtype']}")
+    return {name: (t["dtype"], tuple(t["shape"]), 8 + n + t["data_offsets"][0],  # offsets count from the data start
+                   t["data_offsets"][1] - t["data_offsets"][0])
+            for name, t in header.items()}
+
+
+def hf_layout(cfg):
+    """[(our tensor, [(HF tensor, shape), ...])]; a fused tensor of ours is its HF parts concatenated on dim 0."""
+    D, F_, V, q, kv = cfg.dim, cfg.hidden_dim, cfg.vocab_size, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    layout = [("tok_embeddings.weight", [("model.embed_tokens.weight", (V, D))])]
+    for i in range(cfg.n_layers):
+        a, m, ours = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp.", f"layers.{i}."
+        layout.append((ours + "attention.wqkv.weight", [(a + "q_proj.weight", (q, D)), (a + "k_proj.weight", (kv, D)),
+                                                         (a + "v_proj.weight", (kv, D))]))
+        if cfg.attn_bias:
+            layout.append((ours + "attention.wqkv.bias", [(a + "q_proj.bias", (q,)), (a + "k_proj.bias", (kv,)),
+                                                           (a + "v_proj.bias", (kv,))]))
+        layout += [(ours + "attention.wo.weight", [(a + "o_proj.weight", (D, q))]),
+                   (ours + "feed_forward.w13.weight", [(m + "gate_proj.weight", (F_, D)),
+                                                        (m + "up_proj.weight", (F_, D))]),
+                   (ours + "feed_forward.w2.weight", [(m + "down_proj.weight", (D, F_))]),
+                   (ours + "attention_norm.weight", [(f"model.layers.{i}.input_layernorm.weight", (D,))]),
+                   (ours + "ffn_norm.weight", [(f"model.layers.{i}.post_attention_layernorm.weight", (D,))])]
+    layout.append(("norm.weight", [("model.norm.weight", (D,))]))
+    if not cfg.tie_embeddings:
+        layout.append(("output.weight", [("lm_head.weight", (V, D))]))
+    return layout
+
+
+def write_hf_state(path, cfg, state):
+    """Write our state dict as `path`/model.safetensors in the Hugging Face layout: the fused tensors are split back
+    into HF's q/k/v and gate/up parts."""
+    tensors = {}
+    for ours, parts in hf_layout(cfg):
+        t = state[ours].detach().to("cpu")
+        for (name, _), chunk in zip(parts, t.split([shape[0] for _, shape in parts])):
+            # a part of a fused tensor gets its own memory (safetensors refuses shared storage)
+            own = len(parts) > 1
+            tensors[name] = chunk.clone(memory_format=torch.contiguous_format) if own else chunk.contiguous()
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
