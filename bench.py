@@ -33,6 +33,9 @@ SIZES = {  # vocab, width, layers, heads, kv heads, SwiGLU width
 }
 
 
+GRPO_SHAPE = dict(n_prompts=4, group=8, new=64, lo=16, hi=30)  # the GRPO issue's comparison with TRL
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -126,7 +129,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dims = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in SIZES[args.size].items()}
-    max_seq = max(args.seq, args.prompt_len[1] + args.gen_new, 30 + 64)  # 30 + 64: the GRPO step's longest row
+    g = GRPO_SHAPE
+    max_seq = max(args.seq, args.prompt_len[1] + args.gen_new, g["hi"] + g["new"])
     cfg = ModelConfig(**dims, max_seq_len=max_seq)
     model = Transformer(cfg).to(device)
     cuda = device.type == "cuda"
@@ -146,8 +150,9 @@ def main(argv=None):
         tok_s = bench_sample(model, cfg, device, amp, args.gen_batch, args.gen_new, lo, hi, args.gen_reps, 1)
         print(f"sample {args.gen_batch}x{args.gen_new} (prompts {lo}..{hi}): {tok_s:.0f} new tok/s")
     if "grpo" not in args.skip:
-        sec, roll, upd = bench_grpo(model, cfg, device, amp, 4, 8, 64, 16, 30, args.grpo_reps, 1)
-        print(f"grpo   4 prompts x 8 samples x 64 (prompts 16..30): {sec:.2f} s/step "
+        sec, roll, upd = bench_grpo(model, cfg, device, amp, **g, reps=args.grpo_reps, warmup=1)
+        print(f"grpo   {g['n_prompts']} prompts x {g['group']} samples x {g['new']} (prompts {g['lo']}..{g['hi']}): "
+              f"{sec:.2f} s/step "
               f"(last step: rollout {roll:.2f} s, update {upd:.2f} s)")
 
 

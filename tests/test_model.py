@@ -66,6 +66,14 @@ def prompts_of(lens, seed=0, vocab=256):
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lens]
 
 
+def record_block_batches(monkeypatch):
+    """A list that gets the (rows, positions) of every Transformer._blocks call from now on."""
+    batches, real = [], Transformer._blocks
+    monkeypatch.setattr(Transformer, "_blocks", lambda self, tokens, *a, **k: batches.append(tuple(tokens.shape))
+                        or real(self, tokens, *a, **k))
+    return batches
+
+
 def full_recompute_greedy(m, prompt, n):
     seq = list(prompt)
     for _ in range(n):
@@ -203,10 +211,7 @@ def test_rows_sharing_a_prefix_compute_it_once(monkeypatch):
     tails = prompts_of([8] * 5, seed=2)
     rows = torch.tensor([p + tails[0], p + tails[1], q + tails[2], p + tails[3], q + tails[4]])  # (5, 17)
     start = 7  # the first logit asked for; the rows agree on the 9 prompt tokens
-    batches = []
-    real = Transformer._blocks
-    monkeypatch.setattr(Transformer, "_blocks", lambda self, tokens, *a, **k: batches.append(tuple(tokens.shape))
-                        or real(self, tokens, *a, **k))
+    batches = record_block_batches(monkeypatch)
     weights = torch.randn(5, 10, 256, generator=torch.Generator().manual_seed(3))
 
     def run(batched):
@@ -284,15 +289,13 @@ def test_generate_prefills_each_distinct_prompt_once(monkeypatch):
     m = tiny()
     p, q = prompts_of([5, 12], seed=4)
     prompts = [p, q, p, p, q]
-    batches = []
-    real = Transformer._blocks
-    monkeypatch.setattr(Transformer, "_blocks", lambda self, tokens, *a, **k: batches.append(tuple(tokens.shape))
-                        or real(self, tokens, *a, **k))
+    batches = record_block_batches(monkeypatch)
     got = m.generate(prompts, max_new_tokens=10, temperature=0)
     assert batches == [(2, 12)]
-    monkeypatch.setattr(Transformer, "_blocks", real)
+    batches.clear()
     alone = {tuple(x): m.generate([x], max_new_tokens=10, temperature=0)[0] for x in (p, q)}
     assert got == [alone[tuple(x)] for x in prompts]
+    assert batches == [(1, 5), (1, 12)]
 
 
 def test_sdpa_matches_naive_attention(monkeypatch):
