@@ -244,17 +244,20 @@ def test_right_padding_does_not_change_earlier_positions():
 
 @pytest.mark.parametrize("kw,dtype,tol", [(dict(n_kv_heads=1), torch.float32, 1e-4),
                                          (dict(attn_bias=True, tie_embeddings=False), torch.float32, 1e-4),
-                                         (dict(attn_bias=True), torch.bfloat16, 0.25)])
+                                         (dict(attn_bias=True), torch.bfloat16, 0.25),
+                                         (dict(attn_bias=True), "autocast", 0.25)])
 def test_kv_cache_equals_full_recompute(monkeypatch, kw, dtype, tol):
     """The decode step (Transformer._decode) against forward(): MQA; Qwen2's q/k/v biases with an untied output;
     a bf16 model (as loaded from a bf16 checkpoint): its forward alone differs from the fp32 one by up to ~0.23 on
-    these logits of magnitude ~5, so 0.25 is bf16 rounding; a dropped bias or a misplaced key is off by ~1."""
-    m = tiny(**kw).to(dtype)
+    these logits of magnitude ~5, so 0.25 is bf16 rounding; a dropped bias or a misplaced key is off by ~1. And an
+    fp32 model under bf16 autocast (as train.py samples on CUDA), both passes autocast."""
+    amp = dtype == "autocast"
+    m = tiny(**kw).to(torch.float32 if amp else dtype)
     prompts = prompts_of([7, 3, 12])
     seen = []  # the logits each decode step samples from, (B, V) per step
     monkeypatch.setattr(model_lib, "sample", lambda logits, *a: seen.append(logits.clone()) or logits.argmax(-1))
-    got = m.generate(prompts, max_new_tokens=10, temperature=0)
-    with torch.no_grad():
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp), torch.no_grad():
+        got = m.generate(prompts, max_new_tokens=10, temperature=0)
         for b, (p, c) in enumerate(zip(prompts, got)):
             full = m(torch.tensor([p + c]))[0, len(p) - 1: -1].float()  # (10, V): logits that predicted c
             cached = torch.stack([s[b] for s in seen]).float()  # (10, V)
