@@ -95,6 +95,12 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, beta=0.0
     advantages (B,); mask (B, T) in {0, 1}. clip_eps_high defaults to clip_eps; max_len is the constant of
     agg="dr-grpo" (defaults to T). Returns (loss, stats), stats a flat dict of floats, token-averaged."""
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    # the masked positions (prompt, padding) may hold any log-prob: set them equal, so that exp() stays finite
+    # there (a NaN times a zero mask is still NaN, in the loss and in its gradient)
+    off = mask == 0
+    logp = logp.masked_fill(off, 0.0)
+    old_logp = None if old_logp is None else old_logp.masked_fill(off, 0.0)
+    ref_logp = None if ref_logp is None else ref_logp.masked_fill(off, 0.0)
     mask = mask.float()
     if old_logp is None:
         old_logp = logp.detach()  # on-policy: pi_old == pi_theta, ratio 1, gradient A * grad logp
@@ -159,14 +165,26 @@ def build_batch(prompts, completions, pad_id=0, device=None):
 
 
 def micro_batches(mask, micro_batch_size):
-    """Row slices of at most micro_batch_size, each with the target columns lo..hi-1 its rows need: no completion
-    target before its shortest prompt ends, none after its longest row (fewer columns through the output head)."""
-    last = torch.arange(1, mask.shape[1] + 1, device=mask.device) * mask  # (B, T-1)
-    width = last.amax(-1).long().tolist()  # per row, the number of target positions it needs
-    first = mask.argmax(-1).tolist()  # per row, its first target column (0 for a row without any)
-    for i in range(0, len(width), micro_batch_size):
+    """Row slices of at most micro_batch_size, each with its rows' first target columns starts (b,) and the count
+    L of target columns its longest completion needs: row b's targets are columns starts[b] .. starts[b] + L - 1.
+    The model then computes no position before a row's completion and none after the longest one ends."""
+    first = mask.argmax(-1)  # (B,) per row, its first target column (0 for a row without any)
+    width = (torch.arange(1, mask.shape[1] + 1, device=mask.device) * mask).amax(-1).long()  # (B,) last + 1
+    for i in range(0, len(first), micro_batch_size):
         rows = slice(i, i + micro_batch_size)
-        yield rows, min(first[rows]), max(width[rows])
+        yield rows, first[rows], int((width[rows] - first[rows]).clamp(min=0).max())
+
+
+def target_logprobs(model, tokens, starts, L, temperature=1.0):
+    """log pi(tokens[b, c + 1]) at each row's target columns c = starts[b] .. starts[b] + L - 1, from one model
+    call that computes only those positions (model.py, forward with per-row starts): tokens (b, T) -> (b, T - 1)
+    fp32, the log-probs in their columns, 0 in the others (the mask's zeros must cover whatever lies there)."""
+    b, T = tokens.shape
+    cols = starts[:, None] + torch.arange(L, device=tokens.device)  # (b, L) each row's target columns
+    padded = torch.nn.functional.pad(tokens, (0, L))  # a row that ends early reads padding
+    logits = model(padded[:, : int(starts.max()) + L], start=starts)  # (b, L, V): position c predicts c + 1
+    logp = token_logprobs(tempered(logits, temperature), padded.gather(1, cols + 1))  # (b, L)
+    return logp.new_zeros(b, T - 1 + L).scatter(1, cols, logp)[:, : T - 1]  # (b, T - 1), in columns
 
 
 def completion_logprobs(model, tokens, mask, micro_batch_size, temperature=1.0):
@@ -174,9 +192,8 @@ def completion_logprobs(model, tokens, mask, micro_batch_size, temperature=1.0):
     without autograd: (B, T) -> (B, T-1) fp32, zero where the mask is."""
     logp = torch.zeros(mask.shape, device=mask.device)  # (B, T-1)
     with torch.inference_mode():
-        for rows, lo, hi in micro_batches(mask, micro_batch_size):
-            logits = model(tokens[rows, :hi], start=lo)  # (b, hi-lo, V): positions lo..hi-1 predict tokens lo+1..hi
-            logp[rows, lo:hi] = token_logprobs(tempered(logits, temperature), tokens[rows, lo + 1:hi + 1])
+        for rows, starts, L in micro_batches(mask, micro_batch_size):
+            logp[rows] = target_logprobs(model, tokens[rows], starts, L, temperature)
     return logp * mask  # logp was made outside inference mode, so autograd may use it later
 
 
@@ -250,13 +267,11 @@ def grpo_update(policy, ref_model, optimizer, prompt_ids, completion_ids, advant
     params = [p for p in policy.parameters() if p.requires_grad]
     for it in range(cfg.num_iterations):
         optimizer.zero_grad(set_to_none=True)
-        for rows, lo, hi in micro_batches(mask, mb):
-            cols = slice(lo, hi)  # the target columns of these rows
-            logits = policy(tokens[rows, :hi], start=lo)  # (b, hi-lo, V)
-            logp = token_logprobs(tempered(logits, temp), tokens[rows, lo + 1:hi + 1])  # (b, hi-lo), fp32
-            m = mask[rows, cols]  # (b, hi-lo)
-            loss, st = grpo_loss(logp, None if old_logp is None else old_logp[rows, cols],
-                                 None if ref_logp is None else ref_logp[rows, cols], adv[rows], m,
+        for rows, starts, L in micro_batches(mask, mb):
+            logp = target_logprobs(policy, tokens[rows], starts, L, temp)  # (b, T-1), fp32
+            m = mask[rows]  # (b, T-1)
+            loss, st = grpo_loss(logp, None if old_logp is None else old_logp[rows],
+                                 None if ref_logp is None else ref_logp[rows], adv[rows], m,
                                  clip_eps=cfg.clip_eps, beta=cfg.beta, agg=cfg.agg,
                                  clip_eps_high=cfg.clip_eps_high or None, max_len=cfg.max_new_tokens)
             # seq-mean and dr-grpo average over sequences, token-mean over tokens: weight the micro-batch's share

@@ -251,29 +251,44 @@ class Transformer(nn.Module):
     def forward(self, tokens, start=0):
         """tokens (B, T) int64 -> logits (B, T - start, V) of positions start..T-1 (all of them by default; GRPO
         asks only for the completion's: the output projection is the largest matmul). Causal: right padding never
-        changes earlier positions. Rows whose first `start` tokens are the same (GRPO's G samples of a prompt)
-        compute those positions once (departure 6); the logits equal the row-by-row ones up to rounding."""
+        changes earlier positions. start may also give each row its own first position, (B,) ints: row b's
+        logits are then those of positions start[b] .. start[b] + L - 1, L = T - max(start) (GRPO's rows, whose
+        completions begin at different columns: the caller pads the rows that end early). Rows whose first
+        start[b] tokens are the same (GRPO's G samples of a prompt) compute those positions once (departure 6);
+        the logits equal the row-by-row ones up to rounding."""
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         lo, hi = (int(v) for v in torch.aminmax(tokens))  # one pass over the ids
         if lo < 0 or hi >= self.cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={self.cfg.vocab_size}), got {lo}..{hi}")
-        cos, sin = rope_tables(torch.arange(T, device=tokens.device), self.cfg.head_dim, self.cfg.rope_theta)
+        device = tokens.device
+        starts = torch.as_tensor(start, device=device).expand(B)  # (B,)
+        if B and not 0 <= int(starts.min()) <= int(starts.max()) <= T:
+            raise ValueError(f"start must lie in [0, T={T}], got {start}")
+        cos, sin = rope_tables(torch.arange(T, device=device), self.cfg.head_dim, self.cfg.rope_theta)
         cos, sin = cos[None, :, None], sin[None, :, None]  # tables (1, T, 1, hd)
-        if 0 < start < T and B > 1:
-            prefixes, row_prefix = torch.unique(tokens[:, :start], dim=0, return_inverse=True)  # (n, start), (B,)
-            if len(prefixes) < B:
-                # the distinct prefixes once, keeping each layer's K/V; then every row's rest attends to its prefix's
-                # K/V, gathered per row (the gather's backward sums the rows' gradients into the shared prefix)
+        S = int(starts.max()) if B else 0  # prefix columns
+        col = torch.arange(T, device=device)
+        if 0 < S < T:
+            # each row's prefix is its first start[b] tokens (later columns blanked, so that rows of one prompt agree)
+            prefixes, row_prefix = torch.unique(tokens[:, :S].masked_fill(col[:S] >= starts[:, None], 0), dim=0,
+                                                return_inverse=True)  # (n, S), (B,)
+            if len(prefixes) < B or not isinstance(start, int):
+                # the distinct prefixes once, keeping each layer's K/V; then every row's later positions attend to
+                # its prefix's K/V, gathered per row (the gather's backward sums the rows' gradients into the prefix)
                 pasts = []
-                self._blocks(prefixes, cos[:, :start], sin[:, :start], keep=pasts)
-                pasts = [(k[row_prefix], v[row_prefix]) for k, v in pasts]  # (B, K, start, hd) each
-                causal = torch.ones(T - start, T, dtype=torch.bool, device=tokens.device).tril(diagonal=start)
-                h = self._blocks(tokens[:, start:], cos[:, start:], sin[:, start:], causal, pasts)  # (B, T-start, D)
-                return self.output(self.norm(h))  # (B, T - start, V)
+                self._blocks(prefixes, cos[:, :S], sin[:, :S], keep=pasts)
+                pasts = [(k[row_prefix], v[row_prefix]) for k, v in pasts]  # (B, K, S, hd) each
+                pos = starts[:, None] + torch.arange(T - S, device=device)  # (B, L) positions of the outputs
+                pos_cos, pos_sin = rope_tables(pos, self.cfg.head_dim, self.cfg.rope_theta)  # (B, L, hd) each
+                keys = torch.cat([col[None, :S] < starts[:, None], torch.ones_like(pos, dtype=torch.bool)], 1)
+                causal = torch.ones(T - S, T, dtype=torch.bool, device=device).tril(diagonal=S)  # (L, S + L)
+                mask = (causal & keys[:, None, :])[:, None]  # (B, 1, L, S + L): own prefix, then causal
+                h = self._blocks(tokens.gather(1, pos), pos_cos[:, :, None], pos_sin[:, :, None], mask, pasts)
+                return self.output(self.norm(h))  # (B, L, V)
         h = self._blocks(tokens, cos, sin)
-        return self.output(self.norm(h[:, start:]))  # (B, T - start, V)
+        return self.output(self.norm(h[:, S:]))  # (B, T - S, V)
 
     def _decode(self, tok, t, cos, sin, mask, caches, weights):
         """One decode step (departure 2): the tokens tok (B,) fed at cache column t -> next-token logits (B, V).

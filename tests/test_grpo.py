@@ -160,6 +160,22 @@ def test_beta_zero_or_no_ref_ignores_kl():
     assert a.item() == b.item() and c.item() > a.item()
 
 
+def test_masked_positions_never_turn_the_loss_nan():
+    # a masked position (prompt, padding) may hold any log-prob: a trained model can give padding exp(-1000);
+    # exp(ref - logp) would overflow to inf there, and inf * 0 is NaN in the loss and in the gradient
+    logp, mask, adv, _ = _random_batch()
+    ref, old = logp.detach() - 0.1, logp.detach() + 0.05
+    wild = logp.detach().masked_fill(mask == 0, -1000.0).requires_grad_()
+    tame = logp.detach().requires_grad_()
+    for agg in ("seq-mean", "token-mean", "dr-grpo"):
+        a = grpo_loss(wild, old, ref, adv, mask, agg=agg)[0]
+        b = grpo_loss(tame, old, ref, adv, mask, agg=agg)[0]
+        a.backward(), b.backward()
+        assert torch.isfinite(a) and a.item() == pytest.approx(b.item(), rel=1e-6)
+        assert torch.equal(wild.grad, tame.grad) and (wild.grad[mask == 0] == 0).all()
+        wild.grad = tame.grad = None
+
+
 def test_token_logprobs_matches_log_softmax_in_fp32():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 11, generator=g) * 4

@@ -232,6 +232,37 @@ def test_rows_sharing_a_prefix_compute_it_once(monkeypatch):
             assert (g - grads_alone[n]).abs().max().item() <= 1e-5 * grads_alone[n].abs().max().item(), n
 
 
+def test_per_row_starts_equal_each_row_alone(monkeypatch):
+    """forward(tokens, start=[s_b]): row b's logits are those of its positions s_b .. s_b + L - 1, L = T - max(s);
+    rows of one prompt share its prefix pass; a row that starts at 0 has no prefix. Logits and gradients equal
+    each row's own forward(row, start=s_b)."""
+    m = tiny().train()
+    p, q = prompts_of([9, 4], seed=5)
+    tails = prompts_of([6] * 5, seed=6)
+    rows = [p + tails[0], q + tails[1], p + tails[2], q + tails[3], tails[4]]  # lengths 15, 10, 15, 10, 6
+    starts = [8, 3, 8, 3, 0]  # each row's last prompt token
+    L = 6
+    T = max(starts) + L  # inputs only (a row's last token is only a target); rows that end early are padded
+    tokens = torch.tensor([r[:T] + [0] * (T - len(r[:T])) for r in rows])
+    batches = record_block_batches(monkeypatch)
+    weights = torch.randn(5, L, 256, generator=torch.Generator().manual_seed(7))
+
+    m.zero_grad(set_to_none=True)
+    logits = m(tokens, start=starts)  # (5, L, V)
+    assert batches == [(3, 8), (5, L)]  # prefixes p[:8], q[:3] (+ blank), none; then L positions per row
+    (logits * weights).sum().backward()
+    grads = {n: t.grad.clone() for n, t in m.named_parameters()}
+
+    m.zero_grad(set_to_none=True)
+    alone = torch.cat([m(torch.tensor([r[:s + L]]), start=s) for r, s in zip(rows, starts)])  # rows alone, unpadded
+    (alone * weights).sum().backward()
+    assert (logits - alone).abs().max().item() < 1e-5
+    for n, g in grads.items():
+        assert (g - m.get_parameter(n).grad).abs().max().item() <= 1e-5 * g.abs().max().item(), n
+    with pytest.raises(ValueError, match="start"):
+        m(tokens, start=[0, 0, 0, 0, T + 1])
+
+
 def test_right_padding_does_not_change_earlier_positions():
     m = tiny()
     x = torch.randint(0, 256, (2, 30))
