@@ -245,7 +245,7 @@ def grpo_update(policy, ref_model, optimizer, prompt_ids, completion_ids, advant
     are summed before clipping, and this rank's batch may be empty (it still takes the step)."""
     device = next(policy.parameters()).device
     # rows by prompt length (stable: a prompt's G rows stay together): micro-batches then hold prompts of like
-    # length, with less padding and longer prefixes the model computes once per prompt (model.py departure 6)
+    # length, so the prefixes the model computes once per prompt (model.py departure 6) need little padding
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     prompt_ids, completion_ids = [prompt_ids[i] for i in order], [completion_ids[i] for i in order]
     advantages = advantages[order]

@@ -23,9 +23,10 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
 4. A decode step folds the H/K query heads that share a kv head into the query axis, so K/V are never repeated.
 5. Sampling draws one uniform per row and inverts the CDF: the distribution of torch.multinomial, a different
    random stream (so seeds do not reproduce HF's samples).
-6. Shared prefixes are computed once. forward(tokens, start) runs the first `start` positions once per distinct
-   prefix and lets every row's later positions attend to its prefix's K/V; generate() prefills each distinct
-   prompt once. GRPO samples each prompt G times, so its rollout and its loss passes do ~1/G of the prompt's work.
+6. Shared prefixes are computed once. forward(tokens, start) runs the first `start` positions (or each row's own
+   start[b]) once per distinct prefix and lets every row's later positions attend to its prefix's K/V;
+   generate() prefills each distinct prompt once. GRPO samples each prompt G times, so its rollout and its loss
+   passes do ~1/G of the prompt's work, and with per-row starts no row computes a position it has no target at.
 """
 import json
 import math
