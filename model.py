@@ -135,6 +135,14 @@ def apply_rope(x, cos, sin):
     return torch.addcmul(x * cos.to(x.dtype), swapped, sin.to(x.dtype))  # (B, T, n, hd)
 
 
+def rms_norm(x, weight, eps, dim=-1):
+    """x / RMS(x) over `dim`, times weight, in HF's order: normalize in fp32, round back to x's dtype, then scale.
+    Written out rather than F.rms_norm, which on CPU is a slower composite of the same ops (forward and backward)."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim, keepdim=True) + eps)  # unit RMS along dim
+    return weight * normed.type_as(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -142,18 +150,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # HF's order: normalize in fp32, round back to the input dtype, then scale. Written out rather than
-        # F.rms_norm, which on CPU is a slower composite of the same ops (forward and backward).
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., D), unit RMS
-        return self.weight * normed.type_as(x)
-
-
-def rms_norm_cols(x, weight, eps):
-    """RMSNorm of the columns of x (D, B), as RMSNorm.forward computes it for rows; weight (D, 1)."""
-    x32 = x.float()
-    normed = x32 * torch.rsqrt(x32.pow(2).mean(0, keepdim=True) + eps)  # (D, B), unit RMS per column
-    return weight * normed.type_as(x)
+        return rms_norm(x, self.weight, self.eps)  # (..., D)
 
 
 class Attention(nn.Module):
@@ -309,7 +306,7 @@ class Transformer(nn.Module):
         if torch.is_autocast_enabled(x.device.type):  # there addmm would round the residual stream to bf16 too
             add_mm = lambda x, w, v: x + torch.mm(w, v)  # noqa: E731
         for (w_attn_norm, wqkv, bqkv, wo, w_ffn_norm, w13, w2), kv in zip(weights, caches):
-            qkv = torch.mm(wqkv, rms_norm_cols(x, w_attn_norm, eps))  # ((H+2K) hd, B)
+            qkv = torch.mm(wqkv, rms_norm(x, w_attn_norm, eps, dim=0))  # ((H+2K) hd, B)
             if bqkv is not None:
                 qkv += bqkv
             qkv = qkv.view(H + 2 * K, 2, hd // 2, B)  # the two halves that RoPE pairs
@@ -320,9 +317,9 @@ class Transformer(nn.Module):
             scores = torch.baddbmm(mask, q, keys.transpose(1, 2))  # (B*K, G, t+1)
             y = torch.bmm(torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype), values)
             x = add_mm(x, wo, y.view(B, H * hd).t())  # x + attention, (D, B)
-            gate, up = torch.mm(w13, rms_norm_cols(x, w_ffn_norm, eps)).chunk(2)  # (F, B) each
+            gate, up = torch.mm(w13, rms_norm(x, w_ffn_norm, eps, dim=0)).chunk(2)  # (F, B) each
             x = add_mm(x, w2, F.silu(gate).mul_(up))  # x + SwiGLU, (D, B)
-        return torch.mm(self.output.weight, rms_norm_cols(x, self.norm.weight[:, None], eps)).t()  # (B, V) view
+        return torch.mm(self.output.weight, rms_norm(x, self.norm.weight[:, None], eps, dim=0)).t()  # (B, V)
 
     def _left_pad(self, prompts, S, dtype):
         """Left-pad ragged prompts for a cache of S columns: tokens (B, P); RoPE tables (B, S, 1, hd) whose
