@@ -261,7 +261,10 @@ class Transformer(nn.Module):
         if lo < 0 or hi >= self.cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={self.cfg.vocab_size}), got {lo}..{hi}")
         device = tokens.device
-        starts = torch.as_tensor(start, device=device).expand(B)  # (B,)
+        starts = torch.as_tensor(start, device=device)
+        if starts.dim() > 1 or starts.numel() not in (1, B):
+            raise ValueError(f"start must be one int or one per row ({B}), got shape {tuple(starts.shape)}")
+        starts = starts.expand(B)  # (B,)
         if B and not 0 <= int(starts.min()) <= int(starts.max()) <= T:
             raise ValueError(f"start must lie in [0, T={T}], got {start}")
         cos, sin = rope_tables(torch.arange(T, device=device), self.cfg.head_dim, self.cfg.rope_theta)

@@ -261,6 +261,8 @@ def test_per_row_starts_equal_each_row_alone(monkeypatch):
         assert (g - m.get_parameter(n).grad).abs().max().item() <= 1e-5 * g.abs().max().item(), n
     with pytest.raises(ValueError, match="start"):
         m(tokens, start=[0, 0, 0, 0, T + 1])
+    with pytest.raises(ValueError, match="one per row"):
+        m(tokens, start=[0, 0, 0])
 
 
 def test_right_padding_does_not_change_earlier_positions():
