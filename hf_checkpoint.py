@@ -1,8 +1,9 @@
 """
 Hugging Face Llama / Qwen2 checkpoint files for model.py: our state dict read from and written to the safetensors
 tensors transformers names and shapes. Our fused tensors (q/k/v in `wqkv`, gate/up in `w13`; model.py departure 1)
-are their HF parts concatenated on dim 0. Transformer.from_pretrained / save_pretrained call this file: it is the
-one file of ours that model.py imports, and it imports none.
+are their HF parts concatenated on dim 0; config.json maps to and from ModelConfig. Transformer.from_pretrained /
+save_pretrained and ModelConfig.from_hf / to_hf call this file: it is the one file of ours that model.py imports,
+and it imports none.
 
 The safetensors format: 8 bytes little-endian header length, a JSON header {name: dtype, shape, data_offsets},
 then the raw little-endian tensor data. A sharded folder lists its files in model.safetensors.index.json.
@@ -13,6 +14,55 @@ from contextlib import ExitStack
 
 import torch
 from safetensors.torch import save_file
+
+
+def hf_config(cfg, dtype=torch.float32):
+    """The config.json of the Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM with attn_bias) equal to the
+    ModelConfig cfg."""
+    arch = "qwen2" if cfg.attn_bias else "llama"
+    hf = {"architectures": ["Qwen2ForCausalLM" if cfg.attn_bias else "LlamaForCausalLM"], "model_type": arch,
+          "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim,
+          "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+          "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+          "max_position_embeddings": cfg.max_seq_len, "rope_theta": cfg.rope_theta, "rope_scaling": None,
+          "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu",
+          "torch_dtype": str(dtype).removeprefix("torch.")}
+    if arch == "llama":
+        hf.update(attention_bias=False, mlp_bias=False)
+    else:
+        hf.update(use_sliding_window=False)
+    return hf
+
+
+def config_from_hf(hf):
+    """ModelConfig's arguments from a Hugging Face Llama / Qwen2 config dict; refuses what model.py does not
+    implement (mixture of experts, sliding windows, scaled RoPE, other activations, biases beyond Qwen2's q/k/v)."""
+    arch = hf.get("model_type")
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"model_type {arch!r} is not supported (only 'llama' and 'qwen2')")
+    for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"):
+        if hf.get(key):
+            raise ValueError(f"mixture-of-experts config ({key!r}) is not supported")
+    layer_types = set(hf.get("layer_types") or ["full_attention"])
+    if hf.get("use_sliding_window") or layer_types != {"full_attention"}:
+        raise ValueError("sliding-window attention ('use_sliding_window' / 'layer_types') is not supported")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"'rope_scaling' type {rope_type!r} is not supported (only plain RoPE)")
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
+        raise ValueError("only a bias-free SiLU MLP is supported ('hidden_act', 'mlp_bias')")
+    if arch == "llama" and hf.get("attention_bias"):
+        raise ValueError("'attention_bias' in a llama config also biases o_proj, which is not supported")
+    dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, dim // n_heads):
+        raise ValueError(f"'head_dim' {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
+    return dict(vocab_size=hf["vocab_size"], dim=dim, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
+                n_kv_heads=hf.get("num_key_value_heads") or n_heads, hidden_dim=hf["intermediate_size"],
+                max_seq_len=hf.get("max_position_embeddings", 2048),
+                rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+                norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=hf.get("tie_word_embeddings", False),
+                attn_bias=arch == "qwen2")
 
 
 def read_hf_state(path, cfg, dtype=None, device="cpu"):

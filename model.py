@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from hf_checkpoint import read_hf_state, write_hf_state
+from hf_checkpoint import config_from_hf, hf_config, read_hf_state, write_hf_state
 
 
 @dataclass
@@ -72,49 +72,12 @@ class ModelConfig:
 
     def to_hf(self, dtype=torch.float32):
         """The config.json of the equivalent Hugging Face LlamaForCausalLM (or Qwen2ForCausalLM with attn_bias)."""
-        arch = "qwen2" if self.attn_bias else "llama"
-        hf = {"architectures": ["Qwen2ForCausalLM" if self.attn_bias else "LlamaForCausalLM"], "model_type": arch,
-              "vocab_size": self.vocab_size, "hidden_size": self.dim, "intermediate_size": self.hidden_dim,
-              "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
-              "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
-              "max_position_embeddings": self.max_seq_len, "rope_theta": self.rope_theta, "rope_scaling": None,
-              "rms_norm_eps": self.norm_eps, "tie_word_embeddings": self.tie_embeddings, "hidden_act": "silu",
-              "torch_dtype": str(dtype).removeprefix("torch.")}
-        if arch == "llama":
-            hf.update(attention_bias=False, mlp_bias=False)
-        else:
-            hf.update(use_sliding_window=False)
-        return hf
+        return hf_config(self, dtype)
 
     @classmethod
     def from_hf(cls, hf):
-        """Read a Hugging Face Llama / Qwen2 config dict; refuse features this file does not implement."""
-        arch = hf.get("model_type")
-        if arch not in ("llama", "qwen2"):
-            raise ValueError(f"model_type {arch!r} is not supported (only 'llama' and 'qwen2')")
-        for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"):
-            if hf.get(key):
-                raise ValueError(f"mixture-of-experts config ({key!r}) is not supported")
-        layer_types = set(hf.get("layer_types") or ["full_attention"])
-        if hf.get("use_sliding_window") or layer_types != {"full_attention"}:
-            raise ValueError("sliding-window attention ('use_sliding_window' / 'layer_types') is not supported")
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"'rope_scaling' type {rope_type!r} is not supported (only plain RoPE)")
-        if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
-            raise ValueError("only a bias-free SiLU MLP is supported ('hidden_act', 'mlp_bias')")
-        if arch == "llama" and hf.get("attention_bias"):
-            raise ValueError("'attention_bias' in a llama config also biases o_proj, which is not supported")
-        dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-        if hf.get("head_dim") not in (None, dim // n_heads):
-            raise ValueError(f"'head_dim' {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
-        return cls(vocab_size=hf["vocab_size"], dim=dim, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-                   n_kv_heads=hf.get("num_key_value_heads") or n_heads, hidden_dim=hf["intermediate_size"],
-                   max_seq_len=hf.get("max_position_embeddings", 2048),
-                   rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-                   norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=hf.get("tie_word_embeddings", False),
-                   attn_bias=arch == "qwen2")
+        """Read a Hugging Face Llama / Qwen2 config dict; refuse features model.py does not implement."""
+        return cls(**config_from_hf(hf))
 
 
 def rope_tables(pos, head_dim, theta):
