@@ -414,7 +414,9 @@ def sample(logits, temperature, top_p, generator=None):
     """Next token ids (B,) from logits (B, V): greedy at temperature 0, else softmax(logits / T) cut to top_p."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float().contiguous() if temperature == 1.0 else logits.float() / temperature  # (B, V) rows
+    logits = logits.float().contiguous()  # (B, V) rows: the decode step hands over a transposed view
+    if temperature != 1.0:
+        logits = logits / temperature
     probs = torch.softmax(logits, dim=-1)  # (B, V)
     order = None
     if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted tokens whose mass reaches top_p
