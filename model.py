@@ -106,6 +106,14 @@ def rms_norm(x, weight, eps, dim=-1):
     return weight * normed.type_as(x)
 
 
+def column_rms_norm(x, weight, mean_row, eps):
+    """rms_norm over dim 0 of the decode step's columns x (D, B), in five kernels: the mean of squares plus eps is
+    one product with a row of 1/D (mean_row (1, D) fp32, eps (1, 1)). Same order as rms_norm (fp32, round, scale)."""
+    x32 = x.float()
+    r = torch.addmm(eps, mean_row, x32 * x32).rsqrt_()  # (1, B): 1 / RMS of each column
+    return (x32 * r).type_as(x).mul_(weight)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -254,7 +262,7 @@ class Transformer(nn.Module):
         h = self._blocks(tokens, cos, sin)
         return self.output(self.norm(h[:, S:]))  # (B, T - S, V)
 
-    def _decode(self, tok, t, cos, sin, mask, caches, weights):
+    def _decode(self, tok, t, cos, sin, mask, caches, weights, norms):
         """One decode step (departure 2): the tokens tok (B,) fed at cache column t -> next-token logits (B, V).
 
         Block.forward's math for one position per row, written for columns: x holds the residual stream as
@@ -263,16 +271,19 @@ class Transformer(nn.Module):
         layer K and V, (2, B, K, S, hd). cos, sin (H+2K, 2, hd/2, B): RoPE at column t per q/k/v row, the query
         rows scaled by hd^-0.5 and the value rows left as they are (cos 1, sin 0), so one pass rotates q and k,
         scales q and keeps v. The G = H/K query heads that share a kv head are G query rows of one attention
-        over that head's cache, so K/V are never repeated. mask (B*K or 1, 1, S) additive (pad keys -inf)."""
-        H, K, hd, eps = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim, self.cfg.norm_eps
+        over that head's cache, so K/V are never repeated. mask (B*K or 1, 1, S) additive (pad keys -inf).
+        norms: column_rms_norm's row of 1/D and eps, made once per generate()."""
+        H, K, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
         B, G = len(tok), H // K
+        mean_row, eps = norms
         mask = mask[..., : t + 1]
         x = F.embedding(tok, self.tok_embeddings.weight).t()  # (D, B)
-        add_mm = torch.addmm  # x + W v in one kernel
-        if torch.is_autocast_enabled(x.device.type):  # there addmm would round the residual stream to bf16 too
+        add_mm, norm = torch.addmm, column_rms_norm  # x + W v in one kernel; the norm's mean as a product
+        if torch.is_autocast_enabled(x.device.type):  # there both would round to bf16 what forward() keeps in fp32
             add_mm = lambda x, w, v: x + torch.mm(w, v)  # noqa: E731
+            norm = lambda x, w, mean_row, eps: rms_norm(x, w, self.cfg.norm_eps, dim=0)  # noqa: E731
         for (w_attn_norm, wqkv, bqkv, wo, w_ffn_norm, w13, w2), kv in zip(weights, caches):
-            qkv = torch.mm(wqkv, rms_norm(x, w_attn_norm, eps, dim=0))  # ((H+2K) hd, B)
+            qkv = torch.mm(wqkv, norm(x, w_attn_norm, mean_row, eps))  # ((H+2K) hd, B)
             if bqkv is not None:
                 qkv += bqkv
             qkv = qkv.view(H + 2 * K, 2, hd // 2, B)  # the two halves that RoPE pairs
@@ -283,9 +294,9 @@ class Transformer(nn.Module):
             scores = torch.baddbmm(mask, q, keys.transpose(1, 2))  # (B*K, G, t+1)
             y = torch.bmm(torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype), values)
             x = add_mm(x, wo, y.view(B, H * hd).t())  # x + attention, (D, B)
-            gate, up = torch.mm(w13, rms_norm(x, w_ffn_norm, eps, dim=0)).chunk(2)  # (F, B) each
+            gate, up = torch.mm(w13, norm(x, w_ffn_norm, mean_row, eps)).chunk(2)  # (F, B) each
             x = add_mm(x, w2, F.silu(gate).mul_(up))  # x + SwiGLU, (D, B)
-        return torch.mm(self.output.weight, rms_norm(x, self.norm.weight[:, None], eps, dim=0)).t()  # (B, V)
+        return torch.mm(self.output.weight, norm(x, self.norm.weight[:, None], mean_row, eps)).t()  # (B, V)
 
     def _left_pad(self, prompts, S, dtype):
         """Left-pad ragged prompts for a cache of S columns: tokens (B, P); RoPE tables (B, S, 1, hd) whose
@@ -362,6 +373,7 @@ class Transformer(nn.Module):
         cos, sin = (c[:, :, 0].permute(1, 2, 0).reshape(S, 1, 2, hd // 2, B) for c in (cos, sin))  # contiguous
         factor = torch.tensor([hd**-0.5] * H + [1.0] * K + [0.0] * K, device=device).view(-1, 1, 1, 1)
         offset = torch.tensor([0.0] * (H + K) + [1.0] * K, device=device).view(-1, 1, 1, 1)
+        norms = (torch.full((1, cfg.dim), 1 / cfg.dim, device=device), torch.full((1, 1), cfg.norm_eps, device=device))
         out = torch.empty(B, N, dtype=torch.long, device=device)  # (B, N)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) row has emitted eos
         for i in range(N):
@@ -374,7 +386,7 @@ class Transformer(nn.Module):
             t = P + i  # cache column of the token being fed
             cos_t = torch.addcmul(offset, cos[t], factor).to(dtype)  # (H+2K, 2, hd/2, B)
             sin_t = (sin[t] * factor).to(dtype)
-            logits = self._decode(nxt, t, cos_t, sin_t, decode_mask, caches, weights)  # (B, V)
+            logits = self._decode(nxt, t, cos_t, sin_t, decode_mask, caches, weights, norms)  # (B, V)
 
         rows = out[:, : i + 1].tolist()
         if eos_id is None:
