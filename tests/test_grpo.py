@@ -186,6 +186,34 @@ def test_token_logprobs_matches_log_softmax_in_fp32():
     assert got.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logprobs_gradient_matches_autograd(dtype):
+    """The hand-written backward (onehot - softmax, made in place) against autograd through log_softmax + gather,
+    with repeated targets in a row and a weight per position; the overwrite path gives the same values."""
+    g = torch.Generator().manual_seed(1)
+    base = (torch.randn(3, 6, 13, generator=g) * 3).to(dtype)
+    targets = torch.randint(0, 4, (3, 6), generator=g)  # few distinct ids: rows repeat targets
+    weight = torch.randn(3, 6, generator=g)
+    a, b = base.clone().requires_grad_(), base.clone().requires_grad_()
+    (token_logprobs(a, targets) * weight).sum().backward()
+    (b.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1) * weight).sum().backward()
+    assert a.grad.dtype == dtype
+    assert torch.allclose(a.grad.float(), b.grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
+    with torch.no_grad():
+        logits = base.float()
+        want = token_logprobs(logits, targets)
+        assert torch.equal(token_logprobs(logits.clone(), targets, overwrite=True), want)
+        assert torch.equal(logits, base.float())  # overwrite=False leaves the caller's logits alone
+
+
+def test_token_logprobs_refuses_a_second_backward():
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    out = token_logprobs(logits, torch.zeros(2, 3, dtype=torch.long)).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        out.backward()
+
+
 # -----------------------------------------------------------------------------
 # batching
 
