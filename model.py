@@ -16,7 +16,9 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
    for the batch's columns, the residual stream held as (D, B), so that each product is W @ x with no transpose
    and each residual add is fused into it (addmm). On this project's 2-core CPU, matmuls of 16-32 rows ran
    1.1-1.7x faster in that orientation than as x W^T, and a decode step is bound by per-op overhead: it reads each
-   layer's tensors once per generate() and runs ~25 kernels per layer (measured, torch 2.13).
+   layer's tensors once per generate() and runs ~24 kernels per layer (measured, torch 2.13). Its RMSNorm takes
+   the mean of squares over the columns as one product with a row of 1/D: the same reduction as torch.mean over
+   dim 0, which on this CPU cost more than the rest of the norm.
 3. generate() left-pads ragged prompts into one preallocated KV cache. Each row's RoPE positions start at its first
    real token (as HF's position_ids do), pad keys are masked, and a pad query attends to itself only (never an
    all-masked softmax row), so a row's completion does not depend on the rest of the batch.
