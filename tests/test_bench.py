@@ -20,3 +20,30 @@ def test_bench_prints_train_sample_and_grpo(capsys):
     sec, roll, upd = map(float, re.search(r"grpo .*: ([\d.]+) s/step \(last step: rollout ([\d.]+) s, update ([\d.]+) s",
                                           out).groups())
     assert sec > 0 and roll > 0 and upd > 0
+
+
+def test_ab_speed_loads_the_named_revision_beside_the_files_on_disk(capsys):
+    """scripts/ab_speed.py: the old side is git's copy of the revision (not the module already imported), both
+    sides run in one process, and it reports a ratio for each kind of work."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    import ab_speed
+    old_model, old_grpo = ab_speed.load_version("HEAD", "test_old")
+    new_model, _ = ab_speed.load_version(None, "test_new")
+    head = subprocess.run(["git", "-C", root, "show", "HEAD:model.py"], check=True, capture_output=True).stdout
+    with open(old_model.__file__, "rb") as f:
+        assert f.read() == head and not old_model.__file__.startswith(root)
+    assert new_model.__file__ == os.path.join(root, "model.py") and old_model is not new_model
+    assert old_model.Transformer is not new_model.Transformer
+    n = torch.get_num_threads()
+    try:
+        for what in ("generate", "train"):
+            ratio = ab_speed.main(["--old", "HEAD", "--what", what, "--reps", "1", "--batch", "2",
+                                   "--new-tokens", "4", "--threads", "1"])
+            assert ratio > 0
+    finally:
+        torch.set_num_threads(n)
+    assert capsys.readouterr().out.count("ratio old/new") == 2
