@@ -60,11 +60,17 @@ def encode_prompts(tok, problems, template):
 def complete(model, prompts, max_new_tokens, eos_id, batch_size, temperature=0.0, top_p=1.0, generator=None,
              desc=None):
     """model.generate over batches of prompts (ragged lists of ids); returns completion id lists in order.
+    A batch holds prompts of like length (a stable sort by length, so the n samples of a prompt stay together and
+    share their prefill): generate() left-pads each batch to its longest prompt, and padding is wasted work.
     A progress bar over the batches when `desc` is given (and the output is a terminal)."""
-    out = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=None if desc else True):
-        out.extend(model.generate(prompts[i: i + batch_size], max_new_tokens, temperature=temperature,
-                                  top_p=top_p, eos_id=eos_id, generator=generator))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [None] * len(prompts)
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=None if desc else True):
+        rows = order[s: s + batch_size]
+        comps = model.generate([prompts[i] for i in rows], max_new_tokens, temperature=temperature, top_p=top_p,
+                               eos_id=eos_id, generator=generator)
+        for i, c in zip(rows, comps):
+            out[i] = c
     return out
 
 

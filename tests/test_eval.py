@@ -40,6 +40,28 @@ def test_majority_vote_pools_equivalent_answers():
     assert E.majority_vote(["2, 3", "4", "3, 2"]) == "2, 3"       # sets of roots in any order
 
 
+def test_complete_batches_prompts_of_like_length_and_returns_them_in_order():
+    """complete() sorts by prompt length (stable) before batching, and puts every completion back in its place:
+    the same completions as each prompt alone, greedy."""
+    import torch
+    from model import ModelConfig, Transformer
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=24,
+                                    max_seq_len=32)).eval()
+    prompts = [[1] * 7, [2, 3], [4] * 5, [5, 6], [7] * 9, [8]]
+    batches = []
+    generate = model.generate
+
+    def recording(batch, *a, **kw):
+        batches.append([len(p) for p in batch])
+        return generate(batch, *a, **kw)
+    model.generate = recording
+    out = E.complete(model, prompts, 4, None, batch_size=2)
+    assert batches == [[1, 2], [2, 5], [7, 9]]  # by length; the two of length 2 in their given order
+    model.generate = generate
+    assert out == [model.generate([p], 4, temperature=0.0)[0] for p in prompts]
+
+
 def test_end_to_end_report(tmp_path):
     (tmp_path / "t.toml").write_text(TINY)
     out = str(tmp_path / "run")
