@@ -29,6 +29,9 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
    start[b]) once per distinct prefix and lets every row's later positions attend to its prefix's K/V;
    generate() prefills each distinct prompt once. GRPO samples each prompt G times, so its rollout and its loss
    passes do ~1/G of the prompt's work, and with per-row starts no row computes a position it has no target at.
+7. Rows that stopped at eos_id leave the batch: once a quarter of the rows have stopped, generate() copies the
+   others' caches into a smaller batch, so a batch does not run its finished rows until its longest one ends.
+   Sampling then draws fewer uniforms per step, so a seed's samples differ from a run without eos_id.
 """
 import json
 import math
@@ -376,15 +379,29 @@ class Transformer(nn.Module):
         factor = torch.tensor([hd**-0.5] * H + [1.0] * K + [0.0] * K, device=device).view(-1, 1, 1, 1)
         offset = torch.tensor([0.0] * (H + K) + [1.0] * K, device=device).view(-1, 1, 1, 1)
         norms = (torch.full((1, cfg.dim), 1 / cfg.dim, device=device), torch.full((1, 1), cfg.norm_eps, device=device))
-        out = torch.empty(B, N, dtype=torch.long, device=device)  # (B, N)
-        done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) row has emitted eos
+        out = torch.zeros(B, N, dtype=torch.long, device=device)  # (B, N)
+        done = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) row has emitted eos
+        live = None  # after rows were dropped: the rows of `out` that the batch's b rows are, (b,)
         for i in range(N):
-            nxt = sample(logits, temperature, top_p, generator)  # (B,)
-            if eos_id is not None:  # a finished row keeps sampling; everything after its eos is cut below
-                done |= nxt == eos_id
-            out[:, i] = nxt
-            if i == N - 1 or (eos_id is not None and bool(done.all())):
+            nxt = sample(logits, temperature, top_p, generator)  # (b,)
+            if live is None:
+                out[:, i] = nxt
+            else:
+                out[live, i] = nxt
+            if i == N - 1:
                 break
+            if eos_id is not None:  # everything after a row's eos is cut below
+                done |= nxt == eos_id
+                n_done = int(done.sum())
+                if n_done == len(done):
+                    break
+                if 4 * n_done >= len(done):  # a quarter of the rows have stopped: drop them (departure 7)
+                    keep = (~done).nonzero().squeeze(1)  # (b',)
+                    live = keep if live is None else live[keep]
+                    caches = [kv[:, keep] for kv in caches]
+                    if len(decode_mask) > 1:  # (b*K, 1, S), row b*K + k
+                        decode_mask = decode_mask.view(len(done), -1, 1, S)[keep].flatten(0, 1)
+                    cos, sin, nxt, done = cos[..., keep], sin[..., keep], nxt[keep], done[keep]
             t = P + i  # cache column of the token being fed
             cos_t = torch.addcmul(offset, cos[t], factor).to(dtype)  # (H+2K, 2, hd/2, B)
             sin_t = (sin[t] * factor).to(dtype)

@@ -366,6 +366,40 @@ def test_eos_stops_each_row_and_is_included(monkeypatch):
     assert len(calls) == k  # the decode steps feeding tokens 0..k-1
 
 
+def test_rows_that_stopped_leave_the_batch(monkeypatch):
+    """Departure 7: once a quarter of the rows have emitted eos, the decode batch shrinks to the others, and every
+    row's greedy completion is still the one it gets alone (ragged prompts, so the pad mask is compacted too)."""
+    m = tiny()
+    prompts = prompts_of([3, 9, 5, 12, 7, 4, 10, 6], seed=3)
+    free = m.generate(prompts, max_new_tokens=16, temperature=0)
+    firsts = {}  # token -> {row: the step at which the row first emits it}
+    for r, f in enumerate(free):
+        for step, tok in enumerate(f):
+            firsts.setdefault(tok, {}).setdefault(r, step)
+
+    def batch_sizes(first):  # the rule: after each step's sample, drop the stopped rows once they are a quarter
+        alive, stopped, sizes = set(range(len(prompts))), set(), []
+        for step in range(15):  # token `step` is sampled, then fed by a decode step of the rows still there
+            stopped |= {r for r in alive if first.get(r) == step}
+            if 4 * len(stopped) >= len(alive):
+                alive, stopped = alive - stopped, set()
+            sizes.append(len(alive))
+        return sizes
+    eos = max(firsts, key=lambda tok: len(set(batch_sizes(firsts[tok]))))  # the eos that shrinks the batch most
+    want = batch_sizes(firsts[eos])
+    assert len(set(want)) >= 3  # at least two shrinks, so row bookkeeping across shrinks is exercised
+    sizes, real = [], Transformer._decode
+    monkeypatch.setattr(Transformer, "_decode", lambda self, tok, *a: sizes.append(len(tok)) or real(self, tok, *a))
+    got = m.generate(prompts, max_new_tokens=16, temperature=0, eos_id=eos)
+    assert sizes == want
+    assert got == [f[: f.index(eos) + 1] if eos in f else f for f in free]
+    assert got == [m.generate([p], max_new_tokens=16, temperature=0, eos_id=eos)[0] for p in prompts]
+    # sampling: same seed, same samples; every row ends at its first eos or at max_new_tokens
+    a = m.generate(prompts, max_new_tokens=16, temperature=1.0, eos_id=eos, seed=3)
+    assert a == m.generate(prompts, max_new_tokens=16, temperature=1.0, eos_id=eos, seed=3)
+    assert all((c[-1] == eos and c.count(eos) == 1) or (len(c) == 16 and eos not in c) for c in a)
+
+
 def test_no_eos_gives_exactly_max_new_tokens():
     m = tiny()
     got = m.generate(prompts_of([3, 8, 5]), max_new_tokens=9, temperature=1.0, seed=0)
