@@ -14,7 +14,7 @@ step from that step's final checkpoint.
 A step depends on the steps its `init` and `distill.teacher` name. With jobs = N > 1 each step runs in its own
 process as soon as the steps it depends on are done (earlier in `steps` first), with cores / N threads. On the
 2-core machine the demo's teacher trains ~1.8x slower on one thread than on two, but the demo's seven steps, whose
-wall times add up to 17.2 minutes at one thread each, finish in 10.2 minutes with jobs = 2 (measured).
+wall times add up to 19.5 minutes at one thread each, finish in 11.3 minutes with jobs = 2 (measured).
 """
 
 import copy
