@@ -381,13 +381,10 @@ class Transformer(nn.Module):
         norms = (torch.full((1, cfg.dim), 1 / cfg.dim, device=device), torch.full((1, 1), cfg.norm_eps, device=device))
         out = torch.zeros(B, N, dtype=torch.long, device=device)  # (B, N)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) row has emitted eos
-        live = None  # after rows were dropped: the rows of `out` that the batch's b rows are, (b,)
+        live = torch.arange(B, device=device)  # (b,) the rows of `out` that the batch's rows are
         for i in range(N):
             nxt = sample(logits, temperature, top_p, generator)  # (b,)
-            if live is None:
-                out[:, i] = nxt
-            else:
-                out[live, i] = nxt
+            out[live, i] = nxt
             if i == N - 1:
                 break
             if eos_id is not None:  # everything after a row's eos is cut below
@@ -397,11 +394,10 @@ class Transformer(nn.Module):
                     break
                 if 4 * n_done >= len(done):  # a quarter of the rows have stopped: drop them (departure 7)
                     keep = (~done).nonzero().squeeze(1)  # (b',)
-                    live = keep if live is None else live[keep]
                     caches = [kv[:, keep] for kv in caches]
                     if len(decode_mask) > 1:  # (b*K, 1, S), row b*K + k
                         decode_mask = decode_mask.view(len(done), -1, 1, S)[keep].flatten(0, 1)
-                    cos, sin, nxt, done = cos[..., keep], sin[..., keep], nxt[keep], done[keep]
+                    live, nxt, done, cos, sin = live[keep], nxt[keep], done[keep], cos[..., keep], sin[..., keep]
             t = P + i  # cache column of the token being fed
             cos_t = torch.addcmul(offset, cos[t], factor).to(dtype)  # (H+2K, 2, hd/2, B)
             sin_t = (sin[t] * factor).to(dtype)
