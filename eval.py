@@ -34,14 +34,15 @@ def pass_at_k(n, c, k):
 
 
 def majority_vote(answers):
-    """The most frequent answer, equivalent forms pooled by reward.is_equiv; None never wins; ties go to the
-    answer seen first. Returns None when no answer is given."""
+    """The most frequent answer, equivalent forms pooled by reward.is_equiv both ways (it reads its second argument
+    as the gold: a gold "1, 2" accepts "(2,1)", not the reverse); None never wins; ties go to the answer seen
+    first. Returns None when no answer is given."""
     reps, counts = [], []  # one representative per equivalence class, in order of first appearance
     for a in answers:
         if a is None:
             continue
         for j, r in enumerate(reps):
-            if a == r or is_equiv(a, r):
+            if a == r or is_equiv(a, r) and is_equiv(r, a):
                 counts[j] += 1
                 break
         else:

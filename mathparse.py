@@ -18,19 +18,23 @@ normalize(s), for an answer of at most MAX_LEN characters (reward.py compares lo
       as text (is_text True); otherwise the text is a unit and is dropped with a following ^2/^3
       ("864 \\mbox{ inches}^2" = "864"); "\\text{ or }" / "\\text{ and }" separate answers
     - an answer made only of words, one of them 3+ letters ("even", "Navin"), is text
-    - trailing words of 2+ letters after a space are units ("5 cm" = "5"); bare "or"/"and" separate answers
-    - thousands: "10,\\!080" = "10080"; a whole answer like "1,000" or "1,000,000.5" loses its commas, but
+    - trailing words after a space are units when they have 3+ letters or are a 2-letter unit ("5 cm" = "5",
+      but "5 xy" and "2 pi" keep their letters); bare "or"/"and" separate answers
+    - thousands: "10,\\!080" = "10080"; a whole answer like "1,000", "1 000" or "1,000,000.5" loses its commas, but
       inside brackets a comma always separates ("(1,000, 2)" is a 3-tuple)
 
 parse_answer(s) returns one of these tagged tuples (e: a sympy expression):
     ("expr", e)                   one expression
-    ("list", (e, ...))            a bare comma list: "2, 3", "x=2 \\text{ or } x=3"
-    ("set", (e, ...))             \\{..\\}
+    ("list", (e, ...), names)     a bare comma list: "2, 3", "x=2 \\text{ or } x=3"; names: each element's
+                                  variable ("x") or None
+    ("set", (e, ...), names)      \\{..\\}
     ("seq", "()", (e, ...))       (..), [..], (..], [..) with commas, tagged with its two brackets
     ("union", (seq, ...))         A \\cup B ..., every part a seq
     ("matrix", ((e, ...), ...))   pmatrix / bmatrix / vmatrix / matrix, rows of one length
     ("eq", a - b)                 an equation a = b
-"x = 5", "x \\in [1,2]" lose their one-variable left side (in a list, item by item); "a \\pm b" is the list
+    ("named", "x", parsed)        "x = 5", "x \\in [1,2]": a one-variable left side, kept as a name
+A one-variable left side is taken off when the variable does not occur on the right ("x = 2x - 5" stays an
+equation); in a list, item by item, and the name goes to the list's names. "a \\pm b" is the list
 (a+b, a-b); an integer then \\frac of integers is a mixed number (1\\frac{4}{5} = 9/5).
 
 Expressions: our own recursive-descent parser (class _Parser) for numbers (decimals are exact rationals;
@@ -94,9 +98,10 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|\\degree(?![A
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox)\s*\{")
 _STYLE_CMD = re.compile(r"\\(?:mathrm|mathbf|mathit|boldsymbol|operatorname)(?![A-Za-z])")
 _TEXT_POWER = re.compile(r"\s*\^\s*(?:\{\s*[0-9]\s*\}|[0-9])")
-_UNITS_TAIL = re.compile(r"(?:\s+[A-Za-z]{2,}(?:\^\{?[0-9]\}?)?)+\s*$")
+_UNIT_WORD = r"(?:[A-Za-z]{3,}|cm|mm|km|dm|ft|in|yd|mi|oz|lb|kg|mg|ml|mL|hr|cc)(?![A-Za-z])"  # not "xy", "pi"
+_UNITS_TAIL = re.compile(r"(?:\s+" + _UNIT_WORD + r"(?:\^\{?[0-9]\}?)?)+\s*$")
 _THOUSANDS_TEX = re.compile(r"([0-9]),\\!\s*(?=[0-9]{3}(?![0-9]))")
-_THOUSANDS = re.compile(r"[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
+_THOUSANDS = re.compile(r"[+-]?[0-9]{1,3}(?:(?:,[0-9]{3})+|(?: [0-9]{3})+)(?:\.[0-9]+)?")  # 1,000 or 1 000
 _WORDS = re.compile(r"[A-Za-z\s().,'-]*")
 
 
@@ -128,7 +133,7 @@ def normalize(s):
         s = s[:tail.start()]
     s = s.strip().rstrip(".,").strip()
     if _THOUSANDS.fullmatch(s):
-        s = s.replace(",", "")
+        s = s.replace(",", "").replace(" ", "")
     return False, s
 
 
@@ -168,7 +173,7 @@ def _close_of(s, i, opens="{", closes="}"):
 
 # ---- structure: lists, sets, tuples, intervals, unions, matrices, equations
 
-_VAR_PREFIX = re.compile(r"\s*(?:\{?[A-Za-z](?:_\{?[A-Za-z0-9]{1,4}\}?)?\}?)?\s*(?:=|\\in(?![A-Za-z]))")
+_VAR_PREFIX = re.compile(r"\s*(\{?[A-Za-z](?:_\{?[A-Za-z0-9]{1,4}\}?)?\}?)?\s*(?:=|\\in(?![A-Za-z]))")
 _MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
 
 
@@ -182,13 +187,28 @@ def parse_answer(s):
 
 
 def _strip_var(s):
+    """'x = 5' -> ('x', '5'): a one-variable left side, kept as a name (so 'x = -2' is not 'y = -2'), and what it
+    equals. Nothing is taken when the variable is also on the right ('x = 2x - 5' is an equation)."""
     m = _VAR_PREFIX.match(s)
     rest = s[m.end():] if m else s
-    return rest if m and rest.strip() and "=" not in rest else s
+    if not m or not rest.strip() or "=" in rest:
+        return None, s
+    if m.group(1) is None:  # "= 5"
+        return None, rest
+    name = re.sub(r"[\s{}]", "", m.group(1))
+    if name[0] in re.sub(r"\\[A-Za-z]+", "", rest):  # letters of commands (\exp) do not count
+        return None, s
+    return name, rest
 
 
 def _structure(s, deadline):
-    s = _strip_var(s).strip()
+    """A possibly named answer: ("named", name, parsed) for 'x = 5', else the parsed answer."""
+    name, s = _strip_var(s)
+    parsed = _unnamed(s.strip(), deadline)
+    return parsed if name is None else ("named", name, parsed)
+
+
+def _unnamed(s, deadline):
     if not s:
         raise Refuse("empty")
     m = _MATRIX.fullmatch(s)
@@ -205,14 +225,14 @@ def _structure(s, deadline):
             raise Refuse("union of non-intervals")
         return ("union", seqs)
     if s.startswith("\\{") and s.endswith("\\}") and _close_of(s, 1, "{([", "})]") == len(s) - 1:
-        return ("set", _elements(_split_top(s[2:-2], ","), deadline))
+        return ("set", *_elements(_split_top(s[2:-2], ","), deadline))
     items = _split_top(s, ",")
     if s[0] in "([" and s[-1] in ")]" and _close_of(s, 0, "{([", "})]") == len(s) - 1:
         inner = _split_top(s[1:-1], ",")
         if len(inner) > 1:
             return ("seq", s[0] + s[-1], tuple(_expr(x, deadline) for x in inner))
     if len(items) > 1 or "\\pm" in s or "\\mp" in s:
-        return ("list", _elements(items, deadline))
+        return ("list", *_elements(items, deadline))
     if s.count("=") == 1:
         lhs, rhs = s.split("=")
         return ("eq", _expr(lhs, deadline) - _expr(rhs, deadline))
@@ -220,18 +240,21 @@ def _structure(s, deadline):
 
 
 def _elements(items, deadline):
-    """Unordered elements: 'x=' prefixes dropped, 'a \\pm b' expanded to a+b and a-b."""
-    out = []
+    """Unordered elements and their names (None where unnamed): 'x=' prefixes become names, 'a \\pm b' expands to
+    a+b and a-b."""
+    out, names = [], []
     for item in items:
-        item = _strip_var(item)
+        name, item = _strip_var(item)
         if "\\pm" in item or "\\mp" in item:
             a, _, b = re.split(r"(\\pm|\\mp)(?![A-Za-z])", item, maxsplit=1)
             out += [_expr(a + "+" + b, deadline), _expr(a + "-(" + b + ")", deadline)]
+            names += [name, name]
         else:
             out.append(_expr(item, deadline))
+            names.append(name)
         if len(out) > MAX_ITEMS:
             raise Refuse("too many items")
-    return tuple(out)
+    return tuple(out), tuple(names)
 
 
 def _split_top(s, sep):

@@ -27,9 +27,10 @@ and must not open another one.
 is_equiv(pred, gold), in order:
     1. a \\boxed{} inside an answer is unwrapped; answers over MAX_LEN characters are compared as strings only
     2. both sides go through mathparse.normalize (LaTeX noise, units, thousands separators: the rules are
-       there); equal normalized strings, spaces aside, are equal
+       there); equal normalized strings, spaces aside (but not between two digits: "1 5" is not "15"), are equal
     3. text answers (normalize says which) are compared as text: lowercase, letters and digits only
-       ("\\text{(B)}" = "b")
+       ("\\text{(B)}" = "b"); when only one side is text, its content is first read as an answer, so
+       "\\text{-5}" is -5 and never matches 5
     4. plain decimals and \\frac{int}{int} are compared as exact fractions, without sympy
     5. otherwise both sides go through mathparse.parse_answer and are compared as below. An answer it refuses
        only matches its exact normalized string, so a gold answer that cannot be parsed never gives 1.0 to
@@ -42,6 +43,8 @@ Parsed answers (the gold's kind decides):
     - A \\cup B ... is an unordered collection of intervals
     - pmatrix / bmatrix / vmatrix / matrix: same shape, cell by cell; a one-row or one-column matrix also
       equals the tuple "(..)" of its entries
+    - "x = 5" is its value with a name: it equals "5", and "x = 5" but not "y = 5"; in lists and sets too,
+      a named element matches only an unnamed one or one of the same name ("x=2, y=3" is not "x=3, y=2")
     - two equations a1 = b1 and a2 = b2 are equal when a1 - b1 = k (a2 - b2) for a constant k != 0
     - two expressions are equal when sympy's automatic canonical form of their difference is exactly 0 (so
       exact rationals are compared exactly: 1/3 != 0.3333333333333), or, when that difference is not a plain
@@ -172,8 +175,11 @@ def _is_equiv(pred, gold):
     g_text, g = normalize(gold)
     if not g:
         return False
-    if p.replace(" ", "") == g.replace(" ", ""):
+    if _squash(p) == _squash(g):
         return True
+    if p_text != g_text:  # one side is \text{..}: read its content as an answer ("\text{-5}" is -5, not 5)
+        p_text, p = normalize(p) if p_text else (p_text, p)
+        g_text, g = normalize(g) if g_text else (g_text, g)
     if g_text or p_text:  # text answers: "\text{(B)}" = "B", "\text{East}" = "east"
         return _text_key(p) == _text_key(g) != ""
     fp, fg = _fraction(p), _fraction(g)
@@ -186,6 +192,11 @@ def _is_equiv(pred, gold):
     return _same(ps, gs, time.perf_counter() + TIME_BUDGET)
 
 
+def _squash(s):
+    """Spaces out, except between two digits: "x + 1" = "x+1", but "1 5" is not "15"."""
+    return re.sub(r"(?<![0-9])\s+|\s+(?![0-9])", "", s)
+
+
 def _text_key(s):
     return re.sub(r"[^a-z0-9]", "", s.lower())
 
@@ -196,7 +207,7 @@ _SIMPLE_FRAC = re.compile(r"(-?)\\frac\{([0-9]{1,%d})\}\{([0-9]{1,%d})\}" % (MAX
 
 def _fraction(s):
     """Plain decimals and \\frac{int}{int} as exact Fractions, else None."""
-    s = s.replace(" ", "")
+    s = _squash(s)
     if _NUMBER.fullmatch(s):
         return Fraction(s.rstrip("."))
     m = _SIMPLE_FRAC.fullmatch(s)
@@ -213,12 +224,16 @@ def _same(p, g, deadline):
     if time.perf_counter() > deadline:
         raise Timeout()
     kp, kg = p[0], g[0]
+    if "named" in (kp, kg):  # "x = 5" answers "5", but "x = -2" is not "y = -2"
+        if kp == kg and p[1] != g[1]:
+            return False
+        return _same(p[2] if kp == "named" else p, g[2] if kg == "named" else g, deadline)
     if kg == "expr":  # a one-element set "\\{3\\}" also answers "3"
         one = p[1] if kp == "expr" else p[1][0] if kp in ("list", "set") and len(p[1]) == 1 else None
         return one is not None and _expr_eq(one, g[1])
     if kg in ("list", "set"):
-        if kp in ("list", "set"):
-            return _bag_eq(p[1], g[1], _expr_eq, deadline)
+        if kp in ("list", "set"):  # "x=2, y=3" is not "x=3, y=2": named elements match only their name
+            return _bag_eq(tuple(zip(*p[1:3])), tuple(zip(*g[1:3])), _named_eq, deadline)
         if kp == "expr":
             return _bag_eq((p[1],), g[1], _expr_eq, deadline)
         return kp == "seq" and kg == "list" and p[1] == "()" and _bag_eq(p[2], g[1], _expr_eq, deadline)
@@ -248,6 +263,11 @@ def _vector(m):
     if len(rows) == 1 or all(len(r) == 1 for r in rows):
         return sum(rows, ())
     return None
+
+
+def _named_eq(a, b):
+    """Elements (e, name): equal values, and equal names where both have one."""
+    return (a[1] is None or b[1] is None or a[1] == b[1]) and _expr_eq(a[0], b[0])
 
 
 def _all_eq(a, b):

@@ -38,6 +38,9 @@ def test_majority_vote_pools_equivalent_answers():
     assert E.majority_vote([None, None]) is None and E.majority_vote([]) is None
     assert E.majority_vote(["2", "3", "3", "2"]) == "2"           # tie: the first seen
     assert E.majority_vote(["2, 3", "4", "3, 2"]) == "2, 3"       # sets of roots in any order
+    # is_equiv reads its second argument as the gold (a list gold "1, 2" accepts the tuple "(2,1)", not the
+    # reverse): answers pool only when equal both ways, so the tuple (2,1) outvotes the list
+    assert E.majority_vote(["1, 2", "(2,1)", "(2,1)"]) == "(2,1)"
 
 
 def test_complete_batches_prompts_of_like_length_and_returns_them_in_order():
