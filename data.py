@@ -51,13 +51,23 @@ class DataConfig:
 SPECIAL_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed", "\\frac", "\n"]
 
 
+def _write_atomic(path, data):
+    """Write bytes to path through a temp file in the same folder, so a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 class Tokenizer:
     """A sentencepiece model: digits one per token, byte fallback, our template tags as single pieces."""
 
     def __init__(self, path):
         import sentencepiece as spm
-        self.path = path
+        self.path = path  # where it came from, for messages only: the file may be gone by the time we save
         self.sp = spm.SentencePieceProcessor(model_file=path)
+        # we keep the model in memory: a resumed run loads it from a checkpoint that rotation later deletes
+        self.model_bytes = self.sp.serialized_model_proto()
         self.vocab_size = self.sp.get_piece_size()
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eos_id
@@ -70,8 +80,7 @@ class Tokenizer:
         return self.sp.decode([i for i in ids if i not in (self.bos_id, self.eos_id)])
 
     def save(self, folder):
-        with open(self.path, "rb") as src, open(os.path.join(folder, "tokenizer.model"), "wb") as dst:
-            dst.write(src.read())
+        _write_atomic(os.path.join(folder, "tokenizer.model"), self.model_bytes)
 
 
 class HFTokenizer:
@@ -87,14 +96,16 @@ class HFTokenizer:
         except ImportError as e:
             raise ImportError(f"{folder} ships only tokenizer.json: reading it needs the optional "
                               "package `tokenizers` (pip install tokenizers)") from e
-        self.path = os.path.join(folder, "tokenizer.json")
-        self.tk = _Tok.from_file(self.path)
+        self.path = os.path.join(folder, "tokenizer.json")  # for messages only, as in Tokenizer
+        # the bytes of the files we read, kept for save(): the folder may be a checkpoint that rotation deletes
+        self.files = {}
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if os.path.exists(os.path.join(folder, name)):
+                with open(os.path.join(folder, name), "rb") as f:
+                    self.files[name] = f.read()
+        self.tk = _Tok.from_str(self.files["tokenizer.json"].decode("utf-8"))
         self.vocab_size = self.tk.get_vocab_size()
-        special = {}
-        cfg_path = os.path.join(folder, "tokenizer_config.json")
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
-                special = json.load(f)
+        special = json.loads(self.files["tokenizer_config.json"]) if "tokenizer_config.json" in self.files else {}
         self.bos_id, self.eos_id = self._special_id(special, "bos_token"), self._special_id(special, "eos_token")
         pad = self._special_id(special, "pad_token")
         self.pad_id = pad if pad is not None else self.eos_id
@@ -119,11 +130,8 @@ class HFTokenizer:
         return self.tk.decode(list(ids), skip_special_tokens=True)
 
     def save(self, folder):
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            src = os.path.join(os.path.dirname(self.path), name)
-            if os.path.exists(src):
-                with open(src, "rb") as f, open(os.path.join(folder, name), "wb") as g:
-                    g.write(f.read())
+        for name, raw in self.files.items():
+            _write_atomic(os.path.join(folder, name), raw)
 
 
 def train_tokenizer(texts, model_prefix, vocab_size=512):
@@ -183,10 +191,15 @@ def _need(row, key, path, lineno):
 def load_jsonl(path, format="auto", question_field="question", answer_field="answer", solution_field=""):
     """Problems from a JSONL file as dicts with question, answer, solution (and subject/level when present).
     gsm8k: question + answer ending in '#### x'; math: problem + solution with \\boxed{} (+ optional answer);
-    generic: the given field names. 'auto' picks gsm8k or math from the first row's fields."""
+    generic: the given field names. 'auto' decides once, from the first row, and holds every row to it: math if
+    it has 'problem', gsm8k if its answer holds '####', else generic."""
+    if format not in ("auto", "gsm8k", "math", "generic"):
+        raise ValueError(f"unknown JSONL format {format!r}; valid: auto, gsm8k, math, generic")
     out = []
+    fmt = format
     for lineno, row in _read_jsonl(path):
-        fmt = format
+        # decided once, not per row: a GSM8K row missing its '#### x' would silently pass as a generic row
+        # whose gold answer is the whole solution
         if fmt == "auto":
             fmt = "math" if "problem" in row else "gsm8k" if "####" in str(row.get("answer", "")) else "generic"
         if fmt == "gsm8k":
@@ -205,15 +218,14 @@ def load_jsonl(path, format="auto", question_field="question", answer_field="ans
                     raise ValueError(f"{path}, line {lineno}: no 'answer' field and no \\boxed{{}} in the solution")
             p = {"question": _need(row, "problem", path, lineno), "solution": sol, "answer": str(ans)}
             p.update({k: row[k] for k in ("subject", "level", "unique_id") if k in row})
-        elif fmt == "generic":
+        else:  # generic
             ans = row.get(answer_field)
             if isinstance(ans, (int, float)) and not isinstance(ans, bool):
-                ans = str(ans)  # numeric gold answers are common in generic files
-            row = {**row, answer_field: ans}
+                # numeric gold answers are common in generic files; we touch only a key the row has, so a
+                # missing-field error still lists the row's own fields
+                row = {**row, answer_field: str(ans)}
             p = {"question": _need(row, question_field, path, lineno), "answer": _need(row, answer_field, path, lineno),
                  "solution": _need(row, solution_field, path, lineno) if solution_field else ""}
-        else:
-            raise ValueError(f"unknown JSONL format {format!r}; valid: auto, gsm8k, math, generic")
         out.append(p)
     if not out:
         raise ValueError(f"{path}: no problems in the file")
@@ -229,11 +241,13 @@ def load_problems(cfg, split):
     return train if split == "train" else test
 
 
-def parse_data_spec(spec, n_test=500, seed=1234, levels="1,2"):
-    """'synthetic', 'synthetic:FAMILY[,FAMILY]' or a JSONL path -> list of problems (eval.py's --data)."""
+def parse_data_spec(spec, n_test=500, seed=1234, levels="1,2", families=None, exclude=frozenset()):
+    """'synthetic', 'synthetic:FAMILY[,FAMILY]' or a JSONL path -> list of problems (eval.py's --data).
+    A synthetic set is drawn as synthetic_splits draws its test split (families defaults to DataConfig's), never
+    with a question in `exclude` (a checkpoint's training questions)."""
     if spec.startswith("synthetic"):
-        fams = spec.split(":", 1)[1] if ":" in spec else DataConfig.families
-        return synthetic_splits(DataConfig(families=fams, levels=levels, n_test=n_test, n_train=0, seed=seed))[1]
+        fams = spec.split(":", 1)[1] if ":" in spec else families or DataConfig.families
+        return synthetic_problems(n_test, fams, levels, seed=seed + 1, exclude=exclude)
     return load_jsonl(spec)
 
 
@@ -329,9 +343,10 @@ def pack_documents(tok, texts):
 
 def packed_batch(stream, batch_size, seq_len, generator):
     """Random windows of the packed stream: x (B, T) and next-token targets y (B, T)."""
-    if len(stream) <= seq_len + 1:
+    if len(stream) < seq_len + 1:
         raise ValueError(f"the pretraining stream has {len(stream)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
-    starts = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=generator)  # (B,)
+    # a window is seq_len + 1 tokens, so the last start is len - seq_len - 1 (randint's high is exclusive)
+    starts = torch.randint(0, len(stream) - seq_len, (batch_size,), generator=generator)  # (B,)
     idx = starts[:, None] + torch.arange(seq_len + 1)  # (B, T+1)
     chunk = stream[idx]
     return chunk[:, :-1], chunk[:, 1:]

@@ -265,3 +265,72 @@ def test_deepseek_r1_chat_template_and_no_chat_format(tmp_path):
     _hf_tokenizer(other, ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"})
     with pytest.raises(ValueError, match="needs a tokenizer.json with a known chat format"):
         D.resolve_template("chat", D.load_tokenizer(str(other)))
+
+
+def test_tokenizer_saves_after_its_source_file_is_deleted(problems, tmp_path):
+    # a resumed run loads the tokenizer from a checkpoint that rotation later deletes, then saves it again
+    src = tmp_path / "src"
+    src.mkdir()
+    D.train_tokenizer(D.tokenizer_corpus(problems[0][:100]), str(src / "tokenizer"), vocab_size=400)
+    tok = D.load_tokenizer(str(src / "tokenizer.model"))
+    (src / "tokenizer.model").unlink()
+    (tmp_path / "out").mkdir()
+    tok.save(str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tokenizer.model"]  # no temp file left
+    text = "Compute 12 + 34.\n<think>\n</think>"
+    assert D.load_tokenizer(str(tmp_path / "out")).encode(text) == tok.encode(text)
+
+
+def test_hf_tokenizer_saves_after_its_folder_is_deleted(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    _hf_tokenizer(src, ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"})
+    tok = D.load_tokenizer(str(src))
+    for f in src.iterdir():
+        f.unlink()
+    src.rmdir()
+    (tmp_path / "out").mkdir()
+    tok.save(str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    tok2 = D.load_tokenizer(str(tmp_path / "out"))
+    assert (tok2.bos_id, tok2.eos_id) == (tok.bos_id, tok.eos_id)
+    text = "Solve 3x + 5 = 20."
+    assert tok2.encode(text, bos=True, eos=True) == tok.encode(text, bos=True, eos=True)
+
+
+def test_auto_format_is_decided_by_the_first_row(tmp_path):
+    # row 2 lacks '#### x': deciding per row would make it a generic row whose gold is the whole solution
+    g = _write(tmp_path / "g.jsonl", [{"question": "2+3?", "answer": "2+3=5\n#### 5"},
+                                      {"question": "4+4?", "answer": "4+4=8, so 8"}])
+    with pytest.raises(ValueError, match=r"g\.jsonl, line 2: GSM8K answer has no '#### x'"):
+        D.load_jsonl(g)
+    # a math file whose second row lacks 'problem' fails on that field, not as a generic row
+    m = _write(tmp_path / "m.jsonl", [{"problem": "p", "solution": "\\boxed{1}"},
+                                      {"question": "q", "solution": "\\boxed{2}", "answer": "2"}])
+    with pytest.raises(ValueError, match=r"m\.jsonl, line 2: missing string field 'problem'"):
+        D.load_jsonl(m)
+    with pytest.raises(ValueError, match="unknown JSONL format 'csv'"):
+        D.load_jsonl(g, "csv")
+
+
+def test_generic_missing_key_lists_only_the_rows_fields(tmp_path):
+    gen = _write(tmp_path / "gen.jsonl", [{"question": "q1", "answer": 1}, {"question": "q2", "ans": "2"}])
+    with pytest.raises(ValueError) as e:
+        D.load_jsonl(gen, "generic")
+    assert str(e.value).endswith("line 2: missing string field 'answer' (has ['ans', 'question'])")
+
+
+def test_packed_batch_draws_every_window_including_the_last():
+    seq_len = 16
+    x, y = D.packed_batch(torch.arange(seq_len + 1), 2, seq_len, torch.Generator().manual_seed(0))
+    assert x.tolist() == [list(range(16))] * 2 and y.tolist() == [list(range(1, 17))] * 2  # the only window
+    stream = torch.arange(40)  # 24 windows of 17 tokens: starts 0..23
+    g = torch.Generator().manual_seed(0)
+    starts = set()
+    for _ in range(50):
+        x, y = D.packed_batch(stream, 8, seq_len, g)
+        assert torch.equal(y, x + 1)
+        starts.update(x[:, 0].tolist())
+    assert starts == set(range(24))  # 400 draws: every start, the last (y ends on the stream's last token) too
+    with pytest.raises(ValueError, match="fewer than seq_len"):
+        D.packed_batch(torch.arange(seq_len), 2, seq_len, g)
