@@ -151,11 +151,27 @@ def load_checkpoint(path, device):
     check_checkpoint(path)
     tok = D.load_tokenizer(path)
     model = Transformer.from_pretrained(path).to(device).eval()
-    run_cfg = {}
-    if os.path.exists(os.path.join(path, "run_config.json")):
-        with open(os.path.join(path, "run_config.json")) as f:
-            run_cfg = json.load(f)
-    return model, tok, run_cfg
+    return model, tok, read_run_config(path)
+
+
+def read_run_config(path):
+    """The training run's config (run_config.json) saved with our checkpoints; {} for a foreign checkpoint."""
+    if not os.path.exists(os.path.join(path, "run_config.json")):
+        return {}
+    with open(os.path.join(path, "run_config.json")) as f:
+        return json.load(f)
+
+
+def held_out(spec, n_test, run_cfg):
+    """--data as problems. For a synthetic spec and a run trained on synthetic data, the run's held-out set: its
+    families (unless the spec names some), levels and data seed, and never one of its training questions, so
+    'synthetic' is exactly the run's own test split and 'synthetic:add' holds no training problem."""
+    data = run_cfg.get("data") or {}
+    if not spec.startswith("synthetic") or not data or data.get("train_file"):
+        return D.parse_data_spec(spec, n_test)
+    dc = D.DataConfig(**{k: v for k, v in data.items() if k in D.DataConfig.__dataclass_fields__})
+    train = {p["question"] for p in D.load_problems(dc, "train")}
+    return D.parse_data_spec(spec, n_test, dc.seed, dc.levels, dc.families, exclude=train)
 
 
 def parse_args(argv):
@@ -190,7 +206,7 @@ def main(argv=None):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     check_checkpoint(args.ckpt)
-    problems = None if args.prompt else D.parse_data_spec(args.data, args.n_test)  # bad data fails here
+    problems = None if args.prompt else held_out(args.data, args.n_test, read_run_config(args.ckpt))  # fails early
     model, tok, run_cfg = load_checkpoint(args.ckpt, device)
     template = D.resolve_template(args.template or run_cfg.get("data", {}).get("template", "plain"), tok)
     gen = torch.Generator(device=device).manual_seed(args.seed)

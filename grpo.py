@@ -44,6 +44,9 @@ import torch
 # config
 
 
+AGGS = ("seq-mean", "token-mean", "dr-grpo")  # grpo_loss's aggregations
+
+
 @dataclass
 class GRPOConfig:
     group_size: int = 8  # G, outputs sampled per prompt (DeepSeekMath: 64)
@@ -62,6 +65,28 @@ class GRPOConfig:
     micro_batch_size: int = 16  # sequences per forward/backward (16: cache-friendly logits on CPU); exact accumulation
     rollout_prompts: int = 0  # prompts per generate call (its KV cache holds prompts x G rows); 0 = batch / ranks
     max_grad_norm: float = 1.0  # clip the global gradient L2 norm before the optimizer step; 0 = no clipping
+
+    def check(self):
+        """Raise a ValueError naming the first setting that GRPO cannot run with (or would silently not learn
+        from); grpo_step calls it, train.py calls it before loading anything."""
+        rules = [
+            ("group_size", self.group_size >= 2, "at least 2: a group of one has advantage 0, so nothing is learned"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
+            ("temperature", self.temperature > 0, "> 0: greedy rollouts make every group's samples equal"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("beta", self.beta >= 0, ">= 0"),
+            ("clip_eps", self.clip_eps > 0, "> 0"),
+            ("clip_eps_high", self.clip_eps_high >= 0, ">= 0 (0: the same as clip_eps)"),
+            ("num_iterations", self.num_iterations >= 1, "at least 1"),
+            ("agg", self.agg in AGGS, f"one of {AGGS}"),
+            ("ref_update_every", self.ref_update_every >= 0, ">= 0 (0: never)"),
+            ("micro_batch_size", self.micro_batch_size >= 1, "at least 1"),
+            ("rollout_prompts", self.rollout_prompts >= 0, ">= 0 (0: the whole batch)"),
+            ("max_grad_norm", self.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
+        ]
+        for name, ok, want in rules:
+            if not ok:
+                raise ValueError(f"[grpo].{name} = {getattr(self, name)!r}: must be {want}")
 
 
 # -----------------------------------------------------------------------------
@@ -122,7 +147,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, beta=0.0
     elif agg == "dr-grpo":  # Dr. GRPO: a constant denominator, no length normalization
         loss = (per_token * mask).sum() / (B * (max_len or T))
     else:
-        raise ValueError(f"unknown agg {agg!r}; valid: 'seq-mean', 'token-mean', 'dr-grpo'")
+        raise ValueError(f"unknown agg {agg!r}; valid: {AGGS}")
 
     with torch.no_grad():  # the clip is active (zero gradient) where min() picks the clipped term
         n = mask.sum().clamp(min=1)
@@ -336,13 +361,15 @@ def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None
     rollout + rewards, group advantages, then cfg.num_iterations optimizer steps (zero_grad, backward,
     grad clipping, optimizer.step all happen here; the caller sets the lr and counts steps).
     Returns a dict of Python floats: loss, kl (mean k3; 0 without a reference), ratio_mean, clip_frac(_low,
-    _high), entropy (sampled: mean -log pi of the rollout tokens), grad_norm (before clipping), reward_mean,
+    _high), entropy (sampled: mean -log pi of the rollout tokens), grad_norm (before clipping) (when the filters
+    leave no completion, no update runs: loss and grad_norm are 0, the other update statistics nan), reward_mean,
     reward_std (population, over all completions), accuracy_mean, completion_len, truncated_frac, zero_std_frac
     (groups with all-equal accuracy), kept_frac (completions in the loss), rollout_s (sampling + rewards),
     update_s; plus one non-float entry "_samples": per completion a dict of prompt_ids, completion_ids,
     reward, accuracy, advantage, truncated (pop it before logging metrics).
     reduce (data parallel, see the file docstring): the update and every statistic cover all ranks' samples;
     "_samples" holds this rank's."""
+    cfg.check()
     t0 = time.perf_counter()
     roll = rollout(policy, prompts, reward_fn, cfg, eos_id=eos_id, generator=generator)
     t1 = time.perf_counter()
@@ -363,8 +390,8 @@ def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None
     if n_kept:
         stats = grpo_update(policy, ref_model, optimizer, [roll["prompt_ids"][i] for i in idx],
                             [roll["completion_ids"][i] for i in idx], adv[idx], cfg, reduce)
-    else:  # nothing to learn from: no optimizer step
-        stats = dict.fromkeys(UPDATE_KEYS, 0.0)
+    else:  # nothing to learn from: no optimizer step, and the update's statistics were not measured (nan)
+        stats = {**dict.fromkeys(UPDATE_KEYS, math.nan), "loss": 0.0, "grad_norm": 0.0}
     t2 = time.perf_counter()
 
     lens = torch.tensor([len(c) for c in roll["completion_ids"]], dtype=torch.float32)  # (N*G,)

@@ -339,6 +339,8 @@ class Transformer(nn.Module):
             raise ValueError("every prompt needs at least one token")
         if N < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {N}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got temperature={temperature}, top_p={top_p}")
         P = max(lens)  # prompt columns after left padding
         S = P + N  # cache length
         if S > cfg.max_seq_len:
@@ -448,7 +450,7 @@ def sample(logits, temperature, top_p, generator=None):
     order = None
     if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted tokens whose mass reaches top_p
         probs, order = probs.sort(dim=-1, descending=True)  # (B, V) each
-        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)  # the top token always survives
+        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, 0.0)  # the top token always survives
     # inverse-CDF sampling: one uniform per row, then the first token whose cumulative mass exceeds it
     cdf = probs.cumsum(dim=-1)  # (B, V), unnormalized after the top_p cut
     u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]  # (B, 1)

@@ -338,9 +338,12 @@ def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0):
     return est
 
 
-def step_generator(seed, step, micro, device="cpu"):
-    """The batch RNG is a pure function of (seed, step, micro): resumed runs see the same batches."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 97 + micro)
+def step_generator(seed, step, micro, device="cpu", stream=0):
+    """The batch RNG is a pure function of (seed, stream, step, micro): resumed runs see the same batches, and
+    distinct tuples get unrelated 64-bit seeds (a linear formula such as (seed * a + step) * 97 + micro would give
+    chunk 97 of one step the stream of chunk 0 of the next)."""
+    key = np.random.SeedSequence([seed, stream, step, micro]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(key))
 
 
 # -----------------------------------------------------------------------------
@@ -369,6 +372,14 @@ def run_sft(cfg):
         return
     T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
     pairs = [D.encode_sft(run.tok, p, cfg.data.template, T) for p in run.train]
+    kept = [(p, c) for p, c in pairs if c]  # a prompt of T+1 tokens or more leaves no completion token to learn
+    if not kept:
+        raise ValueError(f"every SFT prompt is longer than data.seq_len={T} tokens: no completion token is left "
+                         "to train on; raise data.seq_len (and model.max_seq_len)")
+    if len(kept) < len(pairs) and dist.is_main():
+        print(f"sft: dropped {len(pairs) - len(kept)} of {len(pairs)} problems whose prompt fills "
+              f"data.seq_len={T} tokens")
+    pairs = kept
     report_memory(cfg, run, cfg.train.batch_size * T)
     train_loop(cfg, run, sft_batches(pairs, cfg, run.tok))
 
@@ -413,6 +424,7 @@ def run_grpo(cfg):
     its own generator (dist.py); the samples, and so the update, do not depend on the number of ranks."""
     if not cfg.init:
         raise ValueError("the grpo stage starts from a checkpoint: set init = \"DIR\" or pass --init DIR")
+    cfg.grpo.check()
     if cfg.train.fsdp:  # sampling through sharded weights would need every rank in lockstep at every token
         raise ValueError("train.fsdp is not supported for grpo: use DDP (the default under torchrun)")
     run = start_run(cfg)
@@ -434,6 +446,9 @@ def run_grpo(cfg):
         if "ref_model" in run.state:
             ref.load_state_dict(run.state["ref_model"])
     prompts = E.encode_prompts(tok, run.train, cfg.data.template)
+    if tc.batch_size > len(prompts):
+        raise ValueError(f"train.batch_size={tc.batch_size} distinct prompts per step, but the training set has "
+                         f"{len(prompts)}")
     S = max(len(p) for p in prompts) + gc.max_new_tokens  # longest sequence of a rollout or an update
     report_memory(cfg, run, gc.micro_batch_size * S, ref, kv_rows=C * gc.group_size, kv_len=S)
     golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, run.train)}
@@ -444,7 +459,7 @@ def run_grpo(cfg):
         log.log({"step": 0, "stage": cfg.stage, **evaluate_and_log(model, tok, eval_problems, cfg, device, 0, log)})
     pbar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc=cfg.stage,
                 disable=None if log else True)
-    ema = None
+    ema = run.state.get("reward_ema")  # the moving average of the reward resumes with the run
     for step in pbar:
         lr = lr_at(step, tc)
         for g in opt.param_groups:
@@ -471,7 +486,9 @@ def run_grpo(cfg):
                 log.log_samples(done, [{"completion": tok.decode(s["completion_ids"]), "reward": s["reward"],
                                         "accuracy": s["accuracy"]} for s in samples[: tc.n_samples]])
         pbar.set_postfix(reward=f"{stats['reward_mean']:.2f}", kl=f"{stats['kl']:.3f}")
-        extra = {"ref_model": ref.state_dict()} if ref is not None and gc.ref_update_every > 0 else None
+        extra = {"reward_ema": ema}
+        if ref is not None and gc.ref_update_every > 0:
+            extra["ref_model"] = ref.state_dict()
         save_on_schedule(cfg, model, tok, opt, done, extra)
     if log:
         log.close()
@@ -526,7 +543,7 @@ def teacher_sample_batches(cfg, teacher, tok, problems, device):
 
     def batch_fn(step, micro):
         idx = torch.randint(len(prompts), (cfg.train.batch_size,), generator=step_generator(cfg.train.seed, step, micro))
-        gen = step_generator(cfg.train.seed, step, micro + 1000, device)
+        gen = step_generator(cfg.train.seed, step, micro, device, stream=1)  # sampling, apart from the picks
         with autocast(device, cfg.train.bf16):
             comps = teacher.generate([prompts[i] for i in idx.tolist()], dc.max_new_tokens, dc.sample_temperature,
                                      eos_id=tok.eos_id, generator=gen)

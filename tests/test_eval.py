@@ -32,6 +32,20 @@ def test_pass_at_k_edges_and_errors():
         E.pass_at_k(4, 1, 5)
 
 
+def test_synthetic_eval_set_is_the_runs_held_out_split():
+    import data as D
+    run = {"data": {"families": "add,sub,mul", "levels": "1", "n_train": 1500, "n_test": 60, "seed": 7}}
+    dc = D.DataConfig(**run["data"])
+    train, test = D.synthetic_splits(dc)
+    seen = {p["question"] for p in train}
+    assert [p["question"] for p in E.held_out("synthetic", 60, run)] == [p["question"] for p in test]
+    for spec in ("synthetic", "synthetic:add", "synthetic:add,linear"):  # other families, other sizes
+        got = E.held_out(spec, 100, run)
+        assert len(got) == 100 and not seen & {p["question"] for p in got}, spec
+    # a foreign checkpoint (no run config) gets the spec's own defaults
+    assert E.held_out("synthetic:add", 5, {}) == D.parse_data_spec("synthetic:add", 5)
+
+
 def test_majority_vote_pools_equivalent_answers():
     assert E.majority_vote(["\\frac{1}{2}", "3", "0.5", "1/2", "3"]) == "\\frac{1}{2}"
     assert E.majority_vote([None, None, "7"]) == "7"             # None never wins

@@ -431,6 +431,9 @@ def test_sampler_follows_probabilities_and_top_p():
     assert torch.allclose(freq, probs ** 2 / (probs ** 2).sum(), atol=0.015), freq
     assert sample(logits[:3], 0, 1.0).tolist() == [0, 0, 0]
     assert sample(logits[:3], 1.0, 1e-6, g).tolist() == [0, 0, 0]  # tiny top_p is greedy
+    # the smallest set that holds top_p: at an exact tie (0.5 reached by the first token) nothing more is kept
+    tie = torch.tensor([0.5, 0.25, 0.25]).log().expand(2000, 3)
+    assert sample(tie, 1.0, 0.5, g).eq(0).all()
 
 
 @pytest.mark.parametrize("call,msg", [
@@ -438,6 +441,8 @@ def test_sampler_follows_probabilities_and_top_p():
     (lambda m: m(torch.tensor([[-1, 3]])), "vocab_size=256"),
     (lambda m: m(torch.zeros(1, 129, dtype=torch.long)), "max_seq_len 128"),
     (lambda m: m.generate([[1, 2], []], 4), "at least one token"),
+    (lambda m: m.generate([[1, 2]], 4, top_p=0.0), "top_p"),
+    (lambda m: m.generate([[1, 2]], 4, temperature=-1.0), "temperature"),
     (lambda m: m.generate([[1] * 100], 29), "max_seq_len 128"),
     (lambda m: m.generate([[1, 256]], 4), "vocab_size=256"),
 ])

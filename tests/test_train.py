@@ -128,6 +128,13 @@ def test_pretrain_then_sft_end_to_end(tiny_toml, tmp_path):
     assert {"question", "gold", "completion", "pred", "reward"} <= set(sample)
 
 
+def test_sft_refuses_prompts_that_fill_seq_len(tiny_toml, tmp_path):
+    # a prompt longer than seq_len leaves an empty completion: the run would train on no token at all
+    with pytest.raises(ValueError, match=r"longer than data.seq_len=4"):
+        T.main(["--config", tiny_toml, "--stage", "sft", "--out_dir", str(tmp_path / "s"), "--data.seq_len=4",
+                "--train.max_steps=1", "--train.eval_n=0"])
+
+
 def test_refuses_to_overwrite_and_finished_run_is_kept(tiny_toml, tmp_path):
     out = str(tmp_path / "run")
     T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.eval_n=0"])
@@ -202,6 +209,8 @@ GRPO_ARGS = ["--stage", "grpo", "--train.max_steps=4", "--train.batch_size=2", "
 
 def test_grpo_stage_logs_and_resumes_exactly(pretrained, tmp_path, monkeypatch):
     toml, init = pretrained
+    # the tiny model never answers right: a reward that varies (odd tokens, shaped) makes the logged means move
+    monkeypatch.setattr(T, "make_reward_fn", lambda *a: lambda p, c: (sum(t % 2 for t in c) / max(1, len(c)), 0.0))
     ref = str(tmp_path / "ref")
     T.main(["--config", toml, "--init", init, "--out_dir", ref, *GRPO_ARGS])
     rows = _read_metrics(ref)
@@ -230,7 +239,28 @@ def test_grpo_stage_logs_and_resumes_exactly(pretrained, tmp_path, monkeypatch):
     a = load_file(os.path.join(ref, "final", "model.safetensors"))
     b = load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["step"] for r in _read_metrics(out)] == [0, 1, 2, 3, 4]
+    cut = _read_metrics(out)
+    assert [r["step"] for r in cut] == [0, 1, 2, 3, 4]
+    for r, c in zip(rows, cut):  # the logged metrics resume too (the reward's moving average included)
+        for k in r:
+            if not k.endswith("_s"):  # wall times
+                assert c[k] == pytest.approx(r[k], nan_ok=True), (r["step"], k)
+
+
+def test_step_generator_streams_are_distinct():
+    draw = lambda *a, **k: T.step_generator(*a, **k).initial_seed()
+    seeds = {draw(0, step, micro) for step in range(3) for micro in range(200)}
+    assert len(seeds) == 600  # a linear (seed * a + step) * 97 + micro gave chunk 97 the next step's chunk 0
+    assert draw(0, 5, 0) != draw(0, 5, 0, stream=1) and draw(0, 5, 0) != draw(1, 5, 0)
+    assert draw(3, 7, 2) == draw(3, 7, 2)  # a pure function: resumed runs replay
+
+
+def test_grpo_stage_checks_its_config_before_loading(pretrained, tmp_path):
+    toml, init = pretrained
+    for arg, match in (("--grpo.agg=seqmean", "agg"), ("--grpo.group_size=1", "group_size"),
+                       ("--train.batch_size=100000", "distinct prompts per step")):
+        with pytest.raises(ValueError, match=match):
+            T.main(["--config", toml, "--init", init, "--out_dir", str(tmp_path / "bad"), *GRPO_ARGS, arg])
 
 
 def test_grpo_needs_a_checkpoint(pretrained, tmp_path):
