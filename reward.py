@@ -13,7 +13,7 @@ DeepSeek-R1 (arXiv 2501.12948) section 2.2.2 uses only rules, no neural reward m
 extract_answer, first rule that finds something wins:
     1. the last \\boxed{...} or \\fbox{...} (nested braces; an unclosed one is skipped in favour of an earlier
        one); also `\\boxed 5`, which takes the characters up to the next space or `$`
-    2. the content of the last <answer>...</answer>
+    2. the content of the last <answer>...</answer> (x when it reads 'The answer is x', as in rule 4)
     3. GSM8K style: the text after the last '####' whose line contains a digit (so markdown headings don't count)
     4. 'The answer is x' / 'The final answer is x' (any case): x runs to the end of the line or a sentence-ending '.'
 
@@ -79,18 +79,23 @@ def extract_answer(text):
     end = text.rfind("</answer>")
     start = text.rfind("<answer>", 0, max(end, 0))
     if end >= 0 and start >= 0:
-        return text[start + len("<answer>"):end].strip()
+        inner = text[start + len("<answer>"):end].strip()
+        return _the_answer_is(inner) or inner  # "<answer>The answer is 18</answer>" answers 18
     for m in reversed(_HASHES.findall(text)):
         if re.search(r"[0-9]", m):
             return m.strip()
+    return _the_answer_is(text)
+
+
+def _the_answer_is(text):
+    """x of the last 'The (final) answer is x', to the end of its line or a sentence-ending '.', or None."""
     last = None
     for last in _THE_ANSWER.finditer(text):
         pass
-    if last is not None:
-        line = text[last.end():last.end() + MAX_LEN].split("\n", 1)[0]
-        line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip(" \t:$")
-        return line or None
-    return None
+    if last is None:
+        return None
+    line = text[last.end():last.end() + MAX_LEN].split("\n", 1)[0]
+    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip(" \t:$") or None
 
 
 def is_equiv(pred, gold):

@@ -211,6 +211,8 @@ EXTRACT = [
     ("<think>x</think><answer> 42 </answer>", "42"),
     ("<answer>1</answer> <answer>2</answer>", "2"),
     ("<answer>\\boxed{3}</answer>", "3"),
+    ("<think>..</think><answer>The answer is 18</answer>", "18"),  # R1-Zero-style prose inside the tags
+    ("<answer>The final answer is 7. Done</answer>", "7"),
     ("<think>\\boxed{4}</think><answer>5</answer>", "4"),  # boxed first, as specified
     ("so 9 eggs.\n#### 18", "18"),
     ("#### Step 1\nwe get 3\n#### 1,000", "1,000"),
