@@ -27,7 +27,8 @@ Conventions and departures, each a switch in GRPOConfig (the defaults are DeepSe
  8. max_grad_norm: we clip the gradient's global L2 norm before each optimizer step (not in the paper).
  9. num_iterations (mu) > 1: each iteration is one optimizer step on the whole rollout batch.
 10. log-probs (ratio, KL) are those of the sampling distribution softmax(logits / temperature), as in TRL and
-    verl; at the default temperature 1 that is the model itself.
+    verl; at the default temperature 1 that is the model itself. top_p < 1 is not applied to them: the ratio
+    and the KL see the whole tempered distribution, not the nucleus the tokens were drawn from.
 
 Data parallel (train.py under torchrun): each rank calls grpo_step on its own prompts with `reduce`, a function
 that sums a tensor over the ranks. The loss denominators (sequences, tokens), the gradients and the logged

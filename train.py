@@ -187,6 +187,18 @@ def evaluate_and_log(model, tok, problems, cfg, device, step, log):
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 
+def check_fits(cfg, model, tok, problems, max_new_tokens, what):
+    """Fail at the start, not at the first evaluation or rollout: every prompt plus max_new_tokens must fit the
+    model's context."""
+    if not problems:
+        return
+    longest = max(len(p) for p in E.encode_prompts(tok, problems, cfg.data.template))
+    if longest + max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"the longest {what} prompt is {longest} tokens: with {max_new_tokens} new tokens it "
+                         f"exceeds model.max_seq_len={model.cfg.max_seq_len}; lower the new-token budget or raise "
+                         "model.max_seq_len")
+
+
 def train_loop(cfg, run, batch_fn, loss_fn=None):
     """Optimize for cfg.train.max_steps steps with warmup + cosine lr, grad accumulation and clipping;
     log, evaluate and checkpoint on schedule; write out_dir/final at the end.
@@ -199,6 +211,7 @@ def train_loop(cfg, run, batch_fn, loss_fn=None):
                          f"is batch_size x grad_accum sequences, grad_accum / {W} micro-batches per rank")
     fwd = dist.wrap(model, device, tc.fsdp, tc.compile)  # DDP under torchrun (not FSDP2); compiled on request
     eval_problems = run.test[: tc.eval_n]
+    check_fits(cfg, model, tok, eval_problems, tc.max_new_tokens, "held-out (train.eval_n, train.max_new_tokens)")
     log = RunLog(cfg.out_dir, start_step) if dist.is_main() else None
     pbar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc=cfg.stage,
                 disable=None if dist.is_main() else True)
@@ -340,10 +353,14 @@ def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0):
 
 def step_generator(seed, step, micro, device="cpu", stream=0):
     """The batch RNG is a pure function of (seed, stream, step, micro): resumed runs see the same batches, and
-    distinct tuples get unrelated 64-bit seeds (a linear formula such as (seed * a + step) * 97 + micro would give
-    chunk 97 of one step the stream of chunk 0 of the next)."""
-    key = np.random.SeedSequence([seed, stream, step, micro]).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(key))
+    distinct tuples get distinct streams. Below micro 97 (stream 0) the seed is the linear formula of earlier
+    versions, so their runs (the README's demo numbers) reproduce; past it that formula would give micro 97 of
+    one step the stream of micro 0 of the next, so there (and for other streams) the seed is a hash, 64 bits."""
+    if stream == 0 and 0 <= micro < 97:
+        key = (seed * 1_000_003 + step) * 97 + micro
+    else:
+        key = int(np.random.SeedSequence([seed, stream, step, micro]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(key)
 
 
 # -----------------------------------------------------------------------------
@@ -449,12 +466,14 @@ def run_grpo(cfg):
     if tc.batch_size > len(prompts):
         raise ValueError(f"train.batch_size={tc.batch_size} distinct prompts per step, but the training set has "
                          f"{len(prompts)}")
+    check_fits(cfg, model, tok, run.train, gc.max_new_tokens, "training (grpo.max_new_tokens)")
     S = max(len(p) for p in prompts) + gc.max_new_tokens  # longest sequence of a rollout or an update
     report_memory(cfg, run, gc.micro_batch_size * S, ref, kv_rows=C * gc.group_size, kv_len=S)
     golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, run.train)}
     reward_fn = make_reward_fn(tok, golds, cfg.reward)
     log = RunLog(cfg.out_dir, start) if dist.is_main() else None  # rank 0 logs and evaluates
     eval_problems = run.test[: tc.eval_n]
+    check_fits(cfg, model, tok, eval_problems, tc.max_new_tokens, "held-out (train.eval_n, train.max_new_tokens)")
     if start == 0 and tc.eval_n and log:
         log.log({"step": 0, "stage": cfg.stage, **evaluate_and_log(model, tok, eval_problems, cfg, device, 0, log)})
     pbar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc=cfg.stage,

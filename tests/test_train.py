@@ -128,6 +128,17 @@ def test_pretrain_then_sft_end_to_end(tiny_toml, tmp_path):
     assert {"question", "gold", "completion", "pred", "reward"} <= set(sample)
 
 
+def test_context_overflow_is_an_error_at_the_start(tiny_toml, pretrained, tmp_path):
+    # the first held-out evaluation would come at step 3; the error must come before any training step
+    with pytest.raises(ValueError, match=r"held-out .* exceeds model.max_seq_len=256"):
+        T.main(["--config", tiny_toml, "--out_dir", str(tmp_path / "p"), "--train.max_new_tokens=1000"])
+    assert not os.path.exists(tmp_path / "p" / "metrics.jsonl") or not _read_metrics(str(tmp_path / "p"))
+    toml, init = pretrained
+    with pytest.raises(ValueError, match=r"training .* exceeds model.max_seq_len"):
+        T.main(["--config", toml, "--init", init, "--out_dir", str(tmp_path / "g"), *GRPO_ARGS,
+                "--grpo.max_new_tokens=1000"])
+
+
 def test_sft_refuses_prompts_that_fill_seq_len(tiny_toml, tmp_path):
     # a prompt longer than seq_len leaves an empty completion: the run would train on no token at all
     with pytest.raises(ValueError, match=r"longer than data.seq_len=4"):
