@@ -187,12 +187,10 @@ def evaluate_and_log(model, tok, problems, cfg, device, step, log):
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 
-def check_fits(cfg, model, tok, problems, max_new_tokens, what):
-    """Fail at the start, not at the first evaluation or rollout: every prompt plus max_new_tokens must fit the
-    model's context."""
-    if not problems:
-        return
-    longest = max(len(p) for p in E.encode_prompts(tok, problems, cfg.data.template))
+def check_fits(model, prompts, max_new_tokens, what):
+    """Fail at the start, not at the first evaluation or rollout: every prompt (token ids) plus max_new_tokens
+    must fit the model's context."""
+    longest = max((len(p) for p in prompts), default=0)
     if longest + max_new_tokens > model.cfg.max_seq_len:
         raise ValueError(f"the longest {what} prompt is {longest} tokens: with {max_new_tokens} new tokens it "
                          f"exceeds model.max_seq_len={model.cfg.max_seq_len}; lower the new-token budget or raise "
@@ -211,7 +209,8 @@ def train_loop(cfg, run, batch_fn, loss_fn=None):
                          f"is batch_size x grad_accum sequences, grad_accum / {W} micro-batches per rank")
     fwd = dist.wrap(model, device, tc.fsdp, tc.compile)  # DDP under torchrun (not FSDP2); compiled on request
     eval_problems = run.test[: tc.eval_n]
-    check_fits(cfg, model, tok, eval_problems, tc.max_new_tokens, "held-out (train.eval_n, train.max_new_tokens)")
+    check_fits(model, E.encode_prompts(tok, eval_problems, cfg.data.template), tc.max_new_tokens,
+               "held-out (train.eval_n, train.max_new_tokens)")
     log = RunLog(cfg.out_dir, start_step) if dist.is_main() else None
     pbar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc=cfg.stage,
                 disable=None if dist.is_main() else True)
@@ -466,14 +465,15 @@ def run_grpo(cfg):
     if tc.batch_size > len(prompts):
         raise ValueError(f"train.batch_size={tc.batch_size} distinct prompts per step, but the training set has "
                          f"{len(prompts)}")
-    check_fits(cfg, model, tok, run.train, gc.max_new_tokens, "training (grpo.max_new_tokens)")
+    check_fits(model, prompts, gc.max_new_tokens, "training (grpo.max_new_tokens)")
     S = max(len(p) for p in prompts) + gc.max_new_tokens  # longest sequence of a rollout or an update
     report_memory(cfg, run, gc.micro_batch_size * S, ref, kv_rows=C * gc.group_size, kv_len=S)
     golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, run.train)}
     reward_fn = make_reward_fn(tok, golds, cfg.reward)
     log = RunLog(cfg.out_dir, start) if dist.is_main() else None  # rank 0 logs and evaluates
     eval_problems = run.test[: tc.eval_n]
-    check_fits(cfg, model, tok, eval_problems, tc.max_new_tokens, "held-out (train.eval_n, train.max_new_tokens)")
+    check_fits(model, E.encode_prompts(tok, eval_problems, cfg.data.template), tc.max_new_tokens,
+               "held-out (train.eval_n, train.max_new_tokens)")
     if start == 0 and tc.eval_n and log:
         log.log({"step": 0, "stage": cfg.stage, **evaluate_and_log(model, tok, eval_problems, cfg, device, 0, log)})
     pbar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc=cfg.stage,

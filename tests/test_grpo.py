@@ -372,20 +372,7 @@ def test_reward_tuple_skip_zero_std_groups_and_mask_truncated():
     stats = grpo_step(policy, None, torch.optim.SGD(policy.parameters(), lr=0.1), PROMPTS, reward_fn, cfg, generator=g)
     assert stats["kept_frac"] == 0.0 and stats["truncated_frac"] == 1.0
     assert stats["loss"] == 0.0 and math.isnan(stats["kl"]) and math.isnan(stats["entropy"])  # not measured
-    assert stats["loss"] == 0.0 and math.isnan(stats["kl"]) and math.isnan(stats["entropy"])  # not measured
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
-
-
-@pytest.mark.parametrize("field,value", [
-    ("group_size", 1), ("max_new_tokens", 0), ("temperature", 0.0), ("top_p", 0.0), ("top_p", 1.5), ("beta", -0.1),
-    ("clip_eps", -0.5), ("clip_eps_high", -0.1), ("num_iterations", 0), ("agg", "seqmean"), ("ref_update_every", -1),
-    ("micro_batch_size", 0), ("rollout_prompts", -1), ("max_grad_norm", -1.0)])
-def test_config_check_names_the_bad_setting(field, value):
-    GRPOConfig().check()  # the defaults are fine
-    with pytest.raises(ValueError, match=rf"\[grpo\]\.{field} = "):
-        GRPOConfig(**{field: value}).check()
-    with pytest.raises(ValueError, match=field):  # grpo_step checks before it samples anything
-        grpo_step(tiny_model(), None, None, PROMPTS, lambda p, c: 0.0, GRPOConfig(**{field: value}))
 
 
 @pytest.mark.parametrize("field,value", [
