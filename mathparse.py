@@ -20,7 +20,7 @@ normalize(s), for an answer of at most MAX_LEN characters (reward.py compares lo
     - an answer made only of words, one of them 3+ letters ("even", "Navin"), is text
     - trailing words after a space are units when they have 3+ letters or are a 2-letter unit ("5 cm" = "5",
       but "5 xy" and "2 pi" keep their letters); bare "or"/"and" separate answers
-    - thousands: "10,\\!080" = "10080"; a whole answer like "1,000", "1 000" or "1,000,000.5" loses its commas, but
+    - thousands: "10,\\!080" = "10080", "10{,}000" = "10000"; a whole answer like "1,000", "1 000" or "1,000,000.5" loses its commas, but
       inside brackets a comma always separates ("(1,000, 2)" is a 3-tuple)
 
 parse_answer(s) returns one of these tagged tuples (e: a sympy expression):
@@ -115,7 +115,7 @@ def normalize(s):
         s = s[2:-2]
     s = s.replace("\\$", "").replace("$", "")
     s = re.sub(r"^(?:final\s+)?answer\s*:", "", s.strip(), flags=re.IGNORECASE)
-    s = _THOUSANDS_TEX.sub(r"\1", s)
+    s = _THOUSANDS_TEX.sub(r"\1", s.replace("{,}", ","))  # "10{,}000": LaTeX's unspaced comma
     s = _WIDE_SPACING.sub(" ", _SPACING.sub("", s))
     s = _DEGREES.sub("", s).replace("\\%", "").replace("%", "")
     s = re.sub(r"\\[dtc]frac(?![A-Za-z])", "\\\\frac", s)
