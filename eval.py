@@ -84,7 +84,9 @@ def score(tok, problem, completion_ids):
 
 
 def greedy_eval(model, tok, problems, template, max_new_tokens, batch_size=64, desc=None):
-    """Greedy (temperature 0) accuracy, format rate and mean completion length; returns (metrics, samples)."""
+    """Greedy (temperature 0) accuracy, format rate and mean completion length; returns (metrics, samples).
+    The format rate is reward.format_reward's R1 format (<think>..</think><answer>..</answer>): it measures the
+    r1 template; the other templates never ask for <answer> tags, so theirs is 0."""
     comps = complete(model, encode_prompts(tok, problems, template), max_new_tokens, tok.eos_id, batch_size,
                      desc=desc)
     samples = [score(tok, p, c) for p, c in zip(problems, comps)]
