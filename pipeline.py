@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import time
 
 import torch
@@ -99,13 +100,20 @@ def _run_step(runner, step, threads):
     runner(step)
 
 
+def _exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def side_by_side(cfg, todo, runners, jobs):
     """Up to `jobs` steps at once, each in a fresh process; a step starts when the steps it names are done.
-    A failed step stops the others and raises, naming it (its own traceback is printed above)."""
+    A failed step stops the others and raises, naming it (its own traceback is printed above). SIGTERM (kill,
+    timeout, a job scheduler) stops the running steps too: left alive, they would go on writing the step folders
+    that a resumed pipeline writes."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     configs, after = dict(todo), dependencies(todo)
     waiting, pending, running = list(configs), set(configs), {}  # running: name -> (process, step, start time)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    on_term = signal.signal(signal.SIGTERM, _exit)  # SystemExit runs the finally below
     try:
         while waiting or running:
             for name in [n for n in waiting if not pending & after[n]][: jobs - len(running)]:
@@ -128,3 +136,4 @@ def side_by_side(cfg, todo, runners, jobs):
         for proc, _, _ in running.values():
             proc.terminate()
             proc.join()
+        signal.signal(signal.SIGTERM, on_term)

@@ -106,3 +106,58 @@ def test_shipped_configs_load():
             assert all(s.stage in T.RUNNERS for _, s in steps)
         else:
             assert cfg.stage in T.RUNNERS, path
+
+
+def _children(pid):
+    """Live child processes of pid, from /proc (Linux)."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(d))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads child processes from /proc")
+def test_sigterm_stops_the_running_steps(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    slow = TINY.replace('stage = "pretrain"', 'stage = "pipeline"') + """
+[pipeline]
+steps = ["a", "b"]
+jobs = 2
+[pipeline.a]
+stage = "pretrain"
+train = {max_steps = 100000, eval_n = 0}
+[pipeline.b]
+stage = "pretrain"
+train = {max_steps = 100000, eval_n = 0}
+"""
+    (tmp_path / "slow.toml").write_text(slow)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, os.path.join(root, "train.py"), "--config", str(tmp_path / "slow.toml"),
+                             "--out_dir", str(tmp_path / "out")], cwd=root)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not all((tmp_path / "out" / n / "metrics.jsonl").exists() for n in "ab"):
+            time.sleep(0.5)  # both steps are training
+        workers += [c for c in _children(proc.pid) if "resource_tracker" not in open(f"/proc/{c}/cmdline").read()]
+        assert len(workers) == 2, workers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+        time.sleep(1)
+        assert not [w for w in workers if os.path.exists(f"/proc/{w}") and
+                    open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    finally:  # never leave a worker behind, whatever failed
+        for pid in [proc.pid, *workers, *_children(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
