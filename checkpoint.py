@@ -69,11 +69,11 @@ class RunLog:
 
     def __init__(self, out_dir, start_step):
         os.makedirs(out_dir, exist_ok=True)
-        for name in ("metrics.jsonl", "samples.jsonl"):  # drop rows past the step we resume from
-            path = os.path.join(out_dir, name)
+        for name in ("metrics.jsonl", "samples.jsonl"):  # drop rows past the step we resume from (a fresh
+            path = os.path.join(out_dir, name)             # start keeps none: GRPO logs a step 0 again)
             if os.path.exists(path):
                 with open(path) as f:
-                    rows = [r for r in f if r.strip() and json.loads(r).get("step", 0) <= start_step]
+                    rows = [r for r in f if r.strip() and start_step and json.loads(r).get("step", 0) <= start_step]
                 with open(path, "w") as f:
                     f.writelines(rows)
         self.metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a")

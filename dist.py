@@ -17,7 +17,8 @@ How a step's work splits over W ranks so that the update equals one process with
                         the W ranks, so each rank weights its micro-batch losses by W / grad_accum.
   grpo                  the step's prompts are cut into rollout chunks of grpo.rollout_prompts prompts (default
                         batch_size / W), chunk c sampled on rank c % W with its own generator, so whole groups stay
-                        on one rank and the samples do not depend on W. grpo.py takes `reduce` (all_sum) to count
+                        on one rank, and with rollout_prompts set the samples do not depend on W (the default
+                        chunk size does, and so do its samples). grpo.py takes `reduce` (all_sum) to count
                         every rank's sequences and tokens in its loss denominators and to sum the gradients.
 Rank 0 alone writes checkpoints, metrics and samples, and evaluates; every rank resumes from the same checkpoint.
 """
@@ -110,7 +111,8 @@ def wrap(model, device, fsdp=False, compile=False):
     fwd = model
     if world() > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        fwd = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # gradients as views of DDP's all-reduce buckets: no second full copy of them (memory.py counts one)
+        fwd = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
     return torch.compile(fwd) if compile else fwd
 
 

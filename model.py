@@ -396,7 +396,8 @@ class Transformer(nn.Module):
                     break
                 if 4 * n_done >= len(done):  # a quarter of the rows have stopped: drop them (departure 7)
                     keep = (~done).nonzero().squeeze(1)  # (b',)
-                    caches = [kv[:, keep] for kv in caches]
+                    for j in range(len(caches)):  # layer by layer: the old and new caches never coexist whole
+                        caches[j] = caches[j][:, keep]
                     if len(decode_mask) > 1:  # (b*K, 1, S), row b*K + k
                         decode_mask = decode_mask.view(len(done), -1, 1, S)[keep].flatten(0, 1)
                     live, nxt, done, cos, sin = live[keep], nxt[keep], done[keep], cos[..., keep], sin[..., keep]

@@ -280,7 +280,8 @@ def save_on_schedule(cfg, model, tok, opt, done, extra=None):
             save_checkpoint(os.path.join(cfg.out_dir, "final"), model, tok, cfg, state, weights)
         else:
             save_checkpoint(os.path.join(cfg.out_dir, f"ckpt-{done:07d}"), model, tok, cfg, state, weights)
-            for old in list_checkpoints(cfg.out_dir)[: -tc.keep_last]:
+            ckpts = list_checkpoints(cfg.out_dir)
+            for old in ckpts[: max(0, len(ckpts) - tc.keep_last)]:  # ([:-0] would keep them all)
                 shutil.rmtree(old)
     dist.barrier()  # no rank runs ahead while the checkpoint is written
 
@@ -329,6 +330,9 @@ def start_run(cfg):
         dist.load_optimizer(model, opt, state["optimizer"])
         set_rng_state(state["rng"])
         start_step = state["step"]
+        if start_step >= cfg.train.max_steps:  # nothing left to run, and no `final` would ever be written
+            raise ValueError(f"{resume_from} is at step {start_step}, not before train.max_steps="
+                             f"{cfg.train.max_steps}: raise max_steps, or start a new out_dir")
         if dist.is_main():
             print(f"resuming {cfg.stage} from {resume_from} at step {start_step}")
     model.train()
@@ -437,7 +441,8 @@ def run_grpo(cfg):
     and takes grpo.grpo_step. The reference model is the init checkpoint (reset to the policy every
     grpo.ref_update_every steps, and then saved with the training state so a resume replays exactly).
     Under torchrun the prompts are cut into rollout chunks of grpo.rollout_prompts, chunk c on rank c % W with
-    its own generator (dist.py); the samples, and so the update, do not depend on the number of ranks."""
+    its own generator (dist.py); with rollout_prompts set, the samples, and so the update, do not depend on the
+    number of ranks (the default, batch_size / W, gives each rank one chunk, so its samples do)."""
     if not cfg.init:
         raise ValueError("the grpo stage starts from a checkpoint: set init = \"DIR\" or pass --init DIR")
     cfg.grpo.check()

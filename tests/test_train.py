@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,22 @@ def test_sft_refuses_prompts_that_fill_seq_len(tiny_toml, tmp_path):
                 "--train.max_steps=1", "--train.eval_n=0"])
 
 
+def test_keep_last_zero_keeps_no_step_checkpoint(tiny_toml, tmp_path):
+    out = str(tmp_path / "k0")
+    T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=4", "--train.save_every=1",
+            "--train.keep_last=0", "--train.eval_n=0"])
+    assert T.list_checkpoints(out) == [] and os.path.exists(os.path.join(out, "final", "model.safetensors"))
+
+
+def test_resume_past_max_steps_is_an_error(tiny_toml, tmp_path):
+    out = str(tmp_path / "r")
+    T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=4", "--train.save_every=2",
+            "--train.eval_n=0"])
+    shutil.rmtree(os.path.join(out, "final"))  # as if the run had died after its step-2 checkpoint
+    with pytest.raises(ValueError, match=r"at step 2, not before train.max_steps=2"):
+        T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.resume=true"])
+
+
 def test_refuses_to_overwrite_and_finished_run_is_kept(tiny_toml, tmp_path):
     out = str(tmp_path / "run")
     T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.eval_n=0"])
@@ -256,6 +273,22 @@ def test_grpo_stage_logs_and_resumes_exactly(pretrained, tmp_path, monkeypatch):
         for k in r:
             if not k.endswith("_s"):  # wall times
                 assert c[k] == pytest.approx(r[k], nan_ok=True), (r["step"], k)
+
+
+def test_grpo_killed_before_its_first_checkpoint_logs_step_0_once(pretrained, tmp_path, monkeypatch):
+    toml, init = pretrained
+    out = str(tmp_path / "early")
+
+    def first_step_dies(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.grpo, "grpo_step", first_step_dies)
+    with pytest.raises(KeyboardInterrupt):  # after the step-0 evaluation, before any checkpoint
+        T.main(["--config", toml, "--init", init, "--out_dir", out, *GRPO_ARGS])
+    assert [r["step"] for r in _read_metrics(out)] == [0]
+    monkeypatch.undo()
+    T.main(["--config", toml, "--init", init, "--out_dir", out, *GRPO_ARGS, "--train.resume=true"])
+    assert [r["step"] for r in _read_metrics(out)] == [0, 1, 2, 3, 4]
 
 
 def test_step_generator_streams_are_distinct():
