@@ -322,6 +322,8 @@ def start_run(cfg):
     model.checkpointing = cfg.train.activation_checkpointing
     cfg.data.template = D.resolve_template(cfg.data.template, tok)  # "chat" -> the tokenizer's format, recorded
     if cfg.train.fsdp:
+        if not torch.distributed.is_initialized():  # fully_shard would fail deep in torch, asking for RANK
+            raise ValueError("train.fsdp shards over torchrun's processes: launch with torchrun, or drop train.fsdp")
         dist.shard(model, device)
     opt = build_optimizer(model, cfg.train)
     start_step, state = 0, {}

@@ -147,6 +147,11 @@ def test_sft_refuses_prompts_that_fill_seq_len(tiny_toml, tmp_path):
                 "--train.max_steps=1", "--train.eval_n=0"])
 
 
+def test_fsdp_without_torchrun_is_a_clear_error(tiny_toml, tmp_path):
+    with pytest.raises(ValueError, match="launch with torchrun"):
+        T.main(["--config", tiny_toml, "--out_dir", str(tmp_path / "f"), "--train.fsdp=true", "--train.max_steps=1"])
+
+
 def test_keep_last_zero_keeps_no_step_checkpoint(tiny_toml, tmp_path):
     out = str(tmp_path / "k0")
     T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=4", "--train.save_every=1",
