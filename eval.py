@@ -179,7 +179,8 @@ def held_out(spec, n_test, run_cfg):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="pass@1 / pass@k / maj@k of a checkpoint on a problem set")
     ap.add_argument("--ckpt", required=True, help="checkpoint folder (ours or Hugging Face Llama/Qwen2)")
-    ap.add_argument("--data", default="synthetic", help="FILE.jsonl, synthetic or synthetic:FAMILY[,FAMILY]")
+    ap.add_argument("--data", default="synthetic", help="FILE.jsonl, synthetic or synthetic:FAMILY[,FAMILY] (for our "
+                    "checkpoints: the run's held-out split, never one of its training problems)")
     ap.add_argument("--prompt", default=None, help="ask one question instead: prints reasoning and answer")
     ap.add_argument("--n", type=int, default=16, help="samples per problem for pass@k / maj@k (0: greedy only)")
     ap.add_argument("--k", default="1,4,16", help="comma list of k")
