@@ -76,7 +76,12 @@ def run_pipeline(cfg, runners, writer=True):
     else:
         for name, step in todo:
             t0 = time.time()
-            runners[step.stage](step)
+            try:
+                runners[step.stage](step)
+            except BaseException:
+                if writer:  # the time spent counts when the step is resumed
+                    log_step(cfg, name, step, t0, finished=False)
+                raise
             if writer:
                 log_step(cfg, name, step, t0)
     if "report" in cfg.pipeline and writer:
@@ -89,10 +94,12 @@ def dependencies(steps):
     return {name: {final[p] for p in (step.init, step.distill.teacher) if p in final} for name, step in steps}
 
 
-def log_step(cfg, name, step, t0):
-    with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:  # a resumed step adds a second row
+def log_step(cfg, name, step, t0, finished=True):
+    """A row of pipeline.jsonl: a step that stopped (failed, killed with SIGTERM) logs its time unfinished, and
+    report.step_walls adds it to the time of the run that resumes and finishes it."""
+    with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
         f.write(json.dumps({"step": name, "stage": step.stage, "wall_s": time.time() - t0, "start": t0,
-                            "end": time.time()}) + "\n")
+                            "end": time.time(), "finished": finished}) + "\n")
 
 
 def _run_step(runner, step, threads):
@@ -128,12 +135,14 @@ def side_by_side(cfg, todo, runners, jobs):
                     continue
                 del running[name]
                 if proc.exitcode != 0:
+                    log_step(cfg, name, step, t0, finished=False)
                     raise RuntimeError(f"pipeline step {name!r} failed (exit code {proc.exitcode}); finished steps "
                                        "are kept: fix it and re-run with --train.resume=true")
                 pending.discard(name)
                 log_step(cfg, name, step, t0)
     finally:
-        for proc, _, _ in running.values():
+        for name, (proc, step, t0) in running.items():
             proc.terminate()
             proc.join()
+            log_step(cfg, name, step, t0, finished=False)
         signal.signal(signal.SIGTERM, on_term)

@@ -114,6 +114,17 @@ def plot_curves(out_dir, steps, path):
     return True
 
 
+def step_walls(rows):
+    """{step: seconds} from pipeline.jsonl's rows: a finished run plus the unfinished runs it resumed (a row
+    without "finished" is a finished run of an earlier version)."""
+    wall, done = {}, {}
+    for r in rows:
+        name = r["step"]
+        wall[name] = (0.0 if done.get(name, True) else wall[name]) + r["wall_s"]
+        done[name] = r.get("finished", True)
+    return wall
+
+
 def write_report(cfg, steps, spec):
     """Evaluate the checkpoints the spec names and write report.json / report.md / plots.png in out_dir."""
     spec = {"rl": [], "distill": [], "zero": "", "n": 16, "k": [1, 4, 16], "n_test": cfg.data.n_test,
@@ -124,7 +135,7 @@ def write_report(cfg, steps, spec):
             raise KeyError(f"[pipeline.report] names step {name!r}, which is not in [pipeline] steps")
     t0, device = time.time(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problems = D.load_problems(cfg.data, "test")[: spec["n_test"]]
-    wall = {r["step"]: r["wall_s"] for r in read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl"))}
+    wall = step_walls(read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")))
     final = lambda name: os.path.join(cfg.out_dir, name, "final")
     rep = {"n_test": len(problems), "wall_s": wall, "rl": [], "distill": [], "zero": []}
     todo = [(name, True) for name in spec["rl"]] + [(n, False) for n in spec["distill"] if n not in spec["rl"]]

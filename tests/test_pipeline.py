@@ -155,9 +155,19 @@ train = {max_steps = 100000, eval_n = 0}
         time.sleep(1)
         assert not [w for w in workers if os.path.exists(f"/proc/{w}") and
                     open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        rows = [json.loads(r) for r in open(tmp_path / "out" / "pipeline.jsonl")]  # their time is kept
+        assert sorted(r["step"] for r in rows) == ["a", "b"] and not any(r["finished"] for r in rows)
     finally:  # never leave a worker behind, whatever failed
         for pid in [proc.pid, *workers, *_children(proc.pid)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_step_walls_add_the_runs_a_resume_finished():
+    import report
+    rows = [{"step": "a", "wall_s": 10.0, "finished": False}, {"step": "b", "wall_s": 4.0},  # b: an old-style row
+            {"step": "a", "wall_s": 5.0, "finished": True},
+            {"step": "c", "wall_s": 3.0, "finished": True}, {"step": "c", "wall_s": 2.0, "finished": True}]  # redone
+    assert report.step_walls(rows) == {"a": 15.0, "b": 4.0, "c": 2.0}
