@@ -61,6 +61,10 @@ def pipeline_configs(cfg, runners):
     return out
 
 
+def _exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_pipeline(cfg, runners, writer=True):
     """Run the steps in dependency order: one at a time, or up to [pipeline] jobs at once in worker processes.
     With --train.resume=true a finished step is skipped and an interrupted one continues from its newest
@@ -71,19 +75,25 @@ def run_pipeline(cfg, runners, writer=True):
     todo = [(name, step) for name, step in steps
             if not (cfg.train.resume and os.path.exists(os.path.join(step.out_dir, "final", "config.json")))]
     jobs = int(cfg.pipeline.get("jobs", 1))
-    if jobs > 1 and writer and not torch.distributed.is_initialized():
-        side_by_side(cfg, todo, runners, jobs)
-    else:
-        for name, step in todo:
-            t0 = time.time()
-            try:
-                runners[step.stage](step)
-            except BaseException:
-                if writer:  # the time spent counts when the step is resumed
-                    log_step(cfg, name, step, t0, finished=False)
-                raise
-            if writer:
-                log_step(cfg, name, step, t0)
+    # SIGTERM (kill, timeout, a job scheduler) becomes SystemExit, so the cleanup below runs: side_by_side's
+    # workers, left alive, would go on writing the step folders that a resumed pipeline writes
+    on_term = signal.signal(signal.SIGTERM, _exit)
+    try:
+        if jobs > 1 and writer and not torch.distributed.is_initialized():
+            side_by_side(cfg, todo, runners, jobs)
+        else:
+            for name, step in todo:
+                t0 = time.time()
+                try:
+                    runners[step.stage](step)
+                except BaseException:
+                    if writer:  # the time spent counts when the step is resumed
+                        log_step(cfg, name, step, t0, finished=False)
+                    raise
+                if writer:
+                    log_step(cfg, name, step, t0)
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
     if "report" in cfg.pipeline and writer:
         report.write_report(cfg, steps, cfg.pipeline["report"])
 
@@ -107,20 +117,14 @@ def _run_step(runner, step, threads):
     runner(step)
 
 
-def _exit(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def side_by_side(cfg, todo, runners, jobs):
     """Up to `jobs` steps at once, each in a fresh process; a step starts when the steps it names are done.
-    A failed step stops the others and raises, naming it (its own traceback is printed above). SIGTERM (kill,
-    timeout, a job scheduler) stops the running steps too: left alive, they would go on writing the step folders
-    that a resumed pipeline writes."""
+    A failed step, or SIGTERM (see run_pipeline), stops the others; a failed step raises, naming it (its own
+    traceback is printed above)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     configs, after = dict(todo), dependencies(todo)
     waiting, pending, running = list(configs), set(configs), {}  # running: name -> (process, step, start time)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    on_term = signal.signal(signal.SIGTERM, _exit)  # SystemExit runs the finally below
     try:
         while waiting or running:
             for name in [n for n in waiting if not pending & after[n]][: jobs - len(running)]:
@@ -145,4 +149,3 @@ def side_by_side(cfg, todo, runners, jobs):
             proc.terminate()
             proc.join()
             log_step(cfg, name, step, t0, finished=False)
-        signal.signal(signal.SIGTERM, on_term)
