@@ -6,8 +6,8 @@ The run folder of r1-mini: checkpoints written atomically, the training state fo
     out_dir/metrics.jsonl   one JSON object per logged step
     out_dir/samples.jsonl   decoded samples with their rewards
 
-A checkpoint is written to a hidden temporary folder and renamed into place, so a crash at any moment leaves
-either the old checkpoint or the new one, never half of one. A step folder counts once its train_state.pt exists.
+A checkpoint is written to a hidden temporary folder, flushed to disk (fsync) and renamed into place, so a crash
+at any moment, a power cut included, leaves either the old checkpoint or the new one, never half of one. A step folder counts once its train_state.pt exists.
 """
 
 import dataclasses
@@ -39,6 +39,9 @@ def save_checkpoint(folder, model, tok, cfg, train_state=None, weights=None):
         json.dump(dataclasses.asdict(cfg), f, indent=2)
     if train_state is not None:
         torch.save(train_state, os.path.join(tmp, "train_state.pt"))
+    for f in os.listdir(tmp):  # on disk before the rename makes them the checkpoint: else a power cut after
+        fsync(os.path.join(tmp, f))  # the rename can leave the new names pointing at empty files
+    fsync(tmp)
     if os.path.exists(folder):  # only `final` is ever replaced; move the old one aside first
         old = os.path.join(parent, f".old-{name}")
         shutil.rmtree(old, ignore_errors=True)
@@ -47,6 +50,16 @@ def save_checkpoint(folder, model, tok, cfg, train_state=None, weights=None):
         shutil.rmtree(old)
     else:
         os.rename(tmp, folder)
+    fsync(parent)  # the rename itself
+
+
+def fsync(path):
+    """Flush a file, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def rng_state():

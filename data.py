@@ -56,6 +56,8 @@ def _write_atomic(path, data):
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
     os.replace(tmp, path)
 
 

@@ -545,6 +545,8 @@ def teacher_traces(cfg, teacher, tok, problems, device):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path + ".tmp", "w") as f:
             f.writelines(json.dumps(k) + "\n" for k in kept)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
     with open(path) as f:
         kept = [json.loads(line) for line in f]

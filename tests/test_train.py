@@ -168,6 +168,54 @@ def test_resume_past_max_steps_is_an_error(tiny_toml, tmp_path):
         T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.resume=true"])
 
 
+def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
+    """save_checkpoint fsyncs every file and the temporary folder before the rename that makes them the checkpoint,
+    and the parent folder after it: without that, a power cut soon after the rename can leave the checkpoint's
+    names pointing at empty files (delayed allocation), and the previous good checkpoint already rotated away."""
+    import dataclasses
+
+    import checkpoint as C
+    import data as D
+    from model import ModelConfig, Transformer
+
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def rename(a, b):
+        events.append(("rename", os.path.realpath(a), os.path.realpath(b)))
+        real_rename(a, b)
+
+    class Tok:
+        def save(self, folder):
+            D._write_atomic(os.path.join(folder, "tokenizer.model"), b"spm")
+
+    @dataclasses.dataclass
+    class Cfg:
+        lr: float = 1e-3
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    model = Transformer(ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=32,
+                                    max_seq_len=32))
+    for name in ("ckpt-0000002", "final", "final"):  # the second `final` replaces the first
+        events.clear()
+        folder = os.path.realpath(tmp_path / name)
+        C.save_checkpoint(folder, model, Tok(), Cfg(), {"step": 2})
+        tmp = os.path.realpath(tmp_path / f".tmp-{name}")
+        first_rename = next(i for i, e in enumerate(events) if e[0] == "rename")
+        synced = {e[1] for e in events[:first_rename] if e[0] == "fsync"}
+        files = sorted(os.listdir(folder))
+        assert files == ["config.json", "model.safetensors", "run_config.json", "tokenizer.model", "train_state.pt"]
+        assert {os.path.join(tmp, f) for f in files} | {tmp} <= synced, (name, synced)
+        last_rename = max(i for i, e in enumerate(events) if e[0] == "rename")
+        assert events[last_rename][1:] == (tmp, folder)
+        assert ("fsync", os.path.realpath(tmp_path)) in events[last_rename + 1:]
+
+
 def test_refuses_to_overwrite_and_finished_run_is_kept(tiny_toml, tmp_path):
     out = str(tmp_path / "run")
     T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.eval_n=0"])
