@@ -18,6 +18,7 @@ wall times add up to 19.5 minutes at one thread each, finish in 11.3 minutes wit
 """
 
 import copy
+import dataclasses
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -67,13 +68,17 @@ def _exit(signum, frame):
 
 def run_pipeline(cfg, runners, writer=True):
     """Run the steps in dependency order: one at a time, or up to [pipeline] jobs at once in worker processes.
-    With --train.resume=true a finished step is skipped and an interrupted one continues from its newest
-    checkpoint. Wall time per step goes to out_dir/pipeline.jsonl. writer: this process writes pipeline.jsonl
+    With --train.resume=true a finished step is skipped (with a warning naming the keys, if its config has changed
+    since it ran) and an interrupted one continues from its newest checkpoint. Wall time per step goes to out_dir/pipeline.jsonl. writer: this process writes pipeline.jsonl
     and the report (under torchrun only rank 0 does; every rank trains, one step at a time)."""
     steps = pipeline_configs(cfg, runners)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    todo = [(name, step) for name, step in steps
-            if not (cfg.train.resume and os.path.exists(os.path.join(step.out_dir, "final", "config.json")))]
+    todo = []
+    for name, step in steps:
+        if not (cfg.train.resume and os.path.exists(os.path.join(step.out_dir, "final", "config.json"))):
+            todo.append((name, step))
+        elif writer:
+            warn_if_changed(cfg, name, step)
     jobs = int(cfg.pipeline.get("jobs", 1))
     # SIGTERM (kill, timeout, a job scheduler) becomes SystemExit, so the cleanup below runs: side_by_side's
     # workers, left alive, would go on writing the step folders that a resumed pipeline writes
@@ -85,7 +90,7 @@ def run_pipeline(cfg, runners, writer=True):
             for name, step in todo:
                 t0 = time.time()
                 try:
-                    runners[step.stage](step)
+                    runners[step.stage](copy.deepcopy(step))  # a stage fills in its config (model, tokenizer)
                 except BaseException:
                     if writer:  # the time spent counts when the step is resumed
                         log_step(cfg, name, step, t0, finished=False)
@@ -107,9 +112,35 @@ def dependencies(steps):
 def log_step(cfg, name, step, t0, finished=True):
     """A row of pipeline.jsonl: a step that stopped (failed, killed with SIGTERM) logs its time unfinished, and
     report.step_walls adds it to the time of the run that resumes and finishes it."""
+    row = {"step": name, "stage": step.stage, "wall_s": time.time() - t0, "start": t0, "end": time.time(),
+           "finished": finished}
+    if finished:  # what a resumed pipeline compares before it skips the step
+        row["config"] = dataclasses.asdict(step)
     with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
-        f.write(json.dumps({"step": name, "stage": step.stage, "wall_s": time.time() - t0, "start": t0,
-                            "end": time.time(), "finished": finished}) + "\n")
+        f.write(json.dumps(row) + "\n")
+
+
+def warn_if_changed(cfg, name, step):
+    """A finished step is skipped on resume even when its config has changed since it ran: say which keys."""
+    rows = report.read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl"))
+    ran = [r["config"] for r in rows if r.get("step") == name and r.get("finished") and "config" in r]
+    if ran:
+        keys = changed_keys(ran[-1], json.loads(json.dumps(dataclasses.asdict(step))))
+        if keys:
+            print(f"warning: pipeline step {name!r} is finished, so the resumed pipeline skips it, but its config "
+                  f"has changed since it ran ({', '.join(keys)}); remove {step.out_dir} to run it again")
+
+
+def changed_keys(old, new, prefix=""):
+    """Dotted keys whose values differ between two nested dicts; train.resume aside (it is how one resumes)."""
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b and prefix + k != "train.resume":
+            keys.append(prefix + k)
+    return keys
 
 
 def _run_step(runner, step, threads):

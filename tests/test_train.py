@@ -381,7 +381,7 @@ grpo = {group_size = 2, max_new_tokens = 6}
 """
 
 
-def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkeypatch):
+def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkeypatch, capsys):
     (tmp_path / "p.toml").write_text(PIPE)
     out = str(tmp_path / "demo")
     args = ["--config", str(tmp_path / "p.toml"), "--out_dir", out, "--train.eval_n=0"]
@@ -402,6 +402,16 @@ def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkey
         assert os.path.exists(os.path.join(out, name, "final", "model.safetensors"))
         assert [r["step"] for r in _read_metrics(os.path.join(out, name)) if r["step"]][-1] == n
     json.loads(open(os.path.join(out, "pipeline.jsonl")).readline())
+    capsys.readouterr()
+    T.main(args + ["--train.resume=true"])  # nothing left to run, nothing changed: no warning
+    assert "warning" not in capsys.readouterr().out
+    T.main(args + ["--train.resume=true", "--train.lr=1e-3", "--pipeline.rl.grpo.beta=0.5"])
+    warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: pipeline step")]
+    assert [w.split("'")[1] for w in warned] == ["pretrain", "sft", "rl"]
+    assert "(train.lr)" in warned[0] and "(train.lr)" in warned[1] and "(grpo.beta, train.lr)" in warned[2]
+    assert os.path.join(out, "rl") in warned[2]
+    assert all(torch.equal(sft_weights[k], v) for k, v in load_file(os.path.join(out, "sft", "final",
+                                                                                 "model.safetensors")).items())
 
 
 def test_pipeline_config_errors_name_the_step(tmp_path):
