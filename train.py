@@ -57,7 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.1     # AdamW decay, on matrices only (not norms or biases)
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0        # max global grad norm; 0 disables
+    grad_clip: float = 1.0        # max global grad norm, 0 disables (grpo clips by grpo.max_grad_norm instead)
     log_every: int = 10           # steps between metrics.jsonl rows
     eval_every: int = 200         # steps between held-out evaluations; 0 = only at the end
     eval_n: int = 100             # held-out problems per evaluation (greedy); 0 disables evaluation
