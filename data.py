@@ -109,14 +109,18 @@ class HFTokenizer:
         self.vocab_size = self.tk.get_vocab_size()
         special = json.loads(self.files["tokenizer_config.json"]) if "tokenizer_config.json" in self.files else {}
         self.bos_id, self.eos_id = self._special_id(special, "bos_token"), self._special_id(special, "eos_token")
-        pad = self._special_id(special, "pad_token")
-        self.pad_id = pad if pad is not None else self.eos_id
         self.chat_template = None
         if self.tk.token_to_id("<|im_start|>") is not None and self.tk.token_to_id("<|im_end|>") is not None:
             self.chat_template = "qwen"
             self.eos_id = self.tk.token_to_id("<|im_end|>")
         elif self.tk.token_to_id("<｜User｜>") is not None and self.tk.token_to_id("<｜Assistant｜>") is not None:
             self.chat_template = "deepseek-r1"
+            if self.eos_id is None:  # no tokenizer_config.json: the format's own end of turn
+                self.eos_id = self.tk.token_to_id("<｜end▁of▁sentence｜>")
+        if self.eos_id is None:  # SFT targets end with it, sampling stops at it, padding falls back to it
+            raise ValueError(f"{folder}: no eos token: name one as eos_token in tokenizer_config.json")
+        pad = self._special_id(special, "pad_token")
+        self.pad_id = pad if pad is not None else self.eos_id
 
     def _special_id(self, special, name):
         t = special.get(name)  # a string, or a dict with 'content' in newer files

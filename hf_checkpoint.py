@@ -46,10 +46,11 @@ def config_from_hf(hf):
     layer_types = set(hf.get("layer_types") or ["full_attention"])
     if hf.get("use_sliding_window") or layer_types != {"full_attention"}:
         raise ValueError("sliding-window attention ('use_sliding_window' / 'layer_types') is not supported")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"'rope_scaling' type {rope_type!r} is not supported (only plain RoPE)")
+    for key in ("rope_parameters", "rope_scaling"):  # transformers 5 writes the first; either may scale RoPE
+        rope_type = (hf.get(key) or {}).get("rope_type", (hf.get(key) or {}).get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"{key!r} type {rope_type!r} is not supported (only plain RoPE)")
+    rope = hf.get("rope_parameters") or {}
     if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
         raise ValueError("only a bias-free SiLU MLP is supported ('hidden_act', 'mlp_bias')")
     if arch == "llama" and hf.get("attention_bias"):

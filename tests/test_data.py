@@ -267,6 +267,22 @@ def test_deepseek_r1_chat_template_and_no_chat_format(tmp_path):
         D.resolve_template("chat", D.load_tokenizer(str(other)))
 
 
+def test_hf_tokenizer_without_config_takes_the_chat_formats_eos(tmp_path):
+    # tokenizer.json alone: the chat format's end of turn is eos, and padding falls back to it
+    for name, specials, eos in (("qwen", ["<|im_start|>", "<|im_end|>"], "<|im_end|>"),
+                                ("ds", ["<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"], "<｜end▁of▁sentence｜>")):
+        (tmp_path / name).mkdir()
+        t = _hf_tokenizer(tmp_path / name, specials, {})
+        (tmp_path / name / "tokenizer_config.json").unlink()
+        tok = D.load_tokenizer(str(tmp_path / name))
+        assert tok.eos_id == tok.pad_id == t.token_to_id(eos), name
+        assert tok.encode("Compute", eos=True)[-1] == tok.eos_id
+    (tmp_path / "plain").mkdir()
+    _hf_tokenizer(tmp_path / "plain", ["<s>", "</s>"], {"bos_token": "<s>"})
+    with pytest.raises(ValueError, match="no eos token"):
+        D.load_tokenizer(str(tmp_path / "plain"))
+
+
 def test_tokenizer_saves_after_its_source_file_is_deleted(problems, tmp_path):
     # a resumed run loads the tokenizer from a checkpoint that rotation later deletes, then saves it again
     src = tmp_path / "src"

@@ -110,6 +110,16 @@ def test_unsupported_hf_config_names_the_key(key, value):
         ModelConfig.from_hf(hf)
 
 
+def test_rope_scaling_beside_plain_rope_parameters_is_refused():
+    # transformers 5 writes rope_parameters (plain); a rope_scaling added beside it still scales RoPE there
+    hf = {**ModelConfig(**TINY).to_hf(), "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+          "rope_scaling": {"rope_type": "linear", "factor": 4.0}}
+    with pytest.raises(ValueError, match="'rope_scaling' type 'linear'"):
+        ModelConfig.from_hf(hf)
+    hf["rope_scaling"] = None
+    assert ModelConfig.from_hf(hf).rope_theta == 1e4
+
+
 def test_real_checkpoint_configs_parse():
     # config.json of DeepSeek-R1-Distill-Qwen-1.5B: a sliding_window value, but use_sliding_window false
     r1 = {"architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 1536, "intermediate_size": 8960,
