@@ -81,7 +81,7 @@ def read_hf_state(path, cfg, dtype=None, device="cpu"):
         found.update({n: (shard, *info) for n, info in read_safetensors_header(os.path.join(path, shard)).items()})
     layout = hf_layout(cfg)
     expected = {name: shape for _, parts in layout for name, shape in parts}
-    # old Llama files carry RoPE buffers; some tied files also store the output matrix: both are dropped
+    # old Llama files carry RoPE buffers (dropped); some tied files also store the output matrix (checked below)
     ignored = {n for n in found if n.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and n == "lm_head.weight")}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected) - ignored)
@@ -94,19 +94,36 @@ def read_hf_state(path, cfg, dtype=None, device="cpu"):
     state = {}
     with ExitStack() as stack:
         files = {s: stack.enter_context(open(os.path.join(path, s), "rb")) for s in shards}
+
+        def read_into(name, view):  # the bytes of HF tensor `name` into a writable memoryview of their size
+            shard, _, _, offset, nbytes = found[name]
+            files[shard].seek(offset)
+            if files[shard].readinto(view) != nbytes:
+                raise ValueError(f"checkpoint {path}: {name} is truncated in {shard}")
+
+        def read(name):  # one HF tensor, in its file's dtype
+            buf = bytearray(found[name][4])
+            read_into(name, memoryview(buf))
+            return torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[found[name][1]]).view(found[name][2])
+
         for ours, parts in layout:
+            if len({found[name][1] for name, _ in parts}) > 1:  # parts stored in different dtypes: each on its own
+                state[ours] = torch.cat([read(name).to(device=device, dtype=dtype) for name, _ in parts])
+                continue
             buf, at = bytearray(sum(found[n][4] for n, _ in parts)), 0
             for name, _ in parts:  # a fused tensor is its HF parts back to back (concatenated on dim 0)
-                shard, _, _, offset, nbytes = found[name]
-                files[shard].seek(offset)
-                if files[shard].readinto(memoryview(buf)[at : at + nbytes]) != nbytes:
-                    raise ValueError(f"checkpoint {path}: {name} is truncated in {shard}")
-                at += nbytes
+                read_into(name, memoryview(buf)[at : at + found[name][4]])
+                at += found[name][4]
             rows = sum(part_shape[0] for _, part_shape in parts)
             t = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[found[parts[0][0]][1]])  # shares buf, no copy
             t = t.view(rows, *parts[0][1][1:]).to(device=device, dtype=dtype)  # no copy when already right
             state[ours] = t
             del buf, t
+        # a tied file may store lm_head too: fine when it is the embedding; a different matrix would be dropped
+        if cfg.tie_embeddings and "lm_head.weight" in found:
+            if not torch.equal(read("lm_head.weight").to(device=device, dtype=dtype), state["tok_embeddings.weight"]):
+                raise ValueError(f"checkpoint {path}: config.json ties the embeddings (tie_word_embeddings) but the "
+                                 "file stores a different lm_head.weight; set tie_word_embeddings to false to use it")
     return state
 
 

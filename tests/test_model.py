@@ -503,6 +503,40 @@ def test_bad_checkpoint_lists_the_tensors(tmp_path):
         assert name in str(err.value)
 
 
+def test_fused_parts_stored_in_different_dtypes(tmp_path):
+    # q in fp32 beside k/v in bf16 (another element size), gate in fp16 beside up in bf16 (the same size): each
+    # part is read in its own dtype
+    ours = tiny(tie_embeddings=False)
+    ours.save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    for name, dtype in (("self_attn.k_proj", torch.bfloat16), ("self_attn.v_proj", torch.bfloat16),
+                        ("mlp.gate_proj", torch.float16), ("mlp.up_proj", torch.bfloat16)):
+        for i in range(2):
+            tensors[f"model.layers.{i}.{name}.weight"] = tensors[f"model.layers.{i}.{name}.weight"].to(dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
+    loaded = Transformer.from_pretrained(tmp_path)
+    for i in range(2):
+        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        wqkv = torch.cat([tensors[a + p + "_proj.weight"].float() for p in "qkv"])
+        w13 = torch.cat([tensors[m + p + "_proj.weight"].float() for p in ("gate", "up")])
+        assert torch.equal(loaded.layers[i].attention.wqkv.weight, wqkv)
+        assert torch.equal(loaded.layers[i].feed_forward.w13.weight, w13)
+
+
+def test_tied_config_with_a_different_stored_lm_head_is_an_error(tmp_path):
+    tiny(tie_embeddings=True).save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()  # some exporters store both: fine
+    save_file(tensors, path, metadata={"format": "pt"})
+    assert Transformer.from_pretrained(tmp_path).cfg.tie_embeddings
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1.0  # would be dropped without a word
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="different lm_head.weight"):
+        Transformer.from_pretrained(tmp_path)
+
+
 def test_unsupported_checkpoint_architecture(tmp_path):
     tiny().save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
