@@ -140,7 +140,7 @@ def filter_traces(samples, rewards, threshold=1.0, dedup=True):
     assert len(samples) == len(rewards), f"{len(samples)} samples but {len(rewards)} rewards"
     kept, seen, n_pass = [], set(), 0
     for sample, r in zip(samples, rewards):
-        if r < threshold:
+        if not r >= threshold:  # a nan reward (a reward function that failed) does not pass
             continue
         n_pass += 1
         key = (tuple(sample["prompt_ids"]), tuple(sample["completion_ids"]))

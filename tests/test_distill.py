@@ -235,6 +235,8 @@ def test_filter_traces_keeps_exactly_the_reward_one_samples():
     kept, rate = filter_traces(samples, rewards.tolist(), threshold=0.5)  # a lower bar, python floats
     assert [x["i"] for x in kept] == [0, 2, 3, 4, 5] and rate == pytest.approx(5 / 6)
     assert filter_traces([], []) == ([], 0.0)
+    kept, rate = filter_traces(samples[:2], [float("nan"), 1.0])  # nan never passes
+    assert [x["i"] for x in kept] == [1] and rate == 0.5
 
 
 def test_filter_traces_dedup_per_prompt():
