@@ -49,6 +49,18 @@ def apply_table(obj, updates, section, cli=False):
             apply_table(getattr(obj, key), value, key, cli)
         else:
             setattr(obj, key, _cast(value, f.type, name, cli))
+    if updates and hasattr(obj, "__post_init__"):  # the dataclass's own checks (ModelConfig's shapes) see the new values
+        try:
+            obj.__post_init__()
+        except ValueError as e:
+            raise ValueError(f"[{section}]: {e}" if section else str(e)) from None
+
+
+def check_rules(section, obj, rules):
+    """Raise a ValueError naming the first (field, ok, what it must be) rule that obj breaks."""
+    for name, ok, want in rules:
+        if not ok:
+            raise ValueError(f"[{section}].{name} = {getattr(obj, name)!r}: must be {want}")
 
 
 def _merge(base, updates):

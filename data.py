@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from config import check_rules
 from tasks import FAMILIES, make_problem, synthetic_problems, synthetic_splits  # noqa: F401 (re-exported)
 
 
@@ -43,6 +44,15 @@ class DataConfig:
     vocab_size: int = 512         # size of a newly trained sentencepiece vocabulary
     seq_len: int = 256            # training sequence length (pretraining window / SFT max length)
     chat_frac: float = 0.0        # pretraining: share of documents written as R1-template chat transcripts
+
+    def check(self):
+        levels = [v.strip() for v in self.levels.split(",") if v.strip()]
+        check_rules("data", self, [
+            ("levels", levels and all(v in ("1", "2", "3") for v in levels), "a comma list of 1, 2, 3"),
+            ("n_train", self.n_train >= 0, ">= 0"), ("n_test", self.n_test >= 0, ">= 0"),
+            ("flaw_p", 0 <= self.flaw_p <= 1, "in [0, 1]"), ("chat_frac", 0 <= self.chat_frac <= 1, "in [0, 1]"),
+            ("format", self.format in ("auto", "gsm8k", "math", "generic"), "auto, gsm8k, math or generic"),
+            ("vocab_size", self.vocab_size >= 1, "at least 1"), ("seq_len", self.seq_len >= 2, "at least 2")])
 
 
 # -----------------------------------------------------------------------------

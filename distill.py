@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from config import check_rules
+
 # -----------------------------------------------------------------------------
 # config
 
@@ -54,6 +56,18 @@ class DistillConfig:
     reward_threshold: float = 1.0  # traces mode: keep samples with reward >= this (1.0 = correct answer)
     dedup_traces: bool = True  # traces mode: keep one copy of a repeated (prompt, completion) pair
     traces_file: str = ""  # JSONL cache of the teacher samples / kept traces; "" = out_dir/traces.jsonl
+
+    def check(self):
+        check_rules("distill", self, [
+            ("mode", self.mode in ("logits", "traces"), "logits or traces"),
+            ("kind", self.kind in ("forward_kl", "reverse_kl", "jsd"), "forward_kl, reverse_kl or jsd"),
+            ("temperature", self.temperature > 0, "> 0"), ("jsd_beta", 0 < self.jsd_beta < 1, "in (0, 1)"),
+            ("top_k", self.top_k >= 0, ">= 0 (0: the full vocabulary)"),
+            ("ce_weight", 0 <= self.ce_weight <= 1, "in [0, 1]"),
+            ("source", self.source in ("teacher", "dataset"), "teacher or dataset"),
+            ("samples_per_prompt", self.samples_per_prompt >= 1, "at least 1"),
+            ("sample_temperature", self.sample_temperature >= 0, ">= 0 (0: greedy)"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "at least 1")])
 
 
 # -----------------------------------------------------------------------------

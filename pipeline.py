@@ -50,7 +50,7 @@ def pipeline_configs(cfg, runners):
         step.stage = name  # a step named after a stage needs no `stage` key
         try:
             apply_table(step, table, "", cli=True)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise type(e)(f"[pipeline.{name}]: {e.args[0]}") from None
         if step.stage not in runners or step.stage == "pipeline":
             raise ValueError(f"[pipeline.{name}]: unknown stage {step.stage!r}; valid: {sorted(runners)}")

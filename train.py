@@ -75,6 +75,19 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block in backward: activations ~L x smaller, ~1.3x time
     compile: bool = False         # torch.compile the training forward (not sampling); first steps slow
 
+    def check(self):
+        C.check_rules("train", self, [
+            ("max_steps", self.max_steps >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("grad_accum", self.grad_accum >= 1, "at least 1"), ("lr", self.lr >= 0, ">= 0"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"), ("min_lr_frac", 0 <= self.min_lr_frac <= 1, "in [0, 1]"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"), ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"), ("grad_clip", self.grad_clip >= 0, ">= 0 (0: no clipping)"),
+            ("log_every", self.log_every >= 1, "at least 1"), ("eval_every", self.eval_every >= 0, ">= 0"),
+            ("eval_n", self.eval_n >= 0, ">= 0"), ("eval_batch_size", self.eval_batch_size >= 1, "at least 1"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"), ("n_samples", self.n_samples >= 0, ">= 0"),
+            ("save_every", self.save_every >= 1, "at least 1"), ("keep_last", self.keep_last >= 0, ">= 0"),
+            ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda")])
+
 
 @dataclass
 class RewardConfig:
@@ -618,6 +631,13 @@ RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo, "distill"
            "pipeline": lambda cfg: pipeline.run_pipeline(cfg, RUNNERS, dist.is_main())}
 
 
+def check_config(cfg):
+    """Every section's settings, checked before anything loads or trains; a bad one is a ValueError naming it
+    (the model's shapes are checked as the config is read)."""
+    for section in (cfg.train, cfg.data, cfg.grpo, cfg.distill):
+        section.check()
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     path = None
@@ -628,6 +648,14 @@ def main(argv=None):
     cfg = load_config(path, argv)
     if cfg.stage not in RUNNERS:
         raise ValueError(f"unknown stage {cfg.stage!r}; valid: {sorted(RUNNERS)}")
+    if cfg.stage == "pipeline":  # every step's settings, before the first one trains
+        for name, step in pipeline.pipeline_configs(cfg, RUNNERS):
+            try:
+                check_config(step)
+            except ValueError as e:
+                raise ValueError(f"[pipeline.{name}]: {e}") from None
+    else:
+        check_config(cfg)
     dist.setup(resolve_device(cfg.train.device))  # under torchrun: join the process group before any stage
     RUNNERS[cfg.stage](cfg)
     return cfg

@@ -82,6 +82,28 @@ def test_config_errors_name_the_key(tiny_toml, tmp_path):
         T.load_config(str(bad))
 
 
+@pytest.mark.parametrize("arg,match", [
+    ("--model.n_heads=3", r"\[model\]: dim 32 is not divisible by n_heads 3"),  # set after the dataclass was built
+    ("--model.n_kv_heads=0", r"\[model\]: n_kv_heads must be positive"),
+    ("--train.grad_accum=0", r"\[train\]\.grad_accum = 0: must be at least 1"),  # trained nothing, then "finished"
+    ("--train.max_new_tokens=0", r"\[train\]\.max_new_tokens"),  # failed at the first evaluation, unsaved
+    ("--train.eval_batch_size=0", r"\[train\]\.eval_batch_size"),
+    ("--train.save_every=0", r"\[train\]\.save_every"), ("--train.log_every=0", r"\[train\]\.log_every"),
+    ("--data.levels=0,7", r"\[data\]\.levels = '0,7'"), ("--data.flaw_p=2", r"\[data\]\.flaw_p = 2\.0"),
+    ("--distill.temperature=0", r"\[distill\]\.temperature"), ("--distill.top_k=-3", r"\[distill\]\.top_k"),
+    ("--distill.samples_per_prompt=0", r"\[distill\]\.samples_per_prompt"),
+    ("--grpo.group_size=1", r"\[grpo\]\.group_size")])
+def test_bad_settings_are_errors_before_anything_runs(tiny_toml, tmp_path, arg, match):
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=match):
+        T.main(["--config", tiny_toml, "--out_dir", str(out), arg])
+    assert not out.exists()
+    (tmp_path / "p.toml").write_text(PIPE)  # a pipeline checks every step before the first one trains
+    with pytest.raises(ValueError, match=match):
+        T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(out), arg])
+    assert not out.exists()
+
+
 def test_lr_schedule_warmup_then_cosine():
     tc = T.TrainConfig(lr=1.0, warmup_steps=4, max_steps=14, min_lr_frac=0.1)
     assert [T.lr_at(s, tc) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
