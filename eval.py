@@ -198,9 +198,21 @@ def parse_args(argv):
     ap.add_argument("--skip_long", action="store_true",
                     help="drop problems whose prompt + max_new_tokens exceed the model's max_seq_len")
     args = ap.parse_args(argv)
-    args.k = [int(k) for k in args.k.split(",") if k.strip()]
+    try:
+        args.k = [int(k) for k in args.k.split(",") if k.strip()]
+    except ValueError:
+        ap.error(f"--k {args.k!r}: expected a comma list of integers")
+    for name, ok, want in [("n", args.n >= 0, ">= 0 (0: greedy only)"), ("limit", args.limit >= 0, ">= 0 (0: all)"),
+                           ("n_test", args.n_test >= 1, "at least 1"),
+                           ("batch_size", args.batch_size >= 1, "at least 1"),
+                           ("max_new_tokens", args.max_new_tokens >= 1, "at least 1"),
+                           ("k", not args.n or (args.k and min(args.k) >= 1), "a comma list of k >= 1")]:
+        if not ok:
+            ap.error(f"--{name} {getattr(args, name)}: must be {want}")
     if args.n and max(args.k) > args.n:
         ap.error(f"--k {max(args.k)} is larger than --n {args.n}: pass@k needs k <= n samples")
+    if args.out.endswith(".jsonl"):  # the records file would overwrite the report
+        ap.error(f"--out {args.out}: name the JSON report (e.g. report.json); the samples go beside it as .jsonl")
     return args
 
 

@@ -128,3 +128,15 @@ def test_bad_input_fails_before_sampling(tmp_path):
         E.main(["--ckpt", str(tmp_path), "--data", "synthetic"])
     with pytest.raises(SystemExit):
         E.parse_args(["--ckpt", "x", "--n", "4", "--k", "1,8"])
+
+
+@pytest.mark.parametrize("args,match", [(["--limit", "-1"], "--limit -1"), (["--n_test", "0"], "--n_test 0"),
+                                        (["--k", "0,1"], "--k"), (["--k", "a"], "--k 'a'"),
+                                        (["--batch_size", "0"], "--batch_size 0"), (["--n", "-2"], "--n -2"),
+                                        (["--max_new_tokens", "0"], "--max_new_tokens 0"),
+                                        (["--out", "rep.jsonl"], "the samples go beside it")])
+def test_bad_arguments_name_the_flag(args, match, capsys):
+    with pytest.raises(SystemExit):
+        E.parse_args(["--ckpt", "x", *args])
+    assert match in capsys.readouterr().err
+    assert E.parse_args(["--ckpt", "x", "--n", "0", "--k", "0"]).n == 0  # greedy only: k is not used
