@@ -139,6 +139,7 @@ def build_tokenizer(cfg, train_problems):
     """The tokenizer of the init checkpoint, the one the config names, or a new one trained on the data
     (by rank 0 under torchrun; the other ranks read its file, see start_run)."""
     if cfg.init:
+        E.check_checkpoint(cfg.init)  # names what is missing (a run folder instead of its final/, a typo)
         return D.load_tokenizer(cfg.init)
     if cfg.data.tokenizer:
         return D.load_tokenizer(cfg.data.tokenizer)
@@ -555,6 +556,9 @@ def teacher_traces(cfg, teacher, tok, problems, device):
         rewards = [accuracy_reward(tok.decode(c), problems[i]["answer"]) for i, c in zip(flat, comps)]
         kept, rate = distill.filter_traces(samples, rewards, dc.reward_threshold, dc.dedup_traces)
         print(f"teacher traces: kept {len(kept)} of {len(samples)} (accepted {rate:.1%}) -> {path}")
+        if not kept:  # not cached: a re-run with other settings samples again
+            raise ValueError("the teacher produced no accepted trace; check the teacher or lower "
+                             "[distill].reward_threshold")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path + ".tmp", "w") as f:
             f.writelines(json.dumps(k) + "\n" for k in kept)
@@ -564,8 +568,7 @@ def teacher_traces(cfg, teacher, tok, problems, device):
     with open(path) as f:
         kept = [json.loads(line) for line in f]
     if not kept:
-        raise ValueError(f"{path}: the teacher produced no accepted trace; check the teacher or lower "
-                         "[distill].reward_threshold")
+        raise ValueError(f"{path} holds no trace: delete it to sample the teacher again")
     return [(k["prompt_ids"], k["completion_ids"]) for k in kept]
 
 

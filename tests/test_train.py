@@ -469,6 +469,27 @@ def test_distill_stage(pretrained, tmp_path, mode, source, monkeypatch):
     assert hf["hidden_size"] == 16 and hf["vocab_size"] == 384  # the student's size, the teacher's vocabulary
 
 
+def test_no_accepted_trace_is_not_cached(pretrained, tmp_path, monkeypatch):
+    # a failed run must not leave an empty traces.jsonl that the fixed re-run reuses (and fails on again)
+    toml, teacher = pretrained
+    out = str(tmp_path / "student")
+    args = ["--config", toml, *STUDENT, "--out_dir", out, "--distill.teacher", teacher, "--distill.mode=traces"]
+    with pytest.raises(ValueError, match="no accepted trace"):  # the tiny teacher is never right
+        T.main(args)
+    assert not os.path.exists(os.path.join(out, "traces.jsonl"))
+    monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: 1.0)
+    T.main(args)
+    assert len(open(os.path.join(out, "traces.jsonl")).readlines()) > 0
+
+
+def test_init_that_is_not_a_checkpoint_says_what_is_missing(pretrained, tmp_path):
+    toml, init = pretrained
+    run_folder = os.path.dirname(init)  # the run folder instead of its final/
+    for bad, match in ((str(tmp_path / "nowhere"), "does not exist"), (run_folder, "not a complete checkpoint")):
+        with pytest.raises(FileNotFoundError, match=match):
+            T.main(["--config", toml, "--stage", "sft", "--init", bad, "--out_dir", str(tmp_path / "o")])
+
+
 def test_distill_refuses_a_different_tokenizer(pretrained, tmp_path):
     toml, teacher = pretrained
     other = str(tmp_path / "other")
