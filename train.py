@@ -643,11 +643,18 @@ def check_config(cfg):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip() + "\n\nEvery key, its default and what it does: the dataclasses at the top of "
+              "train.py, data.py, grpo.py, distill.py and model.py, and the commented configs/*.toml.")
+        return None
     path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        path = argv[i + 1]
-        del argv[i: i + 2]
+    for i, arg in enumerate(argv):
+        if arg == "--config" or arg.startswith("--config="):
+            path = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
+            if not path:
+                raise ValueError("--config needs a TOML file: --config configs/NAME.toml")
+            del argv[i: i + (1 if "=" in arg else 2)]
+            break
     cfg = load_config(path, argv)
     if cfg.stage not in RUNNERS:
         raise ValueError(f"unknown stage {cfg.stage!r}; valid: {sorted(RUNNERS)}")

@@ -104,6 +104,15 @@ def test_bad_settings_are_errors_before_anything_runs(tiny_toml, tmp_path, arg, 
     assert not out.exists()
 
 
+def test_command_line_forms(tmp_path, capsys):
+    assert T.main(["--help"]) is None and "python train.py --config" in capsys.readouterr().out
+    (tmp_path / "p.toml").write_text(PIPE)
+    with pytest.raises(ValueError, match=r"\[pipeline\.pretrain\]"):  # --config=FILE reads the file
+        T.main([f"--config={tmp_path / 'p.toml'}", "--train.grad_accum=0"])
+    with pytest.raises(ValueError, match="--config needs a TOML file"):
+        T.main(["--train.lr=1e-3", "--config"])
+
+
 def test_lr_schedule_warmup_then_cosine():
     tc = T.TrainConfig(lr=1.0, warmup_steps=4, max_steps=14, min_lr_frac=0.1)
     assert [T.lr_at(s, tc) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
