@@ -253,6 +253,9 @@ def load_problems(cfg, split):
     path = cfg.train_file if split == "train" else cfg.test_file
     if path:
         return load_jsonl(path, cfg.format, cfg.question_field, cfg.answer_field, cfg.solution_field)
+    if split == "test" and cfg.train_file:
+        print(f"warning: data.train_file is set but not data.test_file: held-out evaluation uses synthetic problems "
+              f"({cfg.families}); set data.test_file to evaluate on the file's kind of problem")
     train, test = synthetic_splits(cfg)
     return train if split == "train" else test
 

@@ -56,6 +56,10 @@ def pipeline_configs(cfg, runners):
             raise ValueError(f"[pipeline.{name}]: unknown stage {step.stage!r}; valid: {sorted(runners)}")
         step.init = dirs.get(step.init, step.init)  # an earlier step's name means its final checkpoint
         step.distill.teacher = dirs.get(step.distill.teacher, step.distill.teacher)
+        for key, value in (("init", step.init), ("distill.teacher", step.distill.teacher)):
+            if value and value not in dirs.values() and not os.path.isdir(value):  # a typo: say so before training
+                raise ValueError(f"[pipeline.{name}]: {key} = {value!r} is neither an earlier step of `steps` "
+                                 "nor a folder")
         step.out_dir = os.path.join(cfg.out_dir, name)
         dirs[name] = os.path.join(step.out_dir, "final")
         out.append((name, step))

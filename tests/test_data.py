@@ -283,6 +283,14 @@ def test_hf_tokenizer_without_config_takes_the_chat_formats_eos(tmp_path):
         D.load_tokenizer(str(tmp_path / "plain"))
 
 
+def test_train_file_without_test_file_warns_of_synthetic_evaluation(capsys):
+    cfg = D.DataConfig(train_file="gsm8k_train.jsonl", n_test=3, families="add")
+    assert len(D.load_problems(cfg, "test")) == 3
+    assert "held-out evaluation uses synthetic problems (add)" in capsys.readouterr().out
+    D.load_problems(D.DataConfig(n_test=3, families="add"), "test")
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_tokenizer_saves_after_its_source_file_is_deleted(problems, tmp_path):
     # a resumed run loads the tokenizer from a checkpoint that rotation later deletes, then saves it again
     src = tmp_path / "src"

@@ -88,7 +88,8 @@ def test_side_by_side_matches_one_at_a_time(tmp_path):
 
 
 def test_side_by_side_failure_names_the_step(tmp_path):
-    (tmp_path / "toy.toml").write_text(TOY.replace('init = "sft"', 'init = "no/such/checkpoint"'))
+    (tmp_path / "empty").mkdir()  # a folder, so the config passes, that fails as a checkpoint once the step runs
+    (tmp_path / "toy.toml").write_text(TOY.replace('init = "sft"', f'init = "{tmp_path / "empty"}"'))
     with pytest.raises(RuntimeError, match="pipeline step 'grpo' failed"):
         T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", str(tmp_path / "o"), "--train.eval_n=0",
                 "--pipeline.jobs=2"])

@@ -450,6 +450,10 @@ def test_pipeline_config_errors_name_the_step(tmp_path):
     with pytest.raises(KeyError, match=r"\[pipeline\.sft\]: unknown key \[train\]\.max_stepz"):
         T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(tmp_path / "o")])
     assert not os.path.exists(tmp_path / "o" / "pretrain")  # checked before any step runs
+    (tmp_path / "p.toml").write_text(PIPE.replace('init = "sft"', 'init = "stf"'))
+    with pytest.raises(ValueError, match=r"\[pipeline\.rl\]: init = 'stf' is neither an earlier step"):
+        T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(tmp_path / "o")])
+    assert not os.path.exists(tmp_path / "o" / "pretrain")
 
 
 STUDENT = ["--stage", "distill", "--model.dim=16", "--model.n_heads=2", "--model.n_kv_heads=1",
