@@ -83,6 +83,11 @@ def run_pipeline(cfg, runners, writer=True):
             todo.append((name, step))
         elif writer:
             warn_if_changed(cfg, name, step)
+    again, after = {name for name, _ in todo}, dependencies(steps)
+    for name, step in steps:  # a finished step whose source is being redone keeps the old source's results
+        if name not in again and after[name] & again and writer:
+            print(f"warning: pipeline step {name!r} is finished and skipped, but {sorted(after[name] & again)}, which "
+                  f"it starts from, runs again; remove {step.out_dir} to redo it too")
     jobs = int(cfg.pipeline.get("jobs", 1))
     # SIGTERM (kill, timeout, a job scheduler) becomes SystemExit, so the cleanup below runs: side_by_side's
     # workers, left alive, would go on writing the step folders that a resumed pipeline writes

@@ -443,6 +443,11 @@ def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkey
     assert os.path.join(out, "rl") in warned[2]
     assert all(torch.equal(sft_weights[k], v) for k, v in load_file(os.path.join(out, "sft", "final",
                                                                                  "model.safetensors")).items())
+    shutil.rmtree(os.path.join(out, "sft"))  # redo sft: rl, which started from the old sft, is kept but named
+    T.main(args + ["--train.resume=true"])
+    warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: pipeline step")]
+    assert warned == [f"warning: pipeline step 'rl' is finished and skipped, but ['sft'], which it starts from, runs "
+                      f"again; remove {os.path.join(out, 'rl')} to redo it too"]
 
 
 def test_pipeline_config_errors_name_the_step(tmp_path):
