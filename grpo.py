@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
+from config import check_rules
+
 # -----------------------------------------------------------------------------
 # config
 
@@ -85,9 +87,7 @@ class GRPOConfig:
             ("rollout_prompts", self.rollout_prompts >= 0, ">= 0 (0: the whole batch)"),
             ("max_grad_norm", self.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
         ]
-        for name, ok, want in rules:
-            if not ok:
-                raise ValueError(f"[grpo].{name} = {getattr(self, name)!r}: must be {want}")
+        check_rules("grpo", self, rules)
 
 
 # -----------------------------------------------------------------------------
