@@ -7,7 +7,8 @@ The run folder of r1-mini: checkpoints written atomically, the training state fo
     out_dir/samples.jsonl   decoded samples with their rewards
 
 A checkpoint is written to a hidden temporary folder, flushed to disk (fsync) and renamed into place, so a crash
-at any moment, a power cut included, leaves either the old checkpoint or the new one, never half of one. A step folder counts once its train_state.pt exists.
+at any moment, a power cut included, leaves either the old checkpoint or the new one, never half of one. A step
+folder counts once its train_state.pt exists.
 """
 
 import dataclasses

@@ -49,7 +49,7 @@ def apply_table(obj, updates, section, cli=False):
             apply_table(getattr(obj, key), value, key, cli)
         else:
             setattr(obj, key, _cast(value, f.type, name, cli))
-    if updates and hasattr(obj, "__post_init__"):  # the dataclass's own checks (ModelConfig's shapes) see the new values
+    if updates and hasattr(obj, "__post_init__"):  # the dataclass's own checks (ModelConfig's shapes), rerun
         try:
             obj.__post_init__()
         except ValueError as e:

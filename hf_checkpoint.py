@@ -47,7 +47,8 @@ def config_from_hf(hf):
     if hf.get("use_sliding_window") or layer_types != {"full_attention"}:
         raise ValueError("sliding-window attention ('use_sliding_window' / 'layer_types') is not supported")
     for key in ("rope_parameters", "rope_scaling"):  # transformers 5 writes the first; either may scale RoPE
-        rope_type = (hf.get(key) or {}).get("rope_type", (hf.get(key) or {}).get("type", "default"))
+        rope = hf.get(key) or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise ValueError(f"{key!r} type {rope_type!r} is not supported (only plain RoPE)")
     rope = hf.get("rope_parameters") or {}

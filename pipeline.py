@@ -73,16 +73,18 @@ def _exit(signum, frame):
 def run_pipeline(cfg, runners, writer=True):
     """Run the steps in dependency order: one at a time, or up to [pipeline] jobs at once in worker processes.
     With --train.resume=true a finished step is skipped (with a warning naming the keys, if its config has changed
-    since it ran) and an interrupted one continues from its newest checkpoint. Wall time per step goes to out_dir/pipeline.jsonl. writer: this process writes pipeline.jsonl
-    and the report (under torchrun only rank 0 does; every rank trains, one step at a time)."""
+    since it ran) and an interrupted one continues from its newest checkpoint. Wall time per step goes to
+    out_dir/pipeline.jsonl. writer: this process writes pipeline.jsonl and the report (under torchrun only rank 0
+    does; every rank trains, one step at a time)."""
     steps = pipeline_configs(cfg, runners)
     os.makedirs(cfg.out_dir, exist_ok=True)
+    rows = report.read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")) if writer else []  # the runs so far
     todo = []
     for name, step in steps:
         if not (cfg.train.resume and os.path.exists(os.path.join(step.out_dir, "final", "config.json"))):
             todo.append((name, step))
         elif writer:
-            warn_if_changed(cfg, name, step)
+            warn_if_changed(rows, name, step)
     again, after = {name for name, _ in todo}, dependencies(steps)
     for name, step in steps:  # a finished step whose source is being redone keeps the old source's results
         if name not in again and after[name] & again and writer:
@@ -129,9 +131,9 @@ def log_step(cfg, name, step, t0, finished=True):
         f.write(json.dumps(row) + "\n")
 
 
-def warn_if_changed(cfg, name, step):
-    """A finished step is skipped on resume even when its config has changed since it ran: say which keys."""
-    rows = report.read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl"))
+def warn_if_changed(rows, name, step):
+    """A finished step is skipped on resume even when its config has changed since it ran (rows: pipeline.jsonl):
+    say which keys."""
     ran = [r["config"] for r in rows if r.get("step") == name and r.get("finished") and "config" in r]
     if ran:
         keys = changed_keys(ran[-1], json.loads(json.dumps(dataclasses.asdict(step))))
