@@ -63,6 +63,9 @@ def pipeline_configs(cfg, runners):
         step.out_dir = os.path.join(cfg.out_dir, name)
         dirs[name] = os.path.join(step.out_dir, "final")
         out.append((name, step))
+    report.positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs")
+    if "report" in cfg.pipeline:
+        report.report_spec(cfg, out)
     return out
 
 
@@ -90,7 +93,7 @@ def run_pipeline(cfg, runners, writer=True):
         if name not in again and after[name] & again and writer:
             print(f"warning: pipeline step {name!r} is finished and skipped, but {sorted(after[name] & again)}, which "
                   f"it starts from, runs again; remove {step.out_dir} to redo it too")
-    jobs = int(cfg.pipeline.get("jobs", 1))
+    jobs = report.positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs")
     # SIGTERM (kill, timeout, a job scheduler) becomes SystemExit, so the cleanup below runs: side_by_side's
     # workers, left alive, would go on writing the step folders that a resumed pipeline writes
     on_term = signal.signal(signal.SIGTERM, _exit)
@@ -111,7 +114,7 @@ def run_pipeline(cfg, runners, writer=True):
     finally:
         signal.signal(signal.SIGTERM, on_term)
     if "report" in cfg.pipeline and writer:
-        report.write_report(cfg, steps, cfg.pipeline["report"])
+        report.write_report(cfg, steps)
 
 
 def dependencies(steps):

@@ -125,21 +125,65 @@ def step_walls(rows):
     return wall
 
 
-def write_report(cfg, steps, spec):
-    """Evaluate the checkpoints the spec names and write report.json / report.md / plots.png in out_dir."""
-    spec = {"rl": [], "distill": [], "zero": "", "n": 16, "k": [1, 4, 16], "n_test": cfg.data.n_test,
-            "max_new_tokens": cfg.train.max_new_tokens, **spec}
+def report_spec(cfg, steps):
+    """The [pipeline.report] table with its defaults filled in, checked against the pipeline's steps (name, Config)
+    before anything trains: a ValueError names the first key that the report could not be written with. Values
+    set on the command line arrive as strings: "4" is read as 4, and "sft,grpo" as a list."""
+    spec = cfg.pipeline.get("report", {})
+    if not isinstance(spec, dict):
+        raise ValueError(f"[pipeline.report] must be a table, got {spec!r}")
+    defaults = {"rl": [], "distill": [], "zero": "", "n": 16, "k": [1, 4, 16], "n_test": cfg.data.n_test,
+                "max_new_tokens": cfg.train.max_new_tokens}
+    unknown = set(spec) - set(defaults)
+    if unknown:
+        raise ValueError(f"[pipeline.report] has unknown keys {sorted(unknown)}; valid: {sorted(defaults)}")
+    spec = {**defaults, **spec}
+    for key in ("rl", "distill", "k"):  # a CLI string is a comma-separated list
+        if isinstance(spec[key], str):
+            spec[key] = [x.strip() for x in spec[key].split(",") if x.strip()]
+    for key in ("n", "n_test", "max_new_tokens"):
+        spec[key] = positive_int(spec[key], f"[pipeline.report].{key}")
+    k = spec["k"]
+    if not (isinstance(k, list) and k):
+        raise ValueError(f"[pipeline.report].k = {k!r}: must be a list of integers in [1, n]")
+    spec["k"] = [positive_int(x, "[pipeline.report].k") for x in k]
+    if max(spec["k"]) > spec["n"]:
+        raise ValueError(f"[pipeline.report].k = {k!r}: pass@k and maj@k need k <= n = {spec['n']} samples")
     stage_of = dict((name, s.stage) for name, s in steps)
-    for name in spec["rl"] + spec["distill"] + ([spec["zero"]] if spec["zero"] else []):
-        if name not in stage_of:
-            raise KeyError(f"[pipeline.report] names step {name!r}, which is not in [pipeline] steps")
+    for key in ("rl", "distill"):
+        names = spec[key]
+        if not (isinstance(names, list) and all(isinstance(x, str) for x in names)):
+            raise ValueError(f"[pipeline.report].{key} = {names!r}: must be a list of step names")
+        for name in names:
+            if name not in stage_of:
+                raise ValueError(f"[pipeline.report].{key} names step {name!r}, which is not in [pipeline] steps")
+    zero = spec["zero"]
+    if not isinstance(zero, str) or (zero and stage_of.get(zero) != "grpo"):
+        raise ValueError(f"[pipeline.report].zero = {zero!r}: must name a grpo step of [pipeline] steps, or be \"\"")
+    return spec
+
+
+def positive_int(value, key):
+    """An integer >= 1 from a TOML int or a CLI string, or a ValueError naming the key."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{key} = {value!r}: must be an integer >= 1")
+    return value
+
+
+def write_report(cfg, steps, spec=None):
+    """Evaluate the checkpoints [pipeline.report] names and write report.json / report.md / plots.png in out_dir.
+    spec: that table as report_spec returns it (by default, read from cfg)."""
+    spec = report_spec(cfg, steps) if spec is None else spec
+    stage_of = dict((name, s.stage) for name, s in steps)
     t0, device = time.time(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problems = D.load_problems(cfg.data, "test")[: spec["n_test"]]
     wall = step_walls(read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")))
     final = lambda name: os.path.join(cfg.out_dir, name, "final")
     rep = {"n_test": len(problems), "wall_s": wall, "rl": [], "distill": [], "zero": []}
     todo = [(name, True) for name in spec["rl"]] + [(n, False) for n in spec["distill"] if n not in spec["rl"]]
-    jobs = int(cfg.pipeline.get("jobs", 1)) if device.type == "cpu" else 1
+    jobs = positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs") if device.type == "cpu" else 1
     rows = dict(zip([name for name, _ in todo], evaluate_all(
         [(final(name), problems, spec, sampled, device) for name, sampled in todo], jobs)))
     rep["rl"] = [{"step": name, **rows[name]} for name in spec["rl"]]

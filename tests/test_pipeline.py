@@ -109,6 +109,44 @@ def test_shipped_configs_load():
             assert cfg.stage in T.RUNNERS, path
 
 
+@pytest.mark.parametrize("line, match", [
+    ("typo = 3", r"\[pipeline\.report\] has unknown keys \['typo'\]"),
+    ("k = [1, 4]", r"\[pipeline\.report\]\.k = \[1, 4\]: pass@k and maj@k need k <= n = 2"),
+    ("k = [0]", r"\[pipeline\.report\]\.k = 0: must be an integer >= 1"),
+    ("k = []", r"\[pipeline\.report\]\.k = \[\]: must be a list"),
+    ("n = 0", r"\[pipeline\.report\]\.n = 0: must be an integer >= 1"),
+    ("n_test = 2.5", r"\[pipeline\.report\]\.n_test = 2\.5: must be an integer >= 1"),
+    ('rl = ["sft", "grop"]', r"\[pipeline\.report\]\.rl names step 'grop', which is not in \[pipeline\] steps"),
+    ("distill = [3]", r"\[pipeline\.report\]\.distill = \[3\]: must be a list of step names"),
+    ('zero = "sft"', r"\[pipeline\.report\]\.zero = 'sft': must name a grpo step"),
+])
+def test_report_settings_are_checked_before_training(tmp_path, line, match):
+    """A report setting the report could not be written with fails at config time, naming the key, not after
+    every step has trained (the report runs last)."""
+    head, table = TOY.split("[pipeline.report]\n")
+    key = line.split(" =")[0]
+    table = "".join(x + "\n" for x in table.splitlines() if x.split(" =")[0] != key)  # the line replaces its key's
+    (tmp_path / "toy.toml").write_text(f"{head}[pipeline.report]\n{line}\n{table}")
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=match):
+        T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", str(out)])
+    assert not out.exists()  # nothing ran
+
+
+def test_report_and_jobs_from_the_command_line(tmp_path):
+    """CLI values are strings: "--pipeline.report.k=1,2" is the list [1, 2], "--pipeline.jobs=two" an error."""
+    import pipeline
+    (tmp_path / "toy.toml").write_text(TOY)
+    cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.report.k=1, 2", "--pipeline.report.n=4",
+                                                     "--pipeline.report.rl=sft,grpo"])
+    steps = pipeline.pipeline_configs(cfg, T.RUNNERS)
+    spec = __import__("report").report_spec(cfg, steps)
+    assert spec["k"] == [1, 2] and spec["n"] == 4 and spec["rl"] == ["sft", "grpo"] and spec["n_test"] == 3
+    cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.jobs=two"])
+    with pytest.raises(ValueError, match=r"\[pipeline\]\.jobs = 'two': must be an integer >= 1"):
+        pipeline.pipeline_configs(cfg, T.RUNNERS)
+
+
 def _children(pid):
     """Live child processes of pid, from /proc where there is one (cleanup only; [] elsewhere)."""
     out = []
