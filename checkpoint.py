@@ -108,13 +108,35 @@ class RunLog:
 
 
 def prepare_out_dir(cfg):
-    """Refuse to overwrite earlier checkpoints unless resuming; return the checkpoint to resume from (or None)."""
+    """Refuse to overwrite earlier checkpoints unless resuming; return the checkpoint to resume from (or None).
+    Resuming a finished run returns "final" (nothing to do), unless train.max_steps is now higher than the step
+    `final` was written at: the run then goes on from it (or from a newer step checkpoint of an extension that
+    was itself interrupted) to the new max_steps."""
     ckpts = list_checkpoints(cfg.out_dir)
-    if os.path.exists(os.path.join(cfg.out_dir, "final", "config.json")) and cfg.train.resume:
-        return "final"
+    final = os.path.join(cfg.out_dir, "final")
+    done = final_step(cfg.out_dir)
+    if done is not None and cfg.train.resume:
+        if cfg.train.max_steps <= done:
+            return "final"
+        newer = [c for c in ckpts if checkpoint_step(c) > done]
+        return newer[-1] if newer else final
     if ckpts and not cfg.train.resume:
         raise FileExistsError(f"{cfg.out_dir} already holds checkpoints ({os.path.basename(ckpts[-1])}); "
                               "pass --train.resume=true to continue, or choose another --out_dir")
-    if os.path.exists(os.path.join(cfg.out_dir, "final")) and not cfg.train.resume:
+    if os.path.exists(final) and not cfg.train.resume:
         raise FileExistsError(f"{cfg.out_dir}/final exists: this run is finished; choose another --out_dir")
     return ckpts[-1] if ckpts else None
+
+
+def final_step(out_dir):
+    """The step out_dir/final was written at (its run's train.max_steps), or None when the run has not finished."""
+    path = os.path.join(out_dir, "final", "run_config.json")
+    if not os.path.exists(os.path.join(out_dir, "final", "config.json")) or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["train"]["max_steps"]
+
+
+def checkpoint_step(folder):
+    """The step of a step checkpoint, from its name: out_dir/ckpt-0000200 -> 200."""
+    return int(os.path.basename(folder).split("-")[1])

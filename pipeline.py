@@ -29,6 +29,7 @@ import time
 import torch
 
 import report
+from checkpoint import final_step
 from config import apply_table
 
 
@@ -76,15 +77,17 @@ def _exit(signum, frame):
 def run_pipeline(cfg, runners, writer=True):
     """Run the steps in dependency order: one at a time, or up to [pipeline] jobs at once in worker processes.
     With --train.resume=true a finished step is skipped (with a warning naming the keys, if its config has changed
-    since it ran) and an interrupted one continues from its newest checkpoint. Wall time per step goes to
+    since it ran), one whose train.max_steps was raised is extended, and an interrupted one continues from its
+    newest checkpoint. Wall time per step goes to
     out_dir/pipeline.jsonl. writer: this process writes pipeline.jsonl and the report (under torchrun only rank 0
     does; every rank trains, one step at a time)."""
     steps = pipeline_configs(cfg, runners)
     os.makedirs(cfg.out_dir, exist_ok=True)
     rows = report.read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")) if writer else []  # the runs so far
     todo = []
-    for name, step in steps:
-        if not (cfg.train.resume and os.path.exists(os.path.join(step.out_dir, "final", "config.json"))):
+    for name, step in steps:  # finished: resumed, and `final` is at the step's max_steps (a higher one extends it)
+        done = final_step(step.out_dir)
+        if not (cfg.train.resume and done is not None and done >= step.train.max_steps):
             todo.append((name, step))
         elif writer:
             warn_if_changed(rows, name, step)

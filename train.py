@@ -315,7 +315,8 @@ class Run:
 
 def start_run(cfg):
     """Problems, device, seed, tokenizer, model and optimizer for a stage, restored from the newest checkpoint
-    when resuming. None when out_dir/final exists and we resume: the stage is done.
+    when resuming. None when out_dir/final exists and we resume: the stage is done (unless train.max_steps is
+    now higher: the run is then extended from `final`, see checkpoint.prepare_out_dir).
     Under torchrun every rank builds the same model (same seed, same checkpoint); FSDP2 shards it here."""
     device = dist.setup(resolve_device(cfg.train.device))
     resume_from = prepare_out_dir(cfg)
@@ -351,6 +352,9 @@ def start_run(cfg):
                              f"{cfg.train.max_steps}: raise max_steps, or start a new out_dir")
         if dist.is_main():
             print(f"resuming {cfg.stage} from {resume_from} at step {start_step}")
+            if os.path.basename(resume_from) == "final":
+                print(f"extending the finished run to train.max_steps={cfg.train.max_steps}: the lr schedule is now "
+                      f"laid out over {cfg.train.max_steps} steps (the steps already taken followed the old one)")
     model.train()
     return Run(device, tok, model, opt, start_step, state, train_problems, test)
 

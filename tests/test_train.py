@@ -199,6 +199,38 @@ def test_resume_past_max_steps_is_an_error(tiny_toml, tmp_path):
         T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.resume=true"])
 
 
+def test_finished_run_extends_to_a_higher_max_steps(tiny_toml, tmp_path, capsys, monkeypatch):
+    """--train.resume=true with a higher train.max_steps goes on from `final`; with a constant lr (no schedule to
+    re-lay) the extended run equals one run straight to the new max_steps, bitwise. An extension that is killed
+    resumes from its own newer step checkpoint, not from the old `final`."""
+    flat = ["--config", tiny_toml, "--train.eval_n=0", "--train.warmup_steps=0", "--train.min_lr_frac=1.0",
+            "--train.save_every=2"]
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "ext")
+    T.main(flat + ["--out_dir", ref, "--train.max_steps=8"])
+    T.main(flat + ["--out_dir", out, "--train.max_steps=4"])
+    real_save = T.save_checkpoint
+
+    def dies_at_final(folder, *a, **kw):
+        if os.path.basename(folder) == "final":
+            raise KeyboardInterrupt  # killed after the step-6 checkpoint of the extension, before its `final`
+        return real_save(folder, *a, **kw)
+
+    monkeypatch.setattr(T, "save_checkpoint", dies_at_final)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        T.main(flat + ["--out_dir", out, "--train.max_steps=8", "--train.resume=true"])
+    assert f"from {os.path.join(out, 'final')} at step 4" in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, "final", "run_config.json")))["train"]["max_steps"] == 4
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    T.main(flat + ["--out_dir", out, "--train.max_steps=8", "--train.resume=true"])
+    assert f"from {os.path.join(out, 'ckpt-0000006')} at step 6" in capsys.readouterr().out
+    a, b = (load_file(os.path.join(d, "final", "model.safetensors")) for d in (ref, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _read_metrics(out)] == list(range(1, 9))
+    T.main(flat + ["--out_dir", out, "--train.max_steps=8", "--train.resume=true"])  # done: nothing changes
+    assert "is done, nothing to resume" in capsys.readouterr().out
+
+
 def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
     """save_checkpoint fsyncs every file and the temporary folder before the rename that makes them the checkpoint,
     and the parent folder after it: without that, a power cut soon after the rename can leave the checkpoint's
@@ -448,6 +480,10 @@ def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkey
     warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: pipeline step")]
     assert warned == [f"warning: pipeline step 'rl' is finished and skipped, but ['sft'], which it starts from, runs "
                       f"again; remove {os.path.join(out, 'rl')} to redo it too"]
+    T.main(args + ["--train.resume=true", "--pipeline.rl.train.max_steps=3"])  # a raised max_steps extends rl
+    printed = capsys.readouterr().out
+    assert f"from {os.path.join(out, 'rl', 'final')} at step 2" in printed and "warning" not in printed
+    assert [r["step"] for r in _read_metrics(os.path.join(out, "rl")) if r["step"]][-1] == 3
 
 
 def test_pipeline_config_errors_name_the_step(tmp_path):
