@@ -20,6 +20,8 @@ normalize(s), for an answer of at most MAX_LEN characters (reward.py compares lo
     - an answer made only of words, one of them 3+ letters ("even", "Navin"), is text
     - trailing words after a space are units when they have 3+ letters or are a 2-letter unit ("5 cm" = "5",
       but "5 xy" and "2 pi" keep their letters); bare "or"/"and" separate answers
+    - a number followed by a scale word is their product: "18 thousand" = "18 \\cdot 1000", "1.5 million dollars",
+      "3 dozen" = 36 (dozen, hundred, thousand, million, billion, trillion); never a unit to drop
     - thousands: "10,\\!080" = "10080", "10{,}000" = "10000"; a whole answer like "1,000", "1 000" or "1,000,000.5" loses its commas, but
       inside brackets a comma always separates ("(1,000, 2)" is a 3-tuple)
 
@@ -99,6 +101,9 @@ _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox)\
 _STYLE_CMD = re.compile(r"\\(?:mathrm|mathbf|mathit|boldsymbol|operatorname)(?![A-Za-z])")
 _TEXT_POWER = re.compile(r"\s*\^\s*(?:\{\s*[0-9]\s*\}|[0-9])")
 _UNIT_WORD = r"(?:[A-Za-z]{3,}|cm|mm|km|dm|ft|in|yd|mi|oz|lb|kg|mg|ml|mL|hr|cc)(?![A-Za-z])"  # not "xy", "pi"
+_SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+_SCALE_WORD = re.compile(r"^([+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?)\s*(" + "|".join(_SCALES)
+                         + r")s?(?![A-Za-z])", re.IGNORECASE)  # "1.5 million", "18 thousand dollars"
 _UNITS_TAIL = re.compile(r"(?:\s+" + _UNIT_WORD + r"(?:\^\{?[0-9]\}?)?)+\s*$")
 _THOUSANDS_TEX = re.compile(r"([0-9]),\\!\s*(?=[0-9]{3}(?![0-9]))")
 _THOUSANDS = re.compile(r"[+-]?[0-9]{1,3}(?:(?:,[0-9]{3})+|(?: [0-9]{3})+)(?:\.[0-9]+)?")  # 1,000 or 1 000
@@ -128,6 +133,7 @@ def normalize(s):
     s = s.strip().rstrip(".").strip()
     if _WORDS.fullmatch(s) and re.search(r"[A-Za-z]{3}", s):  # words: "even", "Navin"
         return True, s
+    s = _SCALE_WORD.sub(lambda m: f"{m.group(1).replace(',', '')} \\cdot {_SCALES[m.group(2).lower()]}", s)
     tail = _UNITS_TAIL.search(s)
     if tail and s[:tail.start()].strip():
         s = s[:tail.start()]

@@ -14,7 +14,8 @@ extract_answer, first rule that finds something wins:
     1. the last \\boxed{...} or \\fbox{...} (nested braces; an unclosed one is skipped in favour of an earlier
        one); also `\\boxed 5`, which takes the characters up to the next space or `$`
     2. the content of the last <answer>...</answer> (x when it reads 'The answer is x', as in rule 4)
-    3. GSM8K style: the text after the last '####' whose line contains a digit (so markdown headings don't count)
+    3. GSM8K style: the text after the last '####' (exactly four) whose line contains a digit and does not begin
+       with a word, so markdown headings ('#### Step 1: ...', '#### 2. Totals') don't count
     4. 'The answer is x' / 'The final answer is x' (any case): x runs to the end of the line or a sentence-ending '.'
 
 format_reward: 1.0 iff the completion, stripped of surrounding whitespace, is exactly
@@ -45,7 +46,9 @@ Parsed answers (the gold's kind decides):
       equals the tuple "(..)" of its entries
     - "x = 5" is its value with a name: it equals "5", and "x = 5" but not "y = 5"; in lists and sets too,
       a named element matches only an unnamed one or one of the same name ("x=2, y=3" is not "x=3, y=2")
-    - two equations a1 = b1 and a2 = b2 are equal when a1 - b1 = k (a2 - b2) for a constant k != 0
+    - two equations a1 = b1 and a2 = b2 are equal when a1 - b1 = k (a2 - b2) for a constant k != 0; a named
+      value is the equation name = value when it meets an equation or a value of another name
+      ("y = 2x + 3" is "2x - y + 3 = 0" and "x = y/2" is "y = 2x", but still not "x = 2x + 3")
     - two expressions are equal when sympy's automatic canonical form of their difference is exactly 0 (so
       exact rationals are compared exactly: 1/3 != 0.3333333333333), or, when that difference is not a plain
       number, when they agree at mathparse.sample_points (variables of both signs) in double precision, to
@@ -82,7 +85,7 @@ def extract_answer(text):
         inner = text[start + len("<answer>"):end].strip()
         return _the_answer_is(inner) or inner  # "<answer>The answer is 18</answer>" answers 18
     for m in reversed(_HASHES.findall(text)):
-        if re.search(r"[0-9]", m):
+        if re.search(r"[0-9]", m) and not _HEADING.match(m):
             return m.strip()
     return _the_answer_is(text)
 
@@ -130,7 +133,8 @@ def format_reward(completion, think_in_prompt=False):
 # extraction
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_HASHES = re.compile(r"####([^\n]*)")
+_HASHES = re.compile(r"(?<!#)####(?!#)([^\n]*)")
+_HEADING = re.compile(r"\s*(?:[0-9]+\.\s+)?[A-Za-z]{2,}")  # "#### Step 1: ...", "#### 2. Totals"
 _THE_ANSWER = re.compile(r"the[ \t]+(?:final[ \t]+)?answer[ \t]+is", re.IGNORECASE)
 
 
@@ -230,8 +234,9 @@ def _same(p, g, deadline):
         raise Timeout()
     kp, kg = p[0], g[0]
     if "named" in (kp, kg):  # "x = 5" answers "5", but "x = -2" is not "y = -2"
-        if kp == kg and p[1] != g[1]:
-            return False
+        if kp == kg and p[1] != g[1] or "eq" in (kp, kg):  # both as equations: y = 2x is x = y/2, not y = 2z
+            a, b = _equation(p), _equation(g)
+            return a is not None and b is not None and _proportional(a, b)
         return _same(p[2] if kp == "named" else p, g[2] if kg == "named" else g, deadline)
     if kg == "expr":  # a one-element set "\\{3\\}" also answers "3"
         one = p[1] if kp == "expr" else p[1][0] if kp in ("list", "set") and len(p[1]) == 1 else None
@@ -260,6 +265,15 @@ def _same(p, g, deadline):
     if kg == "eq":
         return kp == "eq" and _proportional(p[1], g[1])
     return False
+
+
+def _equation(x):
+    """An equation's a - b, for ("eq", a - b) and for a named value ("named", "y", ("expr", e)) as y - e; else None."""
+    if x[0] == "eq":
+        return x[1]
+    if x[0] == "named" and x[2][0] == "expr":
+        return sympy.Symbol(x[1]) - x[2][1]
+    return None
 
 
 def _vector(m):

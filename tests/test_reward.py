@@ -51,6 +51,10 @@ EQUIV = {
         ("864 \\text{ square inches}", "864", T), ("6 \\text{ cm}^2", "36", F), ("4 units", "5", F),
         ("5\\,\\mathrm{cm}", "5", T), ("5 \\mathrm{~cm}", "5", T), ("5 \\mathrm{cm}", "6", F),
         ("5 ft", "5", T), ("5", "5 xy", F), ("x^2 + 2", "x^2 + 2 xy", F), ("2", "2 pi", F),
+        # scale words multiply, they are not units to drop
+        ("18 thousand", "18", F), ("18 thousand", "18000", T), ("1.5 million", "1.5", F), ("1.5 million", "1500000", T),
+        ("3 dozen", "36", T), ("18 thousand dollars", "18000", T), ("1,500 thousand", "1500000", T),
+        ("2 hundreds", "200", T), ("2 hundred", "2", F),
     ],
     "text_answers": [
         ("\\text{(B)}", "B", T), ("B", "\\text{(B)}", T), ("(B)", "\\text{(B)}", T), ("\\text{(C)}", "\\text{(B)}", F),
@@ -81,6 +85,11 @@ EQUIV = {
         ("5x - 7y + 11z = 4", "5x - 7y + 11z + 4 = 0", F), ("x + y = 1", "x - y = 1", F), ("y = -2x", "-2x", T),
         ("x + y = 1", "1", F), ("x = -2", "y = -2", F), ("y = -\\frac{47}{16}", "-\\frac{47}{16}", T),
         ("x = 2x - 5", "2x - 5", F), ("x = \\exp(2)", "\\exp(2)", T), ("x \\in [-2,7]", "[-2,7]", T), ("[-2,7]", "x \\in [-2,7]", T), ("x \\in (-2,7]", "x \\in [-2,7]", F),
+        # a named value meets an equation, or a value of another name: both are compared as equations
+        ("2x - y + 3 = 0", "y = 2x + 3", T), ("y - 2x = 3", "y = 2x + 3", T), ("y = 2x + 3", "2x - y + 3 = 0", T),
+        ("z = 2x - y + 8", "2x - y - z + 8 = 0", T), ("x = 2y", "2y = x", T), ("x = y/2", "y = 2x", T),
+        ("2x = 10", "x = 5", T), ("y - 2x = 4", "y = 2x + 3", F), ("y = 2x", "y = 2z", F), ("x^2 = 25", "x = 5", F),
+        ("2x - y + 3 = 0", "2x + 3", F),
     ],
     "sqrt_pi": [
         ("2\\sqrt{2}", "\\sqrt{8}", T), ("\\sqrt8", "2\\sqrt2", T), ("\\sqrt{12}", "2\\sqrt{3}", T),
@@ -217,6 +226,11 @@ EXTRACT = [
     ("so 9 eggs.\n#### 18", "18"),
     ("#### Step 1\nwe get 3\n#### 1,000", "1,000"),
     ("#### Final answer\nno digits here", None),
+    ("#### Step 1: add the eggs\n3 + 15 = 18\nThe answer is 18.", "18"),  # markdown headings are not answers
+    ("#### 2. Totals\nThe answer is 18.", "18"),
+    ("##### Part 2\nThe answer is 18.", "18"),
+    ("#### 2.5", "2.5"),
+    ("#### x = 5", "x = 5"),
     ("The answer is 42.", "42"),
     ("the final answer is: $3.5$. Done", "3.5"),
     ("The answer is 7\nmore text", "7"),
