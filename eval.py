@@ -105,7 +105,7 @@ def sampled_eval(model, tok, problems, template, n, ks, max_new_tokens, temperat
     flat = [p for p in prompts for _ in range(n)]  # (P*n,) the n samples of a problem contiguous
     comps = complete(model, flat, max_new_tokens, tok.eos_id, batch_size, temperature, top_p, generator,
                      desc=f"sampling {n} per problem")
-    records, metrics = [], {f"pass@{k}": 0.0 for k in ks} | {f"maj@{k}": 0.0 for k in ks}
+    records = []
     for i, p in enumerate(problems):
         samples = [score(tok, p, c) for c in comps[i * n: (i + 1) * n]]
         c = sum(s["reward"] for s in samples)
@@ -115,10 +115,9 @@ def sampled_eval(model, tok, problems, template, n, ks, max_new_tokens, temperat
             rec[f"pass@{k}"] = pass_at_k(n, int(c), k)
             vote = majority_vote([s["pred"] for s in samples[:k]])
             rec[f"maj@{k}"] = float(vote is not None and is_equiv(vote, p["answer"]))
-            metrics[f"pass@{k}"] += rec[f"pass@{k}"] / len(problems)
-            metrics[f"maj@{k}"] += rec[f"maj@{k}"] / len(problems)
         records.append(rec)
-    return metrics, records
+    keys = [f"{m}@{k}" for m in ("pass", "maj") for k in dict.fromkeys(ks)]  # a repeated k counts once
+    return {key: sum(r[key] for r in records) / len(records) for key in keys}, records
 
 
 def breakdown(records, keys):
@@ -164,12 +163,21 @@ def read_run_config(path):
         return json.load(f)
 
 
-def held_out(spec, n_test, run_cfg):
+def held_out(spec, n_test, run_cfg, jsonl=None):
     """--data as problems. For a synthetic spec and a run trained on synthetic data, the run's held-out set: its
     families (unless the spec names some), levels and data seed, and never one of its training questions, so
-    'synthetic' is exactly the run's own test split and 'synthetic:add' holds no training problem."""
+    'synthetic' is exactly the run's own test split and 'synthetic:add' holds no training problem.
+    A JSONL file is read with the `jsonl` settings given (load_jsonl's format and field names; None = not given);
+    when it is the run's own train or test file, the run's settings fill in the others, so the golds are the ones
+    train.py evaluated against."""
     data = run_cfg.get("data") or {}
-    if not spec.startswith("synthetic") or not data or data.get("train_file"):
+    if not spec.startswith("synthetic"):
+        path = os.path.realpath(spec)
+        own = any(data.get(k) and os.path.realpath(data[k]) == path for k in ("train_file", "test_file"))
+        kw = {k: data[k] for k in ("format", "question_field", "answer_field", "solution_field") if own and k in data}
+        kw.update({k: v for k, v in (jsonl or {}).items() if v is not None})
+        return D.load_jsonl(spec, **kw)
+    if not data or data.get("train_file"):
         return D.parse_data_spec(spec, n_test)
     dc = D.DataConfig(**{k: v for k, v in data.items() if k in D.DataConfig.__dataclass_fields__})
     train = {p["question"] for p in D.load_problems(dc, "train")}
@@ -197,6 +205,11 @@ def parse_args(argv):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip_long", action="store_true",
                     help="drop problems whose prompt + max_new_tokens exceed the model's max_seq_len")
+    ap.add_argument("--format", default=None, choices=["auto", "gsm8k", "math", "generic"], help="JSONL format "
+                    "(default: the run's data.format when --data is the run's own train or test file, else auto)")
+    for field, default in (("question", "question"), ("answer", "answer"), ("solution", "")):
+        ap.add_argument(f"--{field}_field", default=None, help=f"generic JSONL: the {field} key (default: the "
+                        f"run's data.{field}_field when --data is the run's own file, else {default!r})")
     args = ap.parse_args(argv)
     try:
         args.k = [int(k) for k in args.k.split(",") if k.strip()]
@@ -209,11 +222,22 @@ def parse_args(argv):
                            ("k", not args.n or (args.k and min(args.k) >= 1), "a comma list of k >= 1")]:
         if not ok:
             ap.error(f"--{name} {getattr(args, name)}: must be {want}")
+    if args.n and len(set(args.k)) < len(args.k):
+        ap.error(f"--k {','.join(map(str, args.k))}: each k once")
     if args.n and max(args.k) > args.n:
         ap.error(f"--k {max(args.k)} is larger than --n {args.n}: pass@k needs k <= n samples")
     if args.out.endswith(".jsonl"):  # the records file would overwrite the report
         ap.error(f"--out {args.out}: name the JSON report (e.g. report.json); the samples go beside it as .jsonl")
+    outputs = {os.path.realpath(p) for p in (args.out, records_path(args.out))}
+    if not args.data.startswith("synthetic") and os.path.realpath(args.data) in outputs:
+        ap.error(f"--out {args.out}: the report or its records ({records_path(args.out)}) would overwrite --data "
+                 f"{args.data}")
     return args
+
+
+def records_path(out):
+    """Where the per-problem records of report `out` go: the same name, .jsonl."""
+    return os.path.splitext(out)[0] + ".jsonl"
 
 
 def main(argv=None):
@@ -221,7 +245,8 @@ def main(argv=None):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     check_checkpoint(args.ckpt)
-    problems = None if args.prompt else held_out(args.data, args.n_test, read_run_config(args.ckpt))  # fails early
+    jsonl = {k: getattr(args, k) for k in ("format", "question_field", "answer_field", "solution_field")}
+    problems = None if args.prompt else held_out(args.data, args.n_test, read_run_config(args.ckpt), jsonl)  # early
     model, tok, run_cfg = load_checkpoint(args.ckpt, device)
     template = D.resolve_template(args.template or run_cfg.get("data", {}).get("template", "plain"), tok)
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -265,10 +290,8 @@ def main(argv=None):
     metric_keys = ["greedy_correct"] + [f"{m}@{k}" for m in ("pass", "maj") for k in args.k if args.n]
     report["breakdown"] = breakdown(records, metric_keys)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.splitext(args.out)[0] + ".jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+    D._write_atomic(records_path(args.out), "".join(json.dumps(r) + "\n" for r in records).encode())
+    D._write_atomic(args.out, json.dumps(report, indent=2).encode())  # last: a report always has its records
     print(json.dumps({"greedy": greedy, **report.get("sampled", {})}, indent=2))
     return report
 

@@ -134,9 +134,48 @@ def test_bad_input_fails_before_sampling(tmp_path):
                                         (["--k", "0,1"], "--k"), (["--k", "a"], "--k 'a'"),
                                         (["--batch_size", "0"], "--batch_size 0"), (["--n", "-2"], "--n -2"),
                                         (["--max_new_tokens", "0"], "--max_new_tokens 0"),
-                                        (["--out", "rep.jsonl"], "the samples go beside it")])
+                                        (["--out", "rep.jsonl"], "the samples go beside it"),
+                                        (["--k", "1,1", "--n", "4"], "each k once"),
+                                        (["--data", "probs.jsonl", "--out", "probs.json"], "would overwrite --data")])
 def test_bad_arguments_name_the_flag(args, match, capsys):
     with pytest.raises(SystemExit):
         E.parse_args(["--ckpt", "x", *args])
     assert match in capsys.readouterr().err
     assert E.parse_args(["--ckpt", "x", "--n", "0", "--k", "0"]).n == 0  # greedy only: k is not used
+
+
+def test_sampled_means_are_exact_and_a_repeated_k_counts_once(monkeypatch):
+    """Every sample right on 10 problems: pass@k and maj@k are exactly 1.0 (a running sum of x / 10 gives
+    0.9999999999999999), and a k given twice is one metric, not a sum of two."""
+    class Tok:
+        eos_id = 0
+
+        def encode(self, text, bos=False):
+            return [1, 2]
+
+        def decode(self, ids):
+            return f"The answer is {ids[0]}."
+
+    problems = [{"question": f"q{i}", "answer": str(i + 3)} for i in range(10)]
+    answers = iter([[i + 3] for i in range(10) for _ in range(4)])  # the 4 samples of problem i answer i + 3
+    monkeypatch.setattr(E, "complete", lambda model, flat, *a, **kw: [next(answers) for _ in flat])
+    metrics, records = E.sampled_eval(None, Tok(), problems, "plain", 4, [1, 1, 2, 4], 8)
+    assert metrics == {"pass@1": 1.0, "pass@2": 1.0, "pass@4": 1.0, "maj@1": 1.0, "maj@2": 1.0, "maj@4": 1.0}
+    assert all(r["correct"] == 4 for r in records)
+
+
+def test_eval_reads_the_runs_own_jsonl_with_the_runs_field_names(tmp_path):
+    """A run trained and evaluated on a generic JSONL with its own field names: eval.py on that file takes the
+    gold from the run's answer_field (the golds train.py evaluated against), and --answer_field overrides it."""
+    rows = [{"q": "What is 2 + 3?", "final": "5", "answer": "2 plus 3 makes 5."},
+            {"q": "What is 4 * 4?", "final": "16", "answer": "4 times 4 is 16."}]
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = {"data": {"test_file": str(path), "format": "generic", "question_field": "q", "answer_field": "final",
+                    "solution_field": "answer"}}
+    golds = lambda probs: [p["answer"] for p in probs]  # noqa: E731
+    assert golds(E.held_out(str(path), 500, run)) == ["5", "16"]
+    assert golds(E.held_out(str(path), 500, run, {"answer_field": "answer"})) == [r["answer"] for r in rows]
+    other = tmp_path / "other.jsonl"  # not the run's file: load_jsonl's own defaults
+    other.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
+    assert golds(E.held_out(str(other), 500, run)) == ["2"]
