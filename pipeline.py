@@ -97,12 +97,13 @@ def run_pipeline(cfg, runners, writer=True):
             print(f"warning: pipeline step {name!r} is finished and skipped, but {sorted(after[name] & again)}, which "
                   f"it starts from, runs again; remove {step.out_dir} to redo it too")
     jobs = report.positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs")
+    extends = {name for name, step in todo if final_step(step.out_dir) is not None}  # their time adds to the old
     # SIGTERM (kill, timeout, a job scheduler) becomes SystemExit, so the cleanup below runs: side_by_side's
     # workers, left alive, would go on writing the step folders that a resumed pipeline writes
     on_term = signal.signal(signal.SIGTERM, _exit)
     try:
         if jobs > 1 and writer and not torch.distributed.is_initialized():
-            side_by_side(cfg, todo, runners, jobs)
+            side_by_side(cfg, todo, runners, jobs, extends)
         else:
             for name, step in todo:
                 t0 = time.time()
@@ -110,10 +111,10 @@ def run_pipeline(cfg, runners, writer=True):
                     runners[step.stage](copy.deepcopy(step))  # a stage fills in its config (model, tokenizer)
                 except BaseException:
                     if writer:  # the time spent counts when the step is resumed
-                        log_step(cfg, name, step, t0, finished=False)
+                        log_step(cfg, name, step, t0, False, name in extends)
                     raise
                 if writer:
-                    log_step(cfg, name, step, t0)
+                    log_step(cfg, name, step, t0, True, name in extends)
     finally:
         signal.signal(signal.SIGTERM, on_term)
     if "report" in cfg.pipeline and writer:
@@ -126,11 +127,12 @@ def dependencies(steps):
     return {name: {final[p] for p in (step.init, step.distill.teacher) if p in final} for name, step in steps}
 
 
-def log_step(cfg, name, step, t0, finished=True):
+def log_step(cfg, name, step, t0, finished=True, extends=False):
     """A row of pipeline.jsonl: a step that stopped (failed, killed with SIGTERM) logs its time unfinished, and
-    report.step_walls adds it to the time of the run that resumes and finishes it."""
+    report.step_walls adds it to the time of the run that resumes and finishes it; so it does for the time of a
+    run that `extends` a finished step (train.max_steps raised)."""
     row = {"step": name, "stage": step.stage, "wall_s": time.time() - t0, "start": t0, "end": time.time(),
-           "finished": finished}
+           "finished": finished, **({"extends": True} if extends else {})}
     if finished:  # what a resumed pipeline compares before it skips the step
         row["config"] = dataclasses.asdict(step)
     with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
@@ -165,7 +167,7 @@ def _run_step(runner, step, threads):
     runner(step)
 
 
-def side_by_side(cfg, todo, runners, jobs):
+def side_by_side(cfg, todo, runners, jobs, extends=frozenset()):
     """Up to `jobs` steps at once, each in a fresh process; a step starts when the steps it names are done.
     A failed step, or SIGTERM (see run_pipeline), stops the others; a failed step raises, naming it (its own
     traceback is printed above)."""
@@ -187,13 +189,13 @@ def side_by_side(cfg, todo, runners, jobs):
                     continue
                 del running[name]
                 if proc.exitcode != 0:
-                    log_step(cfg, name, step, t0, finished=False)
+                    log_step(cfg, name, step, t0, False, name in extends)
                     raise RuntimeError(f"pipeline step {name!r} failed (exit code {proc.exitcode}); finished steps "
                                        "are kept: fix it and re-run with --train.resume=true")
                 pending.discard(name)
-                log_step(cfg, name, step, t0)
+                log_step(cfg, name, step, t0, True, name in extends)
     finally:
         for name, (proc, step, t0) in running.items():
             proc.terminate()
             proc.join()
-            log_step(cfg, name, step, t0, finished=False)
+            log_step(cfg, name, step, t0, False, name in extends)

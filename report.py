@@ -115,12 +115,14 @@ def plot_curves(out_dir, steps, path):
 
 
 def step_walls(rows):
-    """{step: seconds} from pipeline.jsonl's rows: a finished run plus the unfinished runs it resumed (a row
-    without "finished" is a finished run of an earlier version)."""
+    """{step: seconds} from pipeline.jsonl's rows: a finished run plus the unfinished runs it resumed and the runs
+    that extended it (a row without "finished" is a finished run of an earlier version). A step run again from
+    scratch (its folder removed) starts a new total."""
     wall, done = {}, {}
     for r in rows:
         name = r["step"]
-        wall[name] = (0.0 if done.get(name, True) else wall[name]) + r["wall_s"]
+        goes_on = not done.get(name, True) or r.get("extends", False)
+        wall[name] = (wall.get(name, 0.0) if goes_on else 0.0) + r["wall_s"]
         done[name] = r.get("finished", True)
     return wall
 
@@ -147,6 +149,8 @@ def report_spec(cfg, steps):
     if not (isinstance(k, list) and k):
         raise ValueError(f"[pipeline.report].k = {k!r}: must be a list of integers in [1, n]")
     spec["k"] = [positive_int(x, "[pipeline.report].k") for x in k]
+    if len(set(spec["k"])) < len(spec["k"]):
+        raise ValueError(f"[pipeline.report].k = {k!r}: each k once")
     if max(spec["k"]) > spec["n"]:
         raise ValueError(f"[pipeline.report].k = {k!r}: pass@k and maj@k need k <= n = {spec['n']} samples")
     stage_of = dict((name, s.stage) for name, s in steps)
@@ -193,11 +197,11 @@ def write_report(cfg, steps, spec=None):
     rep["eval_s"] = time.time() - t0
     if spec["zero"]:
         rep["zero"] = zero_curve(read_jsonl(os.path.join(cfg.out_dir, spec["zero"], "metrics.jsonl")))
-    with open(os.path.join(cfg.out_dir, "report.json"), "w") as f:
-        json.dump(rep, f, indent=2)
+    D._write_atomic(os.path.join(cfg.out_dir, "report.json"), json.dumps(rep, indent=2).encode())
 
     ks = [f"{m}@{k}" for m in ("pass", "maj") for k in spec["k"]]
-    md = [f"# r1-mini pipeline report\n\nHeld-out synthetic test problems: {len(problems)}. "
+    test_set = f"test problems of {cfg.data.test_file}" if cfg.data.test_file else "synthetic test problems"
+    md = [f"# r1-mini pipeline report\n\nHeld-out {test_set}: {len(problems)}. "
           f"Wall time per step (s): {', '.join(f'{k} {v:.0f}' for k, v in wall.items())}; "
           f"this report's evaluations {rep['eval_s']:.0f}.\n"]
     if rep["rl"]:
@@ -215,6 +219,5 @@ def write_report(cfg, steps, spec=None):
     else:
         md.append("Plots: `pip install matplotlib`, then re-run with `--train.resume=true` (finished steps are kept).\n")
         print("report: matplotlib is not installed; `pip install matplotlib` for the plots")
-    with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
-        f.write("\n".join(md))
+    D._write_atomic(os.path.join(cfg.out_dir, "report.md"), "\n".join(md).encode())
     return rep

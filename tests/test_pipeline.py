@@ -55,7 +55,7 @@ def test_toy_pipeline_produces_every_artifact(tmp_path):
     assert [z["step"] for z in rep["zero"]] == [r["step"] for r in grpo_rows if "reward_mean" in r]
     md = open(os.path.join(out, "report.md")).read()
     assert "| step | greedy | pass@1 | pass@2 | maj@1 | maj@2 |" in md and "| student |" in md
-    assert "format_rate" in md
+    assert "format_rate" in md and md.startswith("# r1-mini pipeline report\n\nHeld-out synthetic test problems: 3.")
 
 
 def test_side_by_side_matches_one_at_a_time(tmp_path):
@@ -113,6 +113,7 @@ def test_shipped_configs_load():
     ("typo = 3", r"\[pipeline\.report\] has unknown keys \['typo'\]"),
     ("k = [1, 4]", r"\[pipeline\.report\]\.k = \[1, 4\]: pass@k and maj@k need k <= n = 2"),
     ("k = [0]", r"\[pipeline\.report\]\.k = 0: must be an integer >= 1"),
+    ("k = [2, 2]", r"\[pipeline\.report\]\.k = \[2, 2\]: each k once"),
     ("k = []", r"\[pipeline\.report\]\.k = \[\]: must be a list"),
     ("n = 0", r"\[pipeline\.report\]\.n = 0: must be an integer >= 1"),
     ("n_test = 2.5", r"\[pipeline\.report\]\.n_test = 2\.5: must be an integer >= 1"),
@@ -210,3 +211,9 @@ def test_step_walls_add_the_runs_a_resume_finished():
             {"step": "a", "wall_s": 5.0, "finished": True},
             {"step": "c", "wall_s": 3.0, "finished": True}, {"step": "c", "wall_s": 2.0, "finished": True}]  # redone
     assert report.step_walls(rows) == {"a": 15.0, "b": 4.0, "c": 2.0}
+    rows += [{"step": "d", "wall_s": 6.0, "finished": True}, {"step": "d", "wall_s": 4.0, "finished": True,
+                                                                "extends": True},  # max_steps raised: it goes on
+             {"step": "e", "wall_s": 3.0, "finished": True}, {"step": "e", "wall_s": 2.0, "finished": False,
+                                                                "extends": True},
+             {"step": "e", "wall_s": 1.0, "finished": True, "extends": True}]
+    assert report.step_walls(rows) == {"a": 15.0, "b": 4.0, "c": 2.0, "d": 10.0, "e": 6.0}

@@ -484,6 +484,11 @@ def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkey
     printed = capsys.readouterr().out
     assert f"from {os.path.join(out, 'rl', 'final')} at step 2" in printed and "warning" not in printed
     assert [r["step"] for r in _read_metrics(os.path.join(out, "rl")) if r["step"]][-1] == 3
+    rows = [json.loads(line) for line in open(os.path.join(out, "pipeline.jsonl"))]
+    rl = [r for r in rows if r["step"] == "rl"]
+    assert rl[-1]["extends"] and not any(r.get("extends") for r in rl[:-1])
+    import report
+    assert report.step_walls(rows)["rl"] == pytest.approx(sum(r["wall_s"] for r in rl))  # its runs add up
 
 
 def test_pipeline_config_errors_name_the_step(tmp_path):
