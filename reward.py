@@ -52,7 +52,8 @@ Parsed answers (the gold's kind decides):
     - two expressions are equal when sympy's automatic canonical form of their difference is exactly 0 (so
       exact rationals are compared exactly: 1/3 != 0.3333333333333), or, when that difference is not a plain
       number, when they agree at mathparse.sample_points (variables of both signs) in double precision, to
-      REL_TOL. We never call simplify(): it has no time bound.
+      REL_TOL relative plus ABS_TOL absolute (rounding noise around 0: so x / 10^13 passes for 0, a price we pay
+      for sin(pi) = 0). We never call simplify(): it has no time bound.
 
 Safety and time: nothing from the inputs reaches eval/exec/sympify/parse_expr. Every math string is parsed
 by our own recursive-descent parser in mathparse.py, whose docstring says what it refuses and how its time
@@ -68,6 +69,7 @@ from mathparse import (MAX_DIGITS, MAX_LEN, TIME_BUDGET, Refuse, Timeout, evalua
                        sample_points)
 
 REL_TOL = 1e-10  # relative tolerance of the numeric comparison
+ABS_TOL = 1e-12  # and its absolute tolerance, for values that are 0 up to rounding
 
 # ----------------------------------------------------------------------------------------------------
 # public API
@@ -321,7 +323,7 @@ def _expr_eq(a, b):
         va, vb = evaluate(a, env), evaluate(b, env)
         if va is None and vb is None:
             continue  # outside both domains: no information
-        if va is None or vb is None or abs(va - vb) > REL_TOL * max(abs(va), abs(vb)) + 1e-12:
+        if va is None or vb is None or abs(va - vb) > REL_TOL * max(abs(va), abs(vb)) + ABS_TOL:
             return False
         agree += 1
     return agree > 0
@@ -339,7 +341,7 @@ def _proportional(a, b):
         if vb == 0:
             continue
         ratio = va / vb if ratio is None else ratio
-        if abs(va - ratio * vb) > REL_TOL * max(abs(va), abs(ratio * vb)) + 1e-12:
+        if abs(va - ratio * vb) > REL_TOL * max(abs(va), abs(ratio * vb)) + ABS_TOL:
             return False
     return ratio is not None and ratio != 0
 
