@@ -47,9 +47,14 @@ class DataConfig:
 
     def check(self):
         levels = [v.strip() for v in self.levels.split(",") if v.strip()]
+        families = [v.strip() for v in self.families.split(",") if v.strip()]
         check_rules("data", self, [
+            ("families", families and all(f in FAMILIES for f in families),
+             f"a comma list of {', '.join(FAMILIES)} (at least one)"),
             ("levels", levels and all(v in ("1", "2", "3") for v in levels), "a comma list of 1, 2, 3"),
-            ("n_train", self.n_train >= 0, ">= 0"), ("n_test", self.n_test >= 0, ">= 0"),
+            # TEMPLATES is defined below; check() runs long after the module is read
+            ("template", self.template in TEMPLATES + ("chat",), f"one of {', '.join(TEMPLATES)} or chat"),
+            ("n_train", self.n_train >= 1, ">= 1"), ("n_test", self.n_test >= 0, ">= 0"),
             ("flaw_p", 0 <= self.flaw_p <= 1, "in [0, 1]"), ("chat_frac", 0 <= self.chat_frac <= 1, "in [0, 1]"),
             ("format", self.format in ("auto", "gsm8k", "math", "generic"), "auto, gsm8k, math or generic"),
             ("vocab_size", self.vocab_size >= 1, "at least 1"), ("seq_len", self.seq_len >= 2, "at least 2")])
@@ -185,8 +190,14 @@ def load_tokenizer(path):
 # JSONL loaders
 
 def _read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    # bytes, decoded line by line, so that a non-UTF-8 byte is reported with its line
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: not UTF-8 ({e.reason} at byte {e.start + 1} of the "
+                                 "line)") from None
             if not line.strip():
                 continue
             try:
@@ -198,53 +209,87 @@ def _read_jsonl(path):
             yield lineno, row
 
 
-def _need(row, key, path, lineno):
-    if not isinstance(row.get(key), str):
+def _need(row, key, path, lineno, number=False, empty=False):
+    """row[key], a string (or with number=True an int or float, as a string; never a bool), not blank unless
+    empty=True: a blank question or gold answer would be a dead row (an empty gold scores 0 for every answer)."""
+    v = row.get(key)
+    if v is None:
         raise ValueError(f"{path}, line {lineno}: missing string field {key!r} (has {sorted(row)})")
-    return row[key]
+    if number and isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = str(v)
+    if not isinstance(v, str):
+        want = "a string or a number" if number else "a string"
+        raise ValueError(f"{path}, line {lineno}: {key!r} must be {want}, got {type(v).__name__} "
+                         f"{json.dumps(v)[:40]}")
+    if not empty and not v.strip():
+        raise ValueError(f"{path}, line {lineno}: {key!r} is empty")
+    return v
+
+
+def _lines(lines):
+    """[2, 5, 9] -> 'line 2 and 2 other rows', [2] -> 'line 2'."""
+    n = len(lines) - 1
+    return f"line {lines[0]}" + (f" and {n} other row{'s' if n > 1 else ''}" if n else "")
+
+
+def _row_kinds(path, rows):
+    """format 'auto': each row's kind, decided per row: math if it has 'problem', gsm8k if its answer holds '####',
+    else generic. Non-math rows of both gsm8k and generic kinds are an error, not two kinds: a GSM8K row missing
+    its '#### x' would otherwise load as a generic row whose gold answer is the whole solution."""
+    kinds = ["math" if "problem" in row else "gsm8k" if "####" in str(row.get("answer", "")) else "generic"
+             for _, row in rows]
+    gsm = [lineno for (lineno, _), k in zip(rows, kinds) if k == "gsm8k"]
+    gen = [lineno for (lineno, _), k in zip(rows, kinds) if k == "generic"]
+    if gsm and gen:  # name the first row of the minority kind (ties: the generic one)
+        if len(gen) <= len(gsm):
+            raise ValueError(f"{path}, line {gen[0]}: GSM8K answer has no '#### x' final answer "
+                             f"({_lines(gsm)} {'have' if len(gsm) > 1 else 'has'} one)")
+        raise ValueError(f"{path}, line {gsm[0]}: answer holds a GSM8K '####' but {_lines(gen)} "
+                         f"{'have' if len(gen) > 1 else 'has'} none (a generic file? set its format to generic)")
+    return kinds
 
 
 def load_jsonl(path, format="auto", question_field="question", answer_field="answer", solution_field=""):
     """Problems from a JSONL file as dicts with question, answer, solution (and subject/level when present).
     gsm8k: question + answer ending in '#### x'; math: problem + solution with \\boxed{} (+ optional answer);
-    generic: the given field names. 'auto' decides once, from the first row, and holds every row to it: math if
-    it has 'problem', gsm8k if its answer holds '####', else generic."""
+    generic: the given field names. 'auto' decides per row: math if it has 'problem', gsm8k if its answer holds
+    '####', else generic; so GSM8K and MATH rows may share a file, but GSM8K rows and generic rows may not (the
+    odd one out is a GSM8K row missing its '#### x', or a generic answer holding '####': an error naming it).
+    Every row needs a non-empty question and gold answer (a number counts as a gold answer, written as a string)."""
     if format not in ("auto", "gsm8k", "math", "generic"):
         raise ValueError(f"unknown JSONL format {format!r}; valid: auto, gsm8k, math, generic")
+    rows = list(_read_jsonl(path))
+    if not rows:
+        raise ValueError(f"{path}: no problems in the file")
+    kinds = _row_kinds(path, rows) if format == "auto" else [format] * len(rows)
     out = []
-    fmt = format
-    for lineno, row in _read_jsonl(path):
-        # decided once, not per row: a GSM8K row missing its '#### x' would silently pass as a generic row
-        # whose gold answer is the whole solution
-        if fmt == "auto":
-            fmt = "math" if "problem" in row else "gsm8k" if "####" in str(row.get("answer", "")) else "generic"
+    for (lineno, row), fmt in zip(rows, kinds):
         if fmt == "gsm8k":
             text = _need(row, "answer", path, lineno)
             if "####" not in text:
                 raise ValueError(f"{path}, line {lineno}: GSM8K answer has no '#### x' final answer")
             sol, ans = text.rsplit("####", 1)
+            if not ans.strip():
+                raise ValueError(f"{path}, line {lineno}: 'answer' has nothing after its '####'")
             p = {"question": _need(row, "question", path, lineno), "solution": sol.strip(), "answer": ans.strip()}
         elif fmt == "math":
-            sol = _need(row, "solution", path, lineno)
-            ans = row.get("answer")
-            if ans is None:
+            sol = _need(row, "solution", path, lineno, empty=True)
+            if row.get("answer") is not None:
+                ans = _need(row, "answer", path, lineno, number=True)
+            else:
                 from reward import extract_answer  # reward.py (with mathparse.py) owns parsing math strings
                 ans = extract_answer(sol)
                 if ans is None:
                     raise ValueError(f"{path}, line {lineno}: no 'answer' field and no \\boxed{{}} in the solution")
-            p = {"question": _need(row, "problem", path, lineno), "solution": sol, "answer": str(ans)}
+                if not ans.strip():
+                    raise ValueError(f"{path}, line {lineno}: no 'answer' field and an empty \\boxed{{}} in 'solution'")
+            p = {"question": _need(row, "problem", path, lineno), "solution": sol, "answer": ans}
             p.update({k: row[k] for k in ("subject", "level", "unique_id") if k in row})
-        else:  # generic
-            ans = row.get(answer_field)
-            if isinstance(ans, (int, float)) and not isinstance(ans, bool):
-                # numeric gold answers are common in generic files; we touch only a key the row has, so a
-                # missing-field error still lists the row's own fields
-                row = {**row, answer_field: str(ans)}
-            p = {"question": _need(row, question_field, path, lineno), "answer": _need(row, answer_field, path, lineno),
-                 "solution": _need(row, solution_field, path, lineno) if solution_field else ""}
+        else:  # generic: numeric gold answers are common in generic files
+            p = {"question": _need(row, question_field, path, lineno),
+                 "answer": _need(row, answer_field, path, lineno, number=True),
+                 "solution": _need(row, solution_field, path, lineno, empty=True) if solution_field else ""}
         out.append(p)
-    if not out:
-        raise ValueError(f"{path}: no problems in the file")
     return out
 
 

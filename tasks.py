@@ -136,6 +136,8 @@ def gen_fraction(rng, level, flaw_p=0.0):
     a, c = rng.randint(1, 9), rng.randint(1, 9)
     b, d = rng.randint(2, 12), rng.randint(2, 12)
     op = rng.choice("+-*" if level >= 2 else "+-")
+    if op in "+*" and (a, b) > (c, d):  # one order per pair: a test question's commuted twin is the same question
+        a, b, c, d = c, d, a, b
     lines = []
     if op == "*":
         num, den = a * c, b * d

@@ -322,19 +322,103 @@ def test_hf_tokenizer_saves_after_its_folder_is_deleted(tmp_path):
     assert tok2.encode(text, bos=True, eos=True) == tok.encode(text, bos=True, eos=True)
 
 
-def test_auto_format_is_decided_by_the_first_row(tmp_path):
-    # row 2 lacks '#### x': deciding per row would make it a generic row whose gold is the whole solution
-    g = _write(tmp_path / "g.jsonl", [{"question": "2+3?", "answer": "2+3=5\n#### 5"},
+def test_auto_format_is_decided_per_row(tmp_path):
+    # GSM8K and MATH rows share a file: each row is read in its own format
+    gm = _write(tmp_path / "gm.jsonl", [{"question": "2+3?", "answer": "2+3=5\n#### 5"},
+                                        {"problem": "p", "solution": "so \\boxed{7}"}])
+    assert D.load_jsonl(gm) == [{"question": "2+3?", "solution": "2+3=5", "answer": "5"},
+                                {"question": "p", "solution": "so \\boxed{7}", "answer": "7"}]
+    # the FIRST row lacks '#### x': not a generic file whose gold answers are whole solutions, but an error
+    first = _write(tmp_path / "first.jsonl", [{"question": "4+4?", "answer": "4+4=8, so 8"},
+                                              {"question": "2+3?", "answer": "2+3=5\n#### 5"},
+                                              {"question": "1+1?", "answer": "#### 2"}])
+    with pytest.raises(ValueError) as e:
+        D.load_jsonl(first)
+    assert str(e.value) == f"{first}, line 1: GSM8K answer has no '#### x' final answer " \
+                           "(line 2 and 1 other row have one)"
+    # a tie names the generic row; so does a math row beside them (math rows do not count)
+    g = _write(tmp_path / "g.jsonl", [{"problem": "p", "solution": "\\boxed{1}"},
+                                      {"question": "2+3?", "answer": "2+3=5\n#### 5"},
                                       {"question": "4+4?", "answer": "4+4=8, so 8"}])
-    with pytest.raises(ValueError, match=r"g\.jsonl, line 2: GSM8K answer has no '#### x'"):
+    with pytest.raises(ValueError, match=r"g\.jsonl, line 3: GSM8K answer has no '#### x' .* \(line 2 has one\)$"):
         D.load_jsonl(g)
-    # a math file whose second row lacks 'problem' fails on that field, not as a generic row
+    # mostly generic: the odd one out is the answer holding '####'
+    gen = _write(tmp_path / "gen.jsonl", [{"question": "a", "answer": "1"}, {"question": "b", "answer": "see #### 2"},
+                                          {"question": "c", "answer": "3"}])
+    with pytest.raises(ValueError, match=r"gen\.jsonl, line 2: answer holds a GSM8K '####' but line 1 and 1 other"):
+        D.load_jsonl(gen)
+    assert D.load_jsonl(gen, "generic")[1]["answer"] == "see #### 2"  # explicit formats hold every row to them
+    # math and generic rows load side by side (the generic row's gold is its own 'answer')
     m = _write(tmp_path / "m.jsonl", [{"problem": "p", "solution": "\\boxed{1}"},
                                       {"question": "q", "solution": "\\boxed{2}", "answer": "2"}])
+    assert D.load_jsonl(m) == [{"question": "p", "solution": "\\boxed{1}", "answer": "1"},
+                               {"question": "q", "answer": "2", "solution": ""}]
     with pytest.raises(ValueError, match=r"m\.jsonl, line 2: missing string field 'problem'"):
-        D.load_jsonl(m)
+        D.load_jsonl(m, "math")
     with pytest.raises(ValueError, match="unknown JSONL format 'csv'"):
         D.load_jsonl(g, "csv")
+
+
+def test_empty_or_non_string_gold_answers_and_questions_are_errors(tmp_path):
+    good = {"gsm8k": {"question": "q", "answer": "s\n#### 1"}, "math": {"problem": "p", "solution": "\\boxed{1}"},
+            "generic": {"question": "q", "answer": "1"}}
+    not_str = "'answer' must be a string or a number, got "
+    cases = [("gsm8k", {"question": "q", "answer": "s\n####"}, "'answer' has nothing after its '####'"),
+             ("gsm8k", {"question": " ", "answer": "s\n#### 2"}, "'question' is empty"),
+             ("math", {"problem": "p", "solution": "s", "answer": ""}, "'answer' is empty"),
+             ("math", {"problem": "p", "solution": "s \\boxed{}"},
+              "no 'answer' field and an empty \\boxed{} in 'solution'"),
+             ("math", {"problem": "p", "solution": "s", "answer": [3]}, not_str + "list [3]"),
+             ("math", {"problem": "p", "solution": "s", "answer": True}, not_str + "bool true"),
+             ("math", {"problem": "", "solution": "\\boxed{2}"}, "'problem' is empty"),
+             ("generic", {"question": "q", "answer": False}, not_str + "bool false"),
+             ("generic", {"question": "", "answer": "2"}, "'question' is empty"),
+             ("generic", {"question": 7, "answer": "2"}, "'question' must be a string, got int 7")]
+    for fmt, row, msg in cases:
+        path = _write(tmp_path / "bad.jsonl", [good[fmt], row])
+        with pytest.raises(ValueError) as e:
+            D.load_jsonl(path, fmt)
+        assert str(e.value) == f"{path}, line 2: {msg}", (fmt, row)
+    # numbers (not bools) stay gold answers, as strings
+    path = _write(tmp_path / "num.jsonl", [{"problem": "p", "solution": "s", "answer": 3}])
+    assert D.load_jsonl(path)[0]["answer"] == "3"
+    path = _write(tmp_path / "num.jsonl", [{"question": "q", "answer": 2.5}])
+    assert D.load_jsonl(path)[0]["answer"] == "2.5"
+
+
+def test_non_utf8_file_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"question": "a", "answer": "#### 1"}\n{"question": "caf\xe9?", "answer": "#### 2"}\n')
+    with pytest.raises(ValueError) as e:
+        D.load_jsonl(str(path))
+    assert str(e.value) == f"{path}, line 2: not UTF-8 (invalid continuation byte at byte 18 of the line)"
+
+
+def test_data_config_check_names_the_bad_key():
+    D.DataConfig(families=" add, linear ", template="chat").check()
+    D.DataConfig(template="qwen").check()  # a resolved "chat", as a finished run records it
+    for kw, msg in [({"n_train": 0}, "[data].n_train = 0: must be >= 1"),
+                    ({"families": ""}, "[data].families = '': must be a comma list of add, sub, mul, linear, "
+                                       "quadratic, fraction (at least one)"),
+                    ({"families": "add,fractions"}, "[data].families = 'add,fractions': must be a comma list of"),
+                    ({"template": "chatml"}, "[data].template = 'chatml': must be one of plain, r1, qwen, deepseek-r1 "
+                                             "or chat")]:
+        with pytest.raises(ValueError) as e:
+            D.DataConfig(**kw).check()
+        assert str(e.value).startswith(msg), kw
+
+
+def test_default_splits_hold_no_commuted_twin_of_a_fraction_question():
+    # "Compute 8/7 + 6/5." in test and "Compute 6/5 + 8/7." in train would leak the test answer
+    train, test = D.synthetic_splits(D.DataConfig())
+    pat = re.compile(r"Compute (\d+/\d+) ([+*]) (\d+/\d+)\.")
+    twin = lambda q: pat.sub(r"Compute \3 \2 \1.", q)
+    test_q = {p["question"] for p in test if p["family"] == "fraction"}
+    train_q = {p["question"] for p in train if p["family"] == "fraction"}
+    assert len(test_q) > 50 and sum(pat.fullmatch(q) is not None for q in test_q) > 20
+    assert not {twin(q) for q in test_q} & train_q - test_q  # a self-twin (1/2 + 1/2) is no leak
+    assert not {twin(q) for q in train_q} & test_q - train_q
+    assert not {twin(q) for q in train_q if twin(q) != q} & train_q  # one order per pair, within a split too
 
 
 def test_generic_missing_key_lists_only_the_rows_fields(tmp_path):
