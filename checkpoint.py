@@ -8,7 +8,8 @@ The run folder of r1-mini: checkpoints written atomically, the training state fo
 
 A checkpoint is written to a hidden temporary folder, flushed to disk (fsync) and renamed into place, so a crash
 at any moment, a power cut included, leaves either the old checkpoint or the new one, never half of one. A step
-folder counts once its train_state.pt exists.
+folder counts once its train_state.pt exists. Replacing `final` (an extended run) takes two renames; a crash
+between them leaves the new one under .tmp-final, and the next run puts it in place (recover_final).
 """
 
 import dataclasses
@@ -112,6 +113,7 @@ def prepare_out_dir(cfg):
     Resuming a finished run returns "final" (nothing to do), unless train.max_steps is now higher than the step
     `final` was written at: the run then goes on from it (or from a newer step checkpoint of an extension that
     was itself interrupted) to the new max_steps."""
+    recover_final(cfg.out_dir)
     ckpts = list_checkpoints(cfg.out_dir)
     final = os.path.join(cfg.out_dir, "final")
     done = final_step(cfg.out_dir)
@@ -126,6 +128,20 @@ def prepare_out_dir(cfg):
     if os.path.exists(final) and not cfg.train.resume:
         raise FileExistsError(f"{cfg.out_dir}/final exists: this run is finished; choose another --out_dir")
     return ckpts[-1] if ckpts else None
+
+
+def recover_final(out_dir):
+    """save_checkpoint replaces `final` in two renames (final -> .old-final, then .tmp-final -> final). After a
+    crash between them there is no `final`: the new one, complete (it was flushed before the first rename), goes
+    in its place. Safe when several ranks call it at once."""
+    final, old, tmp = (os.path.join(out_dir, name) for name in ("final", ".old-final", ".tmp-final"))
+    if os.path.exists(old) and not os.path.exists(final):
+        try:
+            os.rename(tmp if os.path.exists(tmp) else old, final)
+        except FileNotFoundError:  # another rank moved it first
+            pass
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def final_step(out_dir):

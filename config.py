@@ -5,7 +5,8 @@ Config loading for r1-mini: a dataclass tree (one dataclass per section), a TOML
 
 TOML values must already have the field's type (an int is accepted for a float); CLI values are strings, parsed
 into the field's type. An unknown key or a value of the wrong type raises, naming the key and the valid ones.
-A field typed `dict` holds a free-form table (the pipeline's steps), checked when it is applied.
+A field typed `dict` holds a free-form table (the pipeline's steps), checked when it is applied; since it merges the
+TOML's values with the command line's strings, its values are parsed like CLI strings ("5" is read as an int 5).
 """
 
 import dataclasses

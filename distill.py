@@ -50,7 +50,7 @@ class DistillConfig:
     top_k: int = 0  # keep only the teacher's k largest logits (e.g. 20-100); 0 = full vocabulary
     ce_weight: float = 0.0  # loss = (1 - ce_weight) * distill + ce_weight * CE on the same tokens
     source: str = "teacher"  # logits mode: "teacher" = teacher-sampled completions, "dataset" = worked solutions
-    samples_per_prompt: int = 4  # N, teacher samples per prompt (traces; teacher source of logits mode)
+    samples_per_prompt: int = 4  # N, teacher samples per prompt (traces mode only)
     sample_temperature: float = 1.0  # teacher sampling temperature (R1 evaluates at 0.6)
     max_new_tokens: int = 128  # teacher completion budget in tokens
     reward_threshold: float = 1.0  # traces mode: keep samples with reward >= this (1.0 = correct answer)

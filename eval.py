@@ -166,7 +166,8 @@ def read_run_config(path):
 def held_out(spec, n_test, run_cfg, jsonl=None):
     """--data as problems. For a synthetic spec and a run trained on synthetic data, the run's held-out set: its
     families (unless the spec names some), levels and data seed, and never one of its training questions, so
-    'synthetic' is exactly the run's own test split and 'synthetic:add' holds no training problem.
+    'synthetic' with n_test=None (the run's data.n_test) is exactly the run's own test split, and 'synthetic:add'
+    holds no training problem. n_test=None outside a synthetic run: 500.
     A JSONL file is read with the `jsonl` settings given (load_jsonl's format and field names; None = not given);
     when it is the run's own train or test file, the run's settings fill in the others, so the golds are the ones
     train.py evaluated against."""
@@ -178,10 +179,10 @@ def held_out(spec, n_test, run_cfg, jsonl=None):
         kw.update({k: v for k, v in (jsonl or {}).items() if v is not None})
         return D.load_jsonl(spec, **kw)
     if not data or data.get("train_file"):
-        return D.parse_data_spec(spec, n_test)
+        return D.parse_data_spec(spec, n_test or 500)
     dc = D.DataConfig(**{k: v for k, v in data.items() if k in D.DataConfig.__dataclass_fields__})
     train = {p["question"] for p in D.load_problems(dc, "train")}
-    return D.parse_data_spec(spec, n_test, dc.seed, dc.levels, dc.families, exclude=train)
+    return D.parse_data_spec(spec, n_test or dc.n_test, dc.seed, dc.levels, dc.families, exclude=train)
 
 
 def parse_args(argv):
@@ -199,7 +200,8 @@ def parse_args(argv):
     ap.add_argument("--template", default=None, help="plain, r1, qwen, deepseek-r1 or chat (the tokenizer's "
                     "own); default: the checkpoint's training template")
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0: all)")
-    ap.add_argument("--n_test", type=int, default=500, help="synthetic test problems")
+    ap.add_argument("--n_test", type=int, default=None, help="synthetic test problems (default: the run's "
+                    "data.n_test for our synthetic runs, so --data synthetic is their test split; else 500)")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
@@ -216,7 +218,7 @@ def parse_args(argv):
     except ValueError:
         ap.error(f"--k {args.k!r}: expected a comma list of integers")
     for name, ok, want in [("n", args.n >= 0, ">= 0 (0: greedy only)"), ("limit", args.limit >= 0, ">= 0 (0: all)"),
-                           ("n_test", args.n_test >= 1, "at least 1"),
+                           ("n_test", args.n_test is None or args.n_test >= 1, "at least 1"),
                            ("batch_size", args.batch_size >= 1, "at least 1"),
                            ("max_new_tokens", args.max_new_tokens >= 1, "at least 1"),
                            ("k", not args.n or (args.k and min(args.k) >= 1), "a comma list of k >= 1")]:

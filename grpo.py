@@ -84,7 +84,7 @@ class GRPOConfig:
             ("agg", self.agg in AGGS, f"one of {AGGS}"),
             ("ref_update_every", self.ref_update_every >= 0, ">= 0 (0: never)"),
             ("micro_batch_size", self.micro_batch_size >= 1, "at least 1"),
-            ("rollout_prompts", self.rollout_prompts >= 0, ">= 0 (0: the whole batch)"),
+            ("rollout_prompts", self.rollout_prompts >= 0, ">= 0 (0: batch_size / ranks)"),
             ("max_grad_norm", self.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
         ]
         check_rules("grpo", self, rules)

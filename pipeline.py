@@ -29,13 +29,15 @@ import time
 import torch
 
 import report
-from checkpoint import final_step
+from checkpoint import final_step, recover_final
 from config import apply_table
 
 
 def pipeline_configs(cfg, runners):
     """One Config per pipeline step: the base config plus the step's table, checked before anything runs."""
     steps = cfg.pipeline.get("steps")
+    if isinstance(steps, str):  # from the command line: --pipeline.steps=sft,grpo
+        steps = [s.strip() for s in steps.split(",") if s.strip()]
     unknown = set(cfg.pipeline) - {"steps", "report", "jobs"} - set(steps or [])
     if unknown:
         raise KeyError(f"[pipeline] has tables for steps not in `steps`: {sorted(unknown)}")
@@ -86,6 +88,7 @@ def run_pipeline(cfg, runners, writer=True):
     rows = report.read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")) if writer else []  # the runs so far
     todo = []
     for name, step in steps:  # finished: resumed, and `final` is at the step's max_steps (a higher one extends it)
+        recover_final(step.out_dir)
         done = final_step(step.out_dir)
         if not (cfg.train.resume and done is not None and done >= step.train.max_steps):
             todo.append((name, step))

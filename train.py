@@ -4,7 +4,7 @@ Training entry point for r1-mini: one command runs one stage, configured by a TO
     python train.py --config configs/NAME.toml [--section.key=value ...] [--init CKPT] [--out_dir DIR]
     torchrun --nproc_per_node N train.py --config ...     # N processes: DDP (or FSDP2), see dist.py
 
-Stages (the top-level `stage` key), each a short `run_<stage>` function:
+Stages (the top-level `stage` key), each a short `run_<stage>` function (pipeline: pipeline.run_pipeline):
     pretrain   next-token loss on packed documents
     sft        loss on the completion tokens of prompt/completion pairs
     grpo       grpo.grpo_step on sampled prompts, rewards from reward.py (decoded here, never in grpo.py)

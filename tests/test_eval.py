@@ -39,6 +39,8 @@ def test_synthetic_eval_set_is_the_runs_held_out_split():
     train, test = D.synthetic_splits(dc)
     seen = {p["question"] for p in train}
     assert [p["question"] for p in E.held_out("synthetic", 60, run)] == [p["question"] for p in test]
+    assert E.held_out("synthetic", None, run) == test  # --n_test left out: the run's own n_test
+    assert len(E.held_out("synthetic", None, {})) == 500  # a foreign checkpoint: 500
     for spec in ("synthetic", "synthetic:add", "synthetic:add,linear"):  # other families, other sizes
         got = E.held_out(spec, 100, run)
         assert len(got) == 100 and not seen & {p["question"] for p in got}, spec

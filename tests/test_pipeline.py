@@ -135,7 +135,8 @@ def test_report_settings_are_checked_before_training(tmp_path, line, match):
 
 
 def test_report_and_jobs_from_the_command_line(tmp_path):
-    """CLI values are strings: "--pipeline.report.k=1,2" is the list [1, 2], "--pipeline.jobs=two" an error."""
+    """CLI values are strings: "--pipeline.report.k=1,2" is the list [1, 2] (so is --pipeline.steps a list of
+    names), "--pipeline.jobs=two" an error."""
     import pipeline
     (tmp_path / "toy.toml").write_text(TOY)
     cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.report.k=1, 2", "--pipeline.report.n=4",
@@ -143,6 +144,8 @@ def test_report_and_jobs_from_the_command_line(tmp_path):
     steps = pipeline.pipeline_configs(cfg, T.RUNNERS)
     spec = __import__("report").report_spec(cfg, steps)
     assert spec["k"] == [1, 2] and spec["n"] == 4 and spec["rl"] == ["sft", "grpo"] and spec["n_test"] == 3
+    cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.steps=pretrain, sft,grpo,student"])
+    assert [name for name, _ in pipeline.pipeline_configs(cfg, T.RUNNERS)] == ["pretrain", "sft", "grpo", "student"]
     cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.jobs=two"])
     with pytest.raises(ValueError, match=r"\[pipeline\]\.jobs = 'two': must be an integer >= 1"):
         pipeline.pipeline_configs(cfg, T.RUNNERS)

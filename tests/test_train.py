@@ -231,6 +231,34 @@ def test_finished_run_extends_to_a_higher_max_steps(tiny_toml, tmp_path, capsys,
     assert "is done, nothing to resume" in capsys.readouterr().out
 
 
+def test_a_crash_between_the_two_renames_of_final_is_recovered(tiny_toml, tmp_path, monkeypatch, capsys):
+    """Replacing `final` (an extension) renames final -> .old-final, then .tmp-final -> final. A crash between the
+    two leaves no `final`; the next run puts the new, complete one in place instead of starting over."""
+    flat = ["--config", tiny_toml, "--train.eval_n=0", "--train.save_every=100"]
+    out = str(tmp_path / "x")
+    T.main(flat + ["--out_dir", out, "--train.max_steps=2"])
+    real = os.rename
+
+    def crash(a, b):
+        real(a, b)
+        if os.path.basename(b) == ".old-final":
+            raise KeyboardInterrupt  # the power cut, right after the first rename
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(KeyboardInterrupt):
+        T.main(flat + ["--out_dir", out, "--train.max_steps=4", "--train.resume=true"])
+    monkeypatch.setattr(os, "rename", real)
+    assert sorted(os.listdir(out)) == [".old-final", ".tmp-final", "metrics.jsonl", "samples.jsonl", "tokenizer.model",
+                                       "tokenizer.vocab"]
+    new = load_file(os.path.join(out, ".tmp-final", "model.safetensors"))
+    capsys.readouterr()
+    T.main(flat + ["--out_dir", out, "--train.max_steps=4", "--train.resume=true"])
+    assert "is done, nothing to resume" in capsys.readouterr().out  # step 4 was not lost
+    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == []
+    got = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert all(torch.equal(new[k], got[k]) for k in new)
+
+
 def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
     """save_checkpoint fsyncs every file and the temporary folder before the rename that makes them the checkpoint,
     and the parent folder after it: without that, a power cut soon after the rename can leave the checkpoint's
