@@ -64,6 +64,15 @@ def check_rules(section, obj, rules):
             raise ValueError(f"[{section}].{name} = {getattr(obj, name)!r}: must be {want}")
 
 
+def positive_int(value, key):
+    """An integer >= 1 from a TOML int or a CLI string, or a ValueError naming the key."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{key} = {value!r}: must be an integer >= 1")
+    return value
+
+
 def _merge(base, updates):
     out = dict(base)
     for k, v in updates.items():

@@ -30,7 +30,7 @@ import torch
 
 import report
 from checkpoint import final_step, recover_final
-from config import apply_table
+from config import apply_table, positive_int
 
 
 def pipeline_configs(cfg, runners):
@@ -66,7 +66,7 @@ def pipeline_configs(cfg, runners):
         step.out_dir = os.path.join(cfg.out_dir, name)
         dirs[name] = os.path.join(step.out_dir, "final")
         out.append((name, step))
-    report.positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs")
+    positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs")
     if "report" in cfg.pipeline:
         report.report_spec(cfg, out)
     return out
@@ -80,17 +80,17 @@ def run_pipeline(cfg, runners, writer=True):
     """Run the steps in dependency order: one at a time, or up to [pipeline] jobs at once in worker processes.
     With --train.resume=true a finished step is skipped (with a warning naming the keys, if its config has changed
     since it ran), one whose train.max_steps was raised is extended, and an interrupted one continues from its
-    newest checkpoint. Wall time per step goes to
-    out_dir/pipeline.jsonl. writer: this process writes pipeline.jsonl and the report (under torchrun only rank 0
-    does; every rank trains, one step at a time)."""
+    newest checkpoint. Wall time per step goes to out_dir/pipeline.jsonl. writer: this process writes
+    pipeline.jsonl and the report (under torchrun only rank 0 does; every rank trains, one step at a time)."""
     steps = pipeline_configs(cfg, runners)
     os.makedirs(cfg.out_dir, exist_ok=True)
     rows = report.read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")) if writer else []  # the runs so far
     todo = []
+    ended = {}  # step -> the step its `final` was written at, None if it has none
     for name, step in steps:  # finished: resumed, and `final` is at the step's max_steps (a higher one extends it)
         recover_final(step.out_dir)
-        done = final_step(step.out_dir)
-        if not (cfg.train.resume and done is not None and done >= step.train.max_steps):
+        ended[name] = final_step(step.out_dir)
+        if not (cfg.train.resume and ended[name] is not None and ended[name] >= step.train.max_steps):
             todo.append((name, step))
         elif writer:
             warn_if_changed(rows, name, step)
@@ -99,8 +99,8 @@ def run_pipeline(cfg, runners, writer=True):
         if name not in again and after[name] & again and writer:
             print(f"warning: pipeline step {name!r} is finished and skipped, but {sorted(after[name] & again)}, which "
                   f"it starts from, runs again; remove {step.out_dir} to redo it too")
-    jobs = report.positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs")
-    extends = {name for name, step in todo if final_step(step.out_dir) is not None}  # their time adds to the old
+    jobs = positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs")
+    extends = {name for name, _ in todo if ended[name] is not None}  # their wall time adds to the finished run's
     # SIGTERM (kill, timeout, a job scheduler) becomes SystemExit, so the cleanup below runs: side_by_side's
     # workers, left alive, would go on writing the step folders that a resumed pipeline writes
     on_term = signal.signal(signal.SIGTERM, _exit)

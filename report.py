@@ -17,6 +17,7 @@ import time
 
 import torch
 
+import config as C
 import data as D
 import eval as E
 
@@ -144,11 +145,11 @@ def report_spec(cfg, steps):
         if isinstance(spec[key], str):
             spec[key] = [x.strip() for x in spec[key].split(",") if x.strip()]
     for key in ("n", "n_test", "max_new_tokens"):
-        spec[key] = positive_int(spec[key], f"[pipeline.report].{key}")
+        spec[key] = C.positive_int(spec[key], f"[pipeline.report].{key}")
     k = spec["k"]
     if not (isinstance(k, list) and k):
         raise ValueError(f"[pipeline.report].k = {k!r}: must be a list of integers in [1, n]")
-    spec["k"] = [positive_int(x, "[pipeline.report].k") for x in k]
+    spec["k"] = [C.positive_int(x, "[pipeline.report].k") for x in k]
     if len(set(spec["k"])) < len(spec["k"]):
         raise ValueError(f"[pipeline.report].k = {k!r}: each k once")
     if max(spec["k"]) > spec["n"]:
@@ -167,19 +168,9 @@ def report_spec(cfg, steps):
     return spec
 
 
-def positive_int(value, key):
-    """An integer >= 1 from a TOML int or a CLI string, or a ValueError naming the key."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{key} = {value!r}: must be an integer >= 1")
-    return value
-
-
-def write_report(cfg, steps, spec=None):
-    """Evaluate the checkpoints [pipeline.report] names and write report.json / report.md / plots.png in out_dir.
-    spec: that table as report_spec returns it (by default, read from cfg)."""
-    spec = report_spec(cfg, steps) if spec is None else spec
+def write_report(cfg, steps):
+    """Evaluate the checkpoints [pipeline.report] names and write report.json / report.md / plots.png in out_dir."""
+    spec = report_spec(cfg, steps)
     stage_of = dict((name, s.stage) for name, s in steps)
     t0, device = time.time(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problems = D.load_problems(cfg.data, "test")[: spec["n_test"]]
@@ -187,7 +178,7 @@ def write_report(cfg, steps, spec=None):
     final = lambda name: os.path.join(cfg.out_dir, name, "final")
     rep = {"n_test": len(problems), "wall_s": wall, "rl": [], "distill": [], "zero": []}
     todo = [(name, True) for name in spec["rl"]] + [(n, False) for n in spec["distill"] if n not in spec["rl"]]
-    jobs = positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs") if device.type == "cpu" else 1
+    jobs = C.positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs") if device.type == "cpu" else 1
     rows = dict(zip([name for name, _ in todo], evaluate_all(
         [(final(name), problems, spec, sampled, device) for name, sampled in todo], jobs)))
     rep["rl"] = [{"step": name, **rows[name]} for name in spec["rl"]]
