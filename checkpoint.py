@@ -37,6 +37,7 @@ def save_checkpoint(folder, model, tok, cfg, train_state=None, weights=None):
     os.makedirs(tmp)
     model.save_pretrained(tmp, weights)
     tok.save(tmp)
+    write_token_ids(tmp, tok)
     with open(os.path.join(tmp, "run_config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2)
     if train_state is not None:
@@ -53,6 +54,20 @@ def save_checkpoint(folder, model, tok, cfg, train_state=None, weights=None):
     else:
         os.rename(tmp, folder)
     fsync(parent)  # the rename itself
+
+
+def write_token_ids(folder, tok):
+    """The tokenizer's special ids in config.json, and generation_config.json (every stop id), as Hugging Face
+    writes them: transformers' generate() then stops where ours does (without them it samples to max_new_tokens)."""
+    ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**cfg, **ids}, f, indent=2)
+    stops = tok.stop_ids if len(tok.stop_ids) > 1 else tok.stop_ids[0]
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+        json.dump({**ids, "eos_token_id": stops}, f, indent=2)
 
 
 def fsync(path):

@@ -88,6 +88,7 @@ class Tokenizer:
         self.vocab_size = self.sp.get_piece_size()
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eos_id
+        self.stop_ids = [self.eos_id]  # the ids that end a sampled completion (generate's eos_id)
 
     def encode(self, text, bos=False, eos=False):
         ids = self.sp.encode(text)
@@ -104,8 +105,8 @@ class HFTokenizer:
     """A Hugging Face `tokenizer.json` (Qwen2, DeepSeek), read with the optional `tokenizers` package.
     chat_template names the chat format the model was tuned on, recognised from its special tokens (we do not run
     the Jinja template of tokenizer_config.json): "qwen" (ChatML, <|im_start|>), "deepseek-r1" (<｜User｜>), or
-    None. With ChatML an assistant turn ends with <|im_end|>, so that is eos_id (where sampling stops and SFT
-    targets end), even where tokenizer_config.json names <|endoftext|> (the Qwen2.5 base models)."""
+    None. With ChatML an assistant turn ends with <|im_end|>, so that is eos_id (where SFT targets end), even where
+    tokenizer_config.json names <|endoftext|> (the Qwen2.5 base models); sampling stops at either (stop_ids)."""
 
     def __init__(self, folder):
         try:
@@ -116,7 +117,7 @@ class HFTokenizer:
         self.path = os.path.join(folder, "tokenizer.json")  # for messages only, as in Tokenizer
         # the bytes of the files we read, kept for save(): the folder may be a checkpoint that rotation deletes
         self.files = {}
-        for name in ("tokenizer.json", "tokenizer_config.json"):
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):  # what save() writes back
             if os.path.exists(os.path.join(folder, name)):
                 with open(os.path.join(folder, name), "rb") as f:
                     self.files[name] = f.read()
@@ -136,6 +137,10 @@ class HFTokenizer:
             raise ValueError(f"{folder}: no eos token: name one as eos_token in tokenizer_config.json")
         pad = self._special_id(special, "pad_token")
         self.pad_id = pad if pad is not None else self.eos_id
+        # sampling stops at eos_id and at the tokenizer's own end of text (<|endoftext|> of the Qwen2.5 base models,
+        # which they write at the end of a document even under a ChatML template)
+        own = self._special_id(special, "eos_token")
+        self.stop_ids = [self.eos_id] + ([own] if own is not None and own != self.eos_id else [])
 
     def _special_id(self, special, name):
         t = special.get(name)  # a string, or a dict with 'content' in newer files

@@ -87,7 +87,7 @@ def greedy_eval(model, tok, problems, template, max_new_tokens, batch_size=64, d
     """Greedy (temperature 0) accuracy, format rate and mean completion length; returns (metrics, samples).
     The format rate is reward.format_reward's R1 format (<think>..</think><answer>..</answer>): it measures the
     r1 template; the other templates never ask for <answer> tags, so theirs is 0."""
-    comps = complete(model, encode_prompts(tok, problems, template), max_new_tokens, tok.eos_id, batch_size,
+    comps = complete(model, encode_prompts(tok, problems, template), max_new_tokens, tok.stop_ids, batch_size,
                      desc=desc)
     samples = [score(tok, p, c) for p, c in zip(problems, comps)]
     n = max(1, len(samples))
@@ -103,7 +103,7 @@ def sampled_eval(model, tok, problems, template, n, ks, max_new_tokens, temperat
     maj@k votes over the first k samples of each problem."""
     prompts = encode_prompts(tok, problems, template)
     flat = [p for p in prompts for _ in range(n)]  # (P*n,) the n samples of a problem contiguous
-    comps = complete(model, flat, max_new_tokens, tok.eos_id, batch_size, temperature, top_p, generator,
+    comps = complete(model, flat, max_new_tokens, tok.stop_ids, batch_size, temperature, top_p, generator,
                      desc=f"sampling {n} per problem")
     records = []
     for i, p in enumerate(problems):
@@ -258,7 +258,7 @@ def main(argv=None):
         if room < 1:
             raise ValueError(f"the prompt is {len(ids)} tokens; the model's max_seq_len is {model.cfg.max_seq_len}")
         text = tok.decode(model.generate([ids], min(args.max_new_tokens, room), temperature=0.0,
-                                         eos_id=tok.eos_id)[0])
+                                         eos_id=tok.stop_ids)[0])
         print(text.strip(), f"\n\nextracted answer: {extract_answer(text)}")
         return None
     problems = problems[: args.limit] if args.limit else problems

@@ -280,7 +280,8 @@ def rollout(policy, prompts, reward_fn, cfg, eos_id=None, generator=None):
     policy.train(was_training)
     scores = [reward_fn(p, c) for p, c in zip(prompt_ids, completion_ids)]
     pairs = [s if isinstance(s, tuple) else (s, s) for s in scores]
-    ended = [len(c) > 0 and eos_id is not None and c[-1] == eos_id for c in completion_ids]
+    stops = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)  # eos: an id or ids
+    ended = [len(c) > 0 and c[-1] in stops for c in completion_ids]
     return {
         "prompt_ids": prompt_ids,
         "completion_ids": completion_ids,

@@ -329,7 +329,8 @@ class Transformer(nn.Module):
         """Sample completions for ragged prompts (list[list[int]]) -> list[list[int]], completions only.
 
         temperature 0 is greedy; top_p < 1 samples from the smallest set of tokens holding top_p of the mass.
-        A row stops after its first eos_id (included); eos_id=None gives exactly max_new_tokens per row.
+        A row stops after its first eos_id (included): an id, or a list of ids any of which ends a row (a chat
+        model's end of turn and its tokenizer's end of text); eos_id=None gives exactly max_new_tokens per row.
         Randomness comes from `generator` (or a new one seeded with `seed`), so rollouts replay.
         """
         cfg, device = self.cfg, self.tok_embeddings.weight.device
@@ -349,6 +350,8 @@ class Transformer(nn.Module):
             raise ValueError(f"prompt token ids must lie in [0, vocab_size={cfg.vocab_size})")
         if generator is None and seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
+        stops = None if eos_id is None else torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id),
+                                                         device=device)  # (n_stop,)
 
         dtype = self.tok_embeddings.weight.dtype
         if torch.is_autocast_enabled(device.type):  # the cache holds what the projections produce
@@ -389,8 +392,8 @@ class Transformer(nn.Module):
             out[live, i] = nxt
             if i == N - 1:
                 break
-            if eos_id is not None:  # everything after a row's eos is cut below
-                done |= nxt == eos_id
+            if stops is not None:  # everything after a row's eos is cut below
+                done |= torch.isin(nxt, stops)
                 n_done = int(done.sum())
                 if n_done == len(done):
                     break
@@ -407,9 +410,10 @@ class Transformer(nn.Module):
             logits = self._decode(nxt, t, cos_t, sin_t, decode_mask, caches, weights, norms)  # (B, V)
 
         rows = out[:, : i + 1].tolist()
-        if eos_id is None:
+        if stops is None:
             return rows
-        return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in rows]
+        stop = set(stops.tolist())
+        return [row[: next((j + 1 for j, t in enumerate(row) if t in stop), len(row))] for row in rows]
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, device="cpu"):

@@ -150,13 +150,14 @@ def build_tokenizer(cfg, train_problems):
     return D.train_tokenizer(D.tokenizer_corpus(train_problems), prefix, cfg.data.vocab_size)
 
 
-def build_model(cfg, tok, device):
-    """The model to train: from the init checkpoint, or a fresh one with the tokenizer's vocabulary."""
+def build_model(cfg, tok, device, vocab_size=None):
+    """The model to train: from the init checkpoint, or a fresh one with the tokenizer's vocabulary (or vocab_size
+    embedding rows, a padded vocabulary as a distillation teacher's)."""
     if cfg.init:
         model = Transformer.from_pretrained(cfg.init, dtype=torch.float32)
         cfg.model = model.cfg  # the run config records the architecture actually trained
     else:
-        cfg.model.vocab_size = tok.vocab_size
+        cfg.model.vocab_size = vocab_size or tok.vocab_size
         model = Transformer(cfg.model)
     return model.to(device)
 
@@ -313,7 +314,7 @@ class Run:
     test: list            # held-out problems
 
 
-def start_run(cfg):
+def start_run(cfg, vocab_size=None):
     """Problems, device, seed, tokenizer, model and optimizer for a stage, restored from the newest checkpoint
     when resuming. None when out_dir/final exists and we resume: the stage is done (unless train.max_steps is
     now higher: the run is then extended from `final`, see checkpoint.prepare_out_dir).
@@ -333,7 +334,7 @@ def start_run(cfg):
     else:
         with dist.rank0_first():
             tok = build_tokenizer(cfg, train_problems)
-        model = build_model(cfg, tok, device)
+        model = build_model(cfg, tok, device, vocab_size)
     model.checkpointing = cfg.train.activation_checkpointing
     cfg.data.template = D.resolve_template(cfg.data.template, tok)  # "chat" -> the tokenizer's format, recorded
     if cfg.train.fsdp:
@@ -512,7 +513,7 @@ def run_grpo(cfg):
         my_prompts = [prompts[i] for c in mine for i in pick[c * C:(c + 1) * C]]
         gens = [step_generator(tc.seed, step, 1 + c, device) for c in mine]  # one per chunk
         with autocast(device, tc.bf16):
-            stats = grpo.grpo_step(policy, ref, opt, my_prompts, reward_fn, gc, eos_id=tok.eos_id, generator=gens,
+            stats = grpo.grpo_step(policy, ref, opt, my_prompts, reward_fn, gc, eos_id=tok.stop_ids, generator=gens,
                                    reduce=reduce)
         samples = stats.pop("_samples")
         if not math.isfinite(stats["loss"]):
@@ -553,8 +554,9 @@ def teacher_traces(cfg, teacher, tok, problems, device):
         flat = [i for i in range(len(problems)) for _ in range(dc.samples_per_prompt)]  # (P*N,) problem index
         gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
         with autocast(device, cfg.train.bf16):
-            comps = E.complete(teacher, [prompts[i] for i in flat], dc.max_new_tokens, tok.eos_id,
+            comps = E.complete(teacher, [prompts[i] for i in flat], dc.max_new_tokens, tok.stop_ids,
                                cfg.train.eval_batch_size, dc.sample_temperature, 1.0, gen, desc="teacher traces")
+        comps = tokens_only(comps, tok)
         samples = [{"prompt_ids": prompts[i], "completion_ids": c, "question": problems[i]["question"]}
                    for i, c in zip(flat, comps)]
         rewards = [accuracy_reward(tok.decode(c), problems[i]["answer"]) for i, c in zip(flat, comps)]
@@ -577,11 +579,14 @@ def teacher_traces(cfg, teacher, tok, problems, device):
 
 
 def logit_matching_loss(teacher, dc):
-    """loss_fn for train_loop: distill.distill_objective against the teacher's logits on the same tokens."""
+    """loss_fn for train_loop: distill.distill_objective against the teacher's logits on the same tokens. Models
+    whose embeddings are padded differently past the shared tokenizer are compared over their common rows."""
     def loss_fn(model, x, y, mask):
         with torch.no_grad():
-            t_logits = teacher(x)  # (B, T, V), no gradient reaches the teacher
-        return distill.distill_objective(model(x), t_logits, y, mask, dc)
+            t_logits = teacher(x)  # (B, T, Vt), no gradient reaches the teacher
+        s_logits = model(x)  # (B, T, Vs)
+        V = min(s_logits.shape[-1], t_logits.shape[-1])  # >= the tokenizer's vocabulary (run_distill checks)
+        return distill.distill_objective(s_logits[..., :V], t_logits[..., :V], y, mask, dc)
     return loss_fn
 
 
@@ -594,9 +599,15 @@ def teacher_sample_batches(cfg, teacher, tok, problems, device):
         gen = step_generator(cfg.train.seed, step, micro, device, stream=1)  # sampling, apart from the picks
         with autocast(device, cfg.train.bf16):
             comps = teacher.generate([prompts[i] for i in idx.tolist()], dc.max_new_tokens, dc.sample_temperature,
-                                     eos_id=tok.eos_id, generator=gen)
-        return D.sft_batch([(prompts[i], c) for i, c in zip(idx.tolist(), comps)], tok.pad_id)
+                                     eos_id=tok.stop_ids, generator=gen)
+        return D.sft_batch([(prompts[i], c) for i, c in zip(idx.tolist(), tokens_only(comps, tok))], tok.pad_id)
     return batch_fn
+
+
+def tokens_only(completions, tok):
+    """Each teacher completion up to its first id past the tokenizer's vocabulary: a teacher with padded embeddings
+    (Qwen's) can sample a padding row, which is no token and which a student with fewer rows cannot embed."""
+    return [c[: next((j for j, t in enumerate(c) if t >= tok.vocab_size), len(c))] for c in completions]
 
 
 def run_distill(cfg):
@@ -611,13 +622,18 @@ def run_distill(cfg):
                          "sources teacher, dataset")
     if not cfg.init and not cfg.data.tokenizer:
         cfg.data.tokenizer = dc.teacher  # a student from scratch takes the teacher's tokenizer
-    run = start_run(cfg)
+    with open(os.path.join(dc.teacher, "config.json")) as f:  # a student from scratch: the teacher's embedding rows
+        teacher_vocab = ModelConfig.from_hf(json.load(f)).vocab_size  # (Qwen pads them past the tokenizer's)
+    run = start_run(cfg, teacher_vocab)
     if run is None:
         return
     device, tok = run.device, run.tok
     if not same_tokenizer(tok, D.load_tokenizer(dc.teacher)):
         raise ValueError(f"student tokenizer ({cfg.init or cfg.data.tokenizer}) differs from the teacher's "
                          f"({dc.teacher}): logits and traces are only comparable over one vocabulary")
+    for name, v in (("student", run.model.cfg.vocab_size), ("teacher", teacher_vocab)):
+        if v < tok.vocab_size:
+            raise ValueError(f"the {name} has {v} embedding rows, fewer than its tokenizer's {tok.vocab_size} tokens")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
     report_memory(cfg, run, cfg.train.batch_size * min(cfg.data.seq_len, run.model.cfg.max_seq_len), teacher)
     if dc.mode == "traces":  # SFT on what the teacher got right (sampled by rank 0, read by the others)

@@ -238,6 +238,7 @@ def test_qwen_chat_template_from_tokenizer_json(tmp_path):
     tok = D.load_tokenizer(str(tmp_path))
     im_start, im_end = t.token_to_id("<|im_start|>"), t.token_to_id("<|im_end|>")
     assert tok.chat_template == "qwen" and tok.eos_id == im_end and tok.bos_id is None
+    assert tok.stop_ids == [im_end, t.token_to_id("<|endoftext|>")]  # sampling stops at the base model's eos too
     assert tok.pad_id == t.token_to_id("<|endoftext|>")
     assert D.resolve_template("chat", tok) == "qwen" and D.resolve_template("r1", tok) == "r1"
     prompt = D.format_prompt("Compute 12 + 7.", "qwen")
@@ -309,13 +310,17 @@ def test_hf_tokenizer_saves_after_its_folder_is_deleted(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     _hf_tokenizer(src, ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"})
+    (src / "chat_template.jinja").write_text("{{ messages }}")  # where transformers' save_pretrained puts it
     tok = D.load_tokenizer(str(src))
+    assert tok.stop_ids == [tok.eos_id]
     for f in src.iterdir():
         f.unlink()
     src.rmdir()
     (tmp_path / "out").mkdir()
     tok.save(str(tmp_path / "out"))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chat_template.jinja", "tokenizer.json",
+                                                                   "tokenizer_config.json"]
+    assert (tmp_path / "out" / "chat_template.jinja").read_text() == "{{ messages }}"
     tok2 = D.load_tokenizer(str(tmp_path / "out"))
     assert (tok2.bos_id, tok2.eos_id) == (tok.bos_id, tok.eos_id)
     text = "Solve 3x + 5 = 20."

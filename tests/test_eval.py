@@ -150,7 +150,7 @@ def test_sampled_means_are_exact_and_a_repeated_k_counts_once(monkeypatch):
     """Every sample right on 10 problems: pass@k and maj@k are exactly 1.0 (a running sum of x / 10 gives
     0.9999999999999999), and a k given twice is one metric, not a sum of two."""
     class Tok:
-        eos_id = 0
+        eos_id, stop_ids = 0, [0]
 
         def encode(self, text, bos=False):
             return [1, 2]

@@ -376,6 +376,20 @@ def test_eos_stops_each_row_and_is_included(monkeypatch):
     assert len(calls) == k  # the decode steps feeding tokens 0..k-1
 
 
+def test_a_list_of_eos_ids_stops_a_row_at_the_first_of_any():
+    """eos_id=[a, b] (a chat model's end of turn and its tokenizer's end of text): each row ends at its first a or b."""
+    m = tiny()
+    prompts = prompts_of([6, 11, 4, 9], seed=5)
+    free = m.generate(prompts, max_new_tokens=12, temperature=0)
+    a, b = free[0][3], free[1][5]  # two tokens the greedy rows emit
+    got = m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=[a, b])
+    cut = lambda f: f[: next((j + 1 for j, t in enumerate(f) if t in (a, b)), len(f))]  # noqa: E731
+    assert got == [cut(f) for f in free]
+    assert len(got[0]) <= 4 and len(got[1]) <= 6 and got != free
+    assert m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=[a]) == \
+        m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=a)
+
+
 def test_rows_that_stopped_leave_the_batch(monkeypatch):
     """Departure 7: once a quarter of the rows have emitted eos, the decode batch shrinks to the others, and every
     row's greedy completion is still the one it gets alone (ragged prompts, so the pad mask is compacted too)."""

@@ -64,6 +64,11 @@ def test_recipe_end_to_end_on_a_tiny_qwen_checkpoint(tmp_path):
     run = json.load(open(out / "final" / "run_config.json"))
     assert run["data"]["template"] == "qwen"  # "chat" resolved from the tokenizer and recorded for eval.py
     assert os.path.exists(out / "final" / "tokenizer.json")
+    tok = T.D.load_tokenizer(str(out / "final"))
+    im_end, endoftext = (tok.tk.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>"))
+    saved = json.load(open(out / "final" / "config.json"))  # transformers' generate() stops where ours does
+    assert (saved["eos_token_id"], saved["pad_token_id"], saved["bos_token_id"]) == (im_end, tok.pad_id, None)
+    assert json.load(open(out / "final" / "generation_config.json"))["eos_token_id"] == [im_end, endoftext]
     samples = [json.loads(r) for r in open(out / "samples.jsonl")]
     assert samples and all("<|im_start|>" not in s["completion"] for s in samples)
     report = E.main(["--ckpt", str(out / "final"), "--data", str(data), "--n", "2", "--k", "1,2",

@@ -281,6 +281,8 @@ def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
         real_rename(a, b)
 
     class Tok:
+        bos_id, eos_id, pad_id, stop_ids = 1, 2, 3, [2]
+
         def save(self, folder):
             D._write_atomic(os.path.join(folder, "tokenizer.model"), b"spm")
 
@@ -300,7 +302,8 @@ def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
         first_rename = next(i for i, e in enumerate(events) if e[0] == "rename")
         synced = {e[1] for e in events[:first_rename] if e[0] == "fsync"}
         files = sorted(os.listdir(folder))
-        assert files == ["config.json", "model.safetensors", "run_config.json", "tokenizer.model", "train_state.pt"]
+        assert files == ["config.json", "generation_config.json", "model.safetensors", "run_config.json",
+                         "tokenizer.model", "train_state.pt"]
         assert {os.path.join(tmp, f) for f in files} | {tmp} <= synced, (name, synced)
         last_rename = max(i for i, e in enumerate(events) if e[0] == "rename")
         assert events[last_rename][1:] == (tmp, folder)
@@ -554,6 +557,30 @@ def test_distill_stage(pretrained, tmp_path, mode, source, monkeypatch):
         assert all(len(tok.decode(k["completion_ids"])) % 2 == 1 for k in kept)  # exactly the accepted ones
     hf = json.load(open(os.path.join(out, "final", "config.json")))
     assert hf["hidden_size"] == 16 and hf["vocab_size"] == 384  # the student's size, the teacher's vocabulary
+
+
+def test_distill_from_a_teacher_with_padded_embeddings(pretrained, tmp_path):
+    """Qwen-style padding: the teacher has more embedding rows than its tokenizer has tokens. A student from scratch
+    takes the teacher's row count; an --init student with fewer rows is matched over the common rows."""
+    from model import Transformer
+    toml, small = pretrained
+    base = Transformer.from_pretrained(small)
+    cfg = dict(vars(base.cfg), vocab_size=base.cfg.vocab_size + 16)
+    torch.manual_seed(0)
+    padded = Transformer(type(base.cfg)(**cfg))
+    state = {k: v.clone() for k, v in padded.state_dict().items()}
+    for k, v in base.state_dict().items():
+        state[k][: v.shape[0]] = v  # the real rows as trained, then 16 rows of padding
+    padded.load_state_dict(state)
+    teacher = str(tmp_path / "teacher")
+    padded.save_pretrained(teacher)
+    T.D.load_tokenizer(small).save(teacher)
+    for name, extra in (("fresh", []), ("init", ["--init", small])):
+        out = str(tmp_path / name)
+        T.main(["--config", toml, *STUDENT, "--out_dir", out, "--distill.teacher", teacher, *extra])
+        assert all(math.isfinite(r["loss"]) for r in _read_metrics(out))
+        hf = json.load(open(os.path.join(out, "final", "config.json")))
+        assert hf["vocab_size"] == (384 + 16 if name == "fresh" else 384)
 
 
 def test_no_accepted_trace_is_not_cached(pretrained, tmp_path, monkeypatch):
