@@ -10,6 +10,9 @@ KL and the generalized JSD(beta).
 Two modes (DistillConfig.mode), both driven from train.py; this file sees logits, token ids, masks and rewards:
   "logits": distill_loss on sequences (teacher samples or dataset solutions), teacher logits computed on the fly.
   "traces": filter_traces keeps the teacher samples the reward accepts, then plain SFT on them (what R1 did).
+Teacher and student share one tokenizer. Their embeddings may be padded past it differently (Qwen pads to a
+multiple of 128): train.py compares the logits over the rows both have, and a student from scratch takes the
+teacher's row count.
 
 Conventions, with p = softmax(teacher / T) and q = softmax(student / T), per token over the vocabulary:
  1. forward_kl = KL(p || q) = sum_v p (log p - log q), mode-covering (Hinton); reverse_kl = KL(q || p),
