@@ -58,7 +58,7 @@ class DistillConfig:
     max_new_tokens: int = 128  # teacher completion budget in tokens
     reward_threshold: float = 1.0  # traces mode: keep samples with reward >= this (1.0 = correct answer)
     dedup_traces: bool = True  # traces mode: keep one copy of a repeated (prompt, completion) pair
-    traces_file: str = ""  # JSONL cache of the teacher samples / kept traces; "" = out_dir/traces.jsonl
+    traces_file: str = ""  # JSONL cache of the kept traces, settings in .meta.json; "" = out_dir/traces.jsonl
 
     def check(self):
         check_rules("distill", self, [

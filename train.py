@@ -16,6 +16,7 @@ Checkpoints and logs: see checkpoint.py. Batches and rollouts draw from generato
 (seed, step), so `--train.resume=true` continues bitwise from the newest checkpoint in out_dir.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -50,7 +51,8 @@ from reward import accuracy_reward, format_reward
 class TrainConfig:
     max_steps: int = 1000         # optimizer steps
     batch_size: int = 16          # sequences per micro-batch (grpo: prompts per step)
-    grad_accum: int = 1           # micro-batches per optimizer step, over all ranks (a multiple of the rank count)
+    grad_accum: int = 1           # micro-batches per optimizer step, over all ranks (a multiple of the rank count;
+                                  # grpo: unused, it accumulates over grpo.micro_batch_size)
     lr: float = 1e-3              # peak learning rate (AdamW)
     warmup_steps: int = 50        # linear warmup, then cosine decay to min_lr_frac * lr
     min_lr_frac: float = 0.1      # final lr as a fraction of the peak
@@ -93,6 +95,13 @@ class TrainConfig:
 class RewardConfig:
     accuracy_weight: float = 1.0  # GRPO reward = accuracy_weight * accuracy + format_weight * format
     format_weight: float = 0.0    # R1-Zero format reward weight (one <think>..</think> then <answer>..</answer>)
+
+    def check(self):
+        a, f = self.accuracy_weight, self.format_weight
+        C.check_rules("reward", self, [
+            ("accuracy_weight", 0 <= a < math.inf, "a finite number >= 0"),
+            ("format_weight", 0 <= f < math.inf, "a finite number >= 0"),
+            ("accuracy_weight", a + f > 0, "> 0 where format_weight is 0: else every reward is 0, nothing is learned")])
 
 
 @dataclass
@@ -411,18 +420,25 @@ def run_sft(cfg):
     run = start_run(cfg)
     if run is None:
         return
-    T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
-    pairs = [D.encode_sft(run.tok, p, cfg.data.template, T) for p in run.train]
-    kept = [(p, c) for p, c in pairs if c]  # a prompt of T+1 tokens or more leaves no completion token to learn
-    if not kept:
-        raise ValueError(f"every SFT prompt is longer than data.seq_len={T} tokens: no completion token is left "
-                         "to train on; raise data.seq_len (and model.max_seq_len)")
-    if len(kept) < len(pairs) and dist.is_main():
-        print(f"sft: dropped {len(pairs) - len(kept)} of {len(pairs)} problems whose prompt fills "
-              f"data.seq_len={T} tokens")
-    pairs = kept
+    pairs, T = sft_pairs(cfg, run)
     report_memory(cfg, run, cfg.train.batch_size * T)
     train_loop(cfg, run, sft_batches(pairs, cfg, run.tok))
+
+
+def sft_pairs(cfg, run, stage="sft"):
+    """The training problems as (prompt, completion) token pairs cut to T = min(data.seq_len, model.max_seq_len)
+    tokens, and T. A prompt of T tokens or more leaves no completion token to learn: it is dropped (said), and a
+    set with none left is an error rather than a run that trains on nothing."""
+    T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
+    pairs = [D.encode_sft(run.tok, p, cfg.data.template, T) for p in run.train]
+    kept = [(p, c) for p, c in pairs if c]
+    if not kept:
+        raise ValueError(f"every {stage} prompt is longer than data.seq_len={T} tokens: no completion token is left "
+                         "to train on; raise data.seq_len (and model.max_seq_len)")
+    if len(kept) < len(pairs) and dist.is_main():
+        print(f"{stage}: dropped {len(pairs) - len(kept)} of {len(pairs)} problems whose prompt fills "
+              f"data.seq_len={T} tokens")
+    return kept, T
 
 
 def sft_batches(pairs, cfg, tok):
@@ -469,6 +485,9 @@ def run_grpo(cfg):
     cfg.grpo.check()
     if cfg.train.fsdp:  # sampling through sharded weights would need every rank in lockstep at every token
         raise ValueError("train.fsdp is not supported for grpo: use DDP (the default under torchrun)")
+    if cfg.train.grad_accum != 1 and dist.is_main():
+        print(f"note: train.grad_accum={cfg.train.grad_accum} is not used by grpo: a step's gradient accumulates over "
+              "micro-batches of grpo.micro_batch_size sequences")
     run = start_run(cfg)
     if run is None:
         return
@@ -546,9 +565,18 @@ def same_tokenizer(a, b):
 
 def teacher_traces(cfg, teacher, tok, problems, device):
     """DeepSeek-R1-style rejection sampling: N teacher samples per prompt, keep those the reward accepts.
-    The kept traces are cached as JSONL (distill.traces_file) and reused when the file exists."""
+    The kept traces are cached as JSONL (distill.traces_file) and reused when the file exists; the settings they were
+    sampled with go beside it (.meta.json), and a file sampled with other settings is an error, not reused."""
     dc = cfg.distill
     path = dc.traces_file or os.path.join(cfg.out_dir, "traces.jsonl")
+    meta_path, settings = os.path.splitext(path)[0] + ".meta.json", traces_settings(cfg, problems)
+    if os.path.exists(path) and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            old = json.load(f)
+        changed = [k for k in settings if old.get(k) != settings[k]]
+        if changed:
+            raise ValueError(f"{path} holds teacher traces sampled with other settings ({', '.join(changed)}): "
+                             "delete it to sample the teacher again, or set distill.traces_file to another file")
     if not os.path.exists(path):
         prompts = E.encode_prompts(tok, problems, cfg.data.template)
         flat = [i for i in range(len(problems)) for _ in range(dc.samples_per_prompt)]  # (P*N,) problem index
@@ -566,16 +594,24 @@ def teacher_traces(cfg, teacher, tok, problems, device):
             raise ValueError("the teacher produced no accepted trace; check the teacher or lower "
                              "[distill].reward_threshold")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            f.writelines(json.dumps(k) + "\n" for k in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + ".tmp", path)
+        D._write_atomic(meta_path, json.dumps(settings, indent=2).encode())  # first: traces never lack theirs
+        D._write_atomic(path, "".join(json.dumps(k) + "\n" for k in kept).encode())
     with open(path) as f:
         kept = [json.loads(line) for line in f]
     if not kept:
         raise ValueError(f"{path} holds no trace: delete it to sample the teacher again")
     return [(k["prompt_ids"], k["completion_ids"]) for k in kept]
+
+
+def traces_settings(cfg, problems):
+    """What decides which teacher traces are sampled and kept (not the seed or the batching: those change which
+    samples, not what they are samples of)."""
+    dc = cfg.distill
+    questions = hashlib.sha256("\n".join(p["question"] for p in problems).encode()).hexdigest()[:16]
+    return {"teacher": os.path.realpath(dc.teacher), "samples_per_prompt": dc.samples_per_prompt,
+            "max_new_tokens": dc.max_new_tokens, "sample_temperature": dc.sample_temperature,
+            "reward_threshold": dc.reward_threshold, "dedup_traces": dc.dedup_traces, "template": cfg.data.template,
+            "problems": f"{len(problems)} questions, sha256 {questions}"}
 
 
 def logit_matching_loss(teacher, dc):
@@ -634,6 +670,11 @@ def run_distill(cfg):
     for name, v in (("student", run.model.cfg.vocab_size), ("teacher", teacher_vocab)):
         if v < tok.vocab_size:
             raise ValueError(f"the {name} has {v} embedding rows, fewer than its tokenizer's {tok.vocab_size} tokens")
+    if dc.top_k > min(run.model.cfg.vocab_size, teacher_vocab):
+        raise ValueError(f"[distill].top_k = {dc.top_k}: more than the {min(run.model.cfg.vocab_size, teacher_vocab)} "
+                         "logits the teacher and student share")
+    if dc.mode == "traces" or dc.source == "teacher":  # the student trains on prompt + teacher sample
+        check_fits(run.model, E.encode_prompts(tok, run.train, cfg.data.template), dc.max_new_tokens, "training")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
     report_memory(cfg, run, cfg.train.batch_size * min(cfg.data.seq_len, run.model.cfg.max_seq_len), teacher)
     if dc.mode == "traces":  # SFT on what the teacher got right (sampled by rank 0, read by the others)
@@ -641,8 +682,7 @@ def run_distill(cfg):
             traces = teacher_traces(cfg, teacher, tok, run.train, device)
         batch_fn, loss_fn = sft_batches(traces, cfg, tok), None
     elif dc.source == "dataset":  # logit matching on the dataset's worked solutions
-        T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
-        batch_fn = sft_batches([D.encode_sft(tok, p, cfg.data.template, T) for p in run.train], cfg, tok)
+        batch_fn = sft_batches(sft_pairs(cfg, run, "distill")[0], cfg, tok)
         loss_fn = logit_matching_loss(teacher, dc)
     else:  # logit matching on fresh teacher samples
         batch_fn = teacher_sample_batches(cfg, teacher, tok, run.train, device)
@@ -657,7 +697,7 @@ RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo, "distill"
 def check_config(cfg):
     """Every section's settings, checked before anything loads or trains; a bad one is a ValueError naming it
     (the model's shapes are checked as the config is read)."""
-    for section in (cfg.train, cfg.data, cfg.grpo, cfg.distill):
+    for section in (cfg.train, cfg.data, cfg.grpo, cfg.distill, cfg.reward):
         section.check()
 
 

@@ -160,7 +160,7 @@ def test_pretrain_then_sft_end_to_end(tiny_toml, tmp_path):
     assert {"question", "gold", "completion", "pred", "reward"} <= set(sample)
 
 
-def test_context_overflow_is_an_error_at_the_start(tiny_toml, pretrained, tmp_path):
+def test_context_overflow_is_an_error_at_the_start(tiny_toml, pretrained, tmp_path, capsys):
     # the first held-out evaluation would come at step 3; the error must come before any training step
     with pytest.raises(ValueError, match=r"held-out .* exceeds model.max_seq_len=256"):
         T.main(["--config", tiny_toml, "--out_dir", str(tmp_path / "p"), "--train.max_new_tokens=1000"])
@@ -168,7 +168,8 @@ def test_context_overflow_is_an_error_at_the_start(tiny_toml, pretrained, tmp_pa
     toml, init = pretrained
     with pytest.raises(ValueError, match=r"training .* exceeds model.max_seq_len"):
         T.main(["--config", toml, "--init", init, "--out_dir", str(tmp_path / "g"), *GRPO_ARGS,
-                "--grpo.max_new_tokens=1000"])
+                "--grpo.max_new_tokens=1000", "--train.grad_accum=2"])
+    assert "note: train.grad_accum=2 is not used by grpo" in capsys.readouterr().out  # said, not silently ignored
 
 
 def test_sft_refuses_prompts_that_fill_seq_len(tiny_toml, tmp_path):
@@ -581,6 +582,47 @@ def test_distill_from_a_teacher_with_padded_embeddings(pretrained, tmp_path):
         assert all(math.isfinite(r["loss"]) for r in _read_metrics(out))
         hf = json.load(open(os.path.join(out, "final", "config.json")))
         assert hf["vocab_size"] == (384 + 16 if name == "fresh" else 384)
+
+
+def test_cached_traces_sampled_with_other_settings_are_refused(pretrained, tmp_path, monkeypatch):
+    """traces.jsonl is reused only when it was sampled with the same settings (kept beside it, .meta.json): a
+    changed teacher budget or sample count is an error naming the keys, not a silent run on the old traces."""
+    toml, teacher = pretrained
+    monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: float(len(text) % 2))
+    traces = str(tmp_path / "shared" / "traces.jsonl")
+    args = ["--config", toml, *STUDENT, "--distill.teacher", teacher, "--distill.mode=traces",
+            "--distill.traces_file", traces]
+    T.main(args + ["--out_dir", str(tmp_path / "a")])
+    first = open(traces).read()
+    assert json.load(open(str(tmp_path / "shared" / "traces.meta.json")))["samples_per_prompt"] == 2
+    T.main(args + ["--out_dir", str(tmp_path / "b"), "--train.seed=1"])  # same settings: reused as they are
+    assert open(traces).read() == first
+    with pytest.raises(ValueError, match=r"other settings \(samples_per_prompt, max_new_tokens\)"):
+        T.main(args + ["--out_dir", str(tmp_path / "c"), "--distill.samples_per_prompt=3",
+                       "--distill.max_new_tokens=6"])
+
+
+def test_distill_settings_that_cannot_train_fail_at_the_start(pretrained, tmp_path):
+    toml, teacher = pretrained
+    args = ["--config", toml, *STUDENT, "--distill.teacher", teacher]
+    for extra, match in ((["--distill.max_new_tokens=1000"], r"training .* exceeds model.max_seq_len"),
+                         (["--distill.mode=traces", "--distill.max_new_tokens=1000"], r"exceeds model.max_seq_len"),
+                         (["--distill.source=dataset", "--data.seq_len=4"], r"every distill prompt is longer"),
+                         (["--distill.top_k=1000"], r"top_k = 1000: more than the 384 logits")):
+        out = tmp_path / extra[-1].split("=")[0].strip("-")
+        with pytest.raises(ValueError, match=match):
+            T.main(args + ["--out_dir", str(out), *extra])
+        assert not (out / "metrics.jsonl").exists() or not _read_metrics(str(out)), extra
+
+
+@pytest.mark.parametrize("weights, match", [((0.0, 0.0), r"accuracy_weight = 0.0: must be > 0 where format_weight"),
+                                            ((-1.0, 0.5), r"accuracy_weight = -1.0: must be a finite number"),
+                                            ((1.0, float("nan")), r"format_weight = nan: must be a finite")])
+def test_reward_weights_are_checked(weights, match):
+    cfg = T.Config()
+    cfg.reward.accuracy_weight, cfg.reward.format_weight = weights
+    with pytest.raises(ValueError, match=match):
+        T.check_config(cfg)
 
 
 def test_no_accepted_trace_is_not_cached(pretrained, tmp_path, monkeypatch):
