@@ -566,7 +566,8 @@ def same_tokenizer(a, b):
 def teacher_traces(cfg, teacher, tok, problems, device):
     """DeepSeek-R1-style rejection sampling: N teacher samples per prompt, keep those the reward accepts.
     The kept traces are cached as JSONL (distill.traces_file) and reused when the file exists; the settings they were
-    sampled with go beside it (.meta.json), and a file sampled with other settings is an error, not reused."""
+    sampled with go beside it (.meta.json), and a file sampled with other settings is an error, not reused (a file
+    without one, made elsewhere, is used as it is)."""
     dc = cfg.distill
     path = dc.traces_file or os.path.join(cfg.out_dir, "traces.jsonl")
     meta_path, settings = os.path.splitext(path)[0] + ".meta.json", traces_settings(cfg, problems)
