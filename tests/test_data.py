@@ -389,6 +389,8 @@ def test_empty_or_non_string_gold_answers_and_questions_are_errors(tmp_path):
     assert D.load_jsonl(path)[0]["answer"] == "3"
     path = _write(tmp_path / "num.jsonl", [{"question": "q", "answer": 2.5}])
     assert D.load_jsonl(path)[0]["answer"] == "2.5"
+    path = _write(tmp_path / "nosol.jsonl", [{"problem": "p", "solution": "", "answer": "4"}])  # a gold, no working
+    assert D.load_jsonl(path) == [{"question": "p", "solution": "", "answer": "4"}]
 
 
 def test_non_utf8_file_names_file_and_line(tmp_path):

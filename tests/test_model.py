@@ -388,6 +388,17 @@ def test_a_list_of_eos_ids_stops_a_row_at_the_first_of_any():
     assert len(got[0]) <= 4 and len(got[1]) <= 6 and got != free
     assert m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=[a]) == \
         m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=a)
+    # the second id of the list stops a row too: no decode step runs after every row has stopped
+    one = [prompts[0]]
+    k = next(i for i in range(2, 12) if free[0][i] not in free[0][:i])
+    never = next(t for t in range(m.cfg.vocab_size) if t not in free[0])
+    calls, real = [], Transformer._decode
+    Transformer._decode = lambda self, *args: calls.append(1) or real(self, *args)
+    try:
+        assert m.generate(one, max_new_tokens=12, temperature=0, eos_id=[never, free[0][k]]) == [free[0][: k + 1]]
+    finally:
+        Transformer._decode = real
+    assert len(calls) == k
 
 
 def test_rows_that_stopped_leave_the_batch(monkeypatch):

@@ -139,11 +139,16 @@ def test_report_and_jobs_from_the_command_line(tmp_path):
     names), "--pipeline.jobs=two" an error."""
     import pipeline
     (tmp_path / "toy.toml").write_text(TOY)
-    cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.report.k=1, 2", "--pipeline.report.n=4",
-                                                     "--pipeline.report.rl=sft,grpo"])
+    cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.report.k=1, 2", "--pipeline.report.n= 4",
+                                                     "--pipeline.report.rl=sft,grpo",
+                                                     "--pipeline.report.distill=grpo, student"])
     steps = pipeline.pipeline_configs(cfg, T.RUNNERS)
     spec = __import__("report").report_spec(cfg, steps)
     assert spec["k"] == [1, 2] and spec["n"] == 4 and spec["rl"] == ["sft", "grpo"] and spec["n_test"] == 3
+    assert spec["distill"] == ["grpo", "student"]
+    from config import positive_int
+    with pytest.raises(ValueError, match=r"\[pipeline\]\.jobs = True: must be an integer >= 1"):
+        positive_int(True, "[pipeline].jobs")  # a TOML `jobs = true` is no count
     cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.steps=pretrain, sft,grpo,student"])
     assert [name for name, _ in pipeline.pipeline_configs(cfg, T.RUNNERS)] == ["pretrain", "sft", "grpo", "student"]
     cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.jobs=two"])
@@ -220,3 +225,5 @@ def test_step_walls_add_the_runs_a_resume_finished():
                                                                 "extends": True},
              {"step": "e", "wall_s": 1.0, "finished": True, "extends": True}]
     assert report.step_walls(rows) == {"a": 15.0, "b": 4.0, "c": 2.0, "d": 10.0, "e": 6.0}
+    rows.append({"step": "b", "wall_s": 7.0, "finished": True})  # after an old-style (finished) row: a new total
+    assert report.step_walls(rows)["b"] == 7.0

@@ -54,7 +54,8 @@ EQUIV = {
         # scale words multiply, they are not units to drop
         ("18 thousand", "18", F), ("18 thousand", "18000", T), ("1.5 million", "1.5", F), ("1.5 million", "1500000", T),
         ("3 dozen", "36", T), ("18 thousand dollars", "18000", T), ("1,500 thousand", "1500000", T),
-        ("2 hundreds", "200", T), ("2 hundred", "2", F),
+        ("2 hundreds", "200", T), ("2 hundred", "2", F), ("2 billion", "2000000000", T), ("2 billion", "2000000", F),
+        ("18 Thousand", "18000", T), ("3 hundredths", "300", F),
     ],
     "text_answers": [
         ("\\text{(B)}", "B", T), ("B", "\\text{(B)}", T), ("(B)", "\\text{(B)}", T), ("\\text{(C)}", "\\text{(B)}", F),
@@ -89,7 +90,7 @@ EQUIV = {
         ("2x - y + 3 = 0", "y = 2x + 3", T), ("y - 2x = 3", "y = 2x + 3", T), ("y = 2x + 3", "2x - y + 3 = 0", T),
         ("z = 2x - y + 8", "2x - y - z + 8 = 0", T), ("x = 2y", "2y = x", T), ("x = y/2", "y = 2x", T),
         ("2x = 10", "x = 5", T), ("y - 2x = 4", "y = 2x + 3", F), ("y = 2x", "y = 2z", F), ("x^2 = 25", "x = 5", F),
-        ("2x - y + 3 = 0", "2x + 3", F),
+        ("2x - y + 3 = 0", "2x + 3", F), ("x = (1, 2)", "x + y = 3", F), ("x + y = 3", "x \\in [1, 2]", F),
     ],
     "sqrt_pi": [
         ("2\\sqrt{2}", "\\sqrt{8}", T), ("\\sqrt8", "2\\sqrt2", T), ("\\sqrt{12}", "2\\sqrt{3}", T),
@@ -229,6 +230,7 @@ EXTRACT = [
     ("#### Step 1: add the eggs\n3 + 15 = 18\nThe answer is 18.", "18"),  # markdown headings are not answers
     ("#### 2. Totals\nThe answer is 18.", "18"),
     ("##### Part 2\nThe answer is 18.", "18"),
+    ("##### 17\nThe answer is 18.", "18"),  # five hashes are not GSM8K's four
     ("#### 2.5", "2.5"),
     ("#### x = 5", "x = 5"),
     ("The answer is 42.", "42"),

@@ -232,6 +232,17 @@ def test_finished_run_extends_to_a_higher_max_steps(tiny_toml, tmp_path, capsys,
     assert "is done, nothing to resume" in capsys.readouterr().out
 
 
+def test_a_final_without_its_config_is_not_a_finished_run(tiny_toml, tmp_path, capsys):
+    out = str(tmp_path / "r")
+    args = ["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.eval_n=0"]
+    T.main(args)
+    os.remove(os.path.join(out, "final", "config.json"))  # a `final` folder that is no checkpoint
+    capsys.readouterr()
+    T.main(args + ["--train.resume=true"])
+    assert "is done" not in capsys.readouterr().out
+    assert os.path.exists(os.path.join(out, "final", "config.json"))  # trained again, and written whole
+
+
 def test_a_crash_between_the_two_renames_of_final_is_recovered(tiny_toml, tmp_path, monkeypatch, capsys):
     """Replacing `final` (an extension) renames final -> .old-final, then .tmp-final -> final. A crash between the
     two leaves no `final`; the next run puts the new, complete one in place instead of starting over."""
@@ -497,6 +508,8 @@ def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkey
         assert os.path.exists(os.path.join(out, name, "final", "model.safetensors"))
         assert [r["step"] for r in _read_metrics(os.path.join(out, name)) if r["step"]][-1] == n
     json.loads(open(os.path.join(out, "pipeline.jsonl")).readline())
+    with pytest.raises(FileExistsError, match="pretrain already holds checkpoints"):  # skipped only when resuming
+        T.main(args)
     capsys.readouterr()
     T.main(args + ["--train.resume=true"])  # nothing left to run, nothing changed: no warning
     assert "warning" not in capsys.readouterr().out
@@ -576,12 +589,21 @@ def test_distill_from_a_teacher_with_padded_embeddings(pretrained, tmp_path):
     teacher = str(tmp_path / "teacher")
     padded.save_pretrained(teacher)
     T.D.load_tokenizer(small).save(teacher)
-    for name, extra in (("fresh", []), ("init", ["--init", small])):
+    for name, extra in (("fresh", []), ("init", ["--init", small, "--distill.top_k=384"])):
         out = str(tmp_path / name)
         T.main(["--config", toml, *STUDENT, "--out_dir", out, "--distill.teacher", teacher, *extra])
         assert all(math.isfinite(r["loss"]) for r in _read_metrics(out))
         hf = json.load(open(os.path.join(out, "final", "config.json")))
         assert hf["vocab_size"] == (384 + 16 if name == "fresh" else 384)
+    with pytest.raises(ValueError, match=r"top_k = 385: more than the 384 logits the teacher and student share"):
+        T.main(["--config", toml, *STUDENT, "--out_dir", str(tmp_path / "k"), "--distill.teacher", teacher,
+                "--init", small, "--distill.top_k=385"])
+    short = Transformer(type(base.cfg)(**dict(vars(base.cfg), vocab_size=380)))  # fewer rows than tokens
+    short.save_pretrained(str(tmp_path / "short"))
+    T.D.load_tokenizer(small).save(str(tmp_path / "short"))
+    with pytest.raises(ValueError, match=r"the teacher has 380 embedding rows, fewer than its tokenizer's 384"):
+        T.main(["--config", toml, *STUDENT, "--out_dir", str(tmp_path / "s"), "--distill.teacher",
+                str(tmp_path / "short"), "--init", small])
 
 
 def test_cached_traces_sampled_with_other_settings_are_refused(pretrained, tmp_path, monkeypatch):
@@ -600,6 +622,9 @@ def test_cached_traces_sampled_with_other_settings_are_refused(pretrained, tmp_p
     with pytest.raises(ValueError, match=r"other settings \(samples_per_prompt, max_new_tokens\)"):
         T.main(args + ["--out_dir", str(tmp_path / "c"), "--distill.samples_per_prompt=3",
                        "--distill.max_new_tokens=6"])
+    os.remove(str(tmp_path / "shared" / "traces.meta.json"))  # a file made elsewhere, without settings: used as is
+    T.main(args + ["--out_dir", str(tmp_path / "d"), "--distill.samples_per_prompt=3"])
+    assert open(traces).read() == first
 
 
 def test_distill_settings_that_cannot_train_fail_at_the_start(pretrained, tmp_path):
@@ -613,11 +638,13 @@ def test_distill_settings_that_cannot_train_fail_at_the_start(pretrained, tmp_pa
         with pytest.raises(ValueError, match=match):
             T.main(args + ["--out_dir", str(out), *extra])
         assert not (out / "metrics.jsonl").exists() or not _read_metrics(str(out)), extra
+        assert not (out / "traces.jsonl").exists()  # before the teacher sampled anything
 
 
 @pytest.mark.parametrize("weights, match", [((0.0, 0.0), r"accuracy_weight = 0.0: must be > 0 where format_weight"),
                                             ((-1.0, 0.5), r"accuracy_weight = -1.0: must be a finite number"),
-                                            ((1.0, float("nan")), r"format_weight = nan: must be a finite")])
+                                            ((1.0, float("nan")), r"format_weight = nan: must be a finite"),
+                                            ((1.0, float("inf")), r"format_weight = inf: must be a finite")])
 def test_reward_weights_are_checked(weights, match):
     cfg = T.Config()
     cfg.reward.accuracy_weight, cfg.reward.format_weight = weights
