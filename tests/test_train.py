@@ -547,100 +547,6 @@ def test_pipeline_config_errors_name_the_step(tmp_path):
     assert not os.path.exists(tmp_path / "o" / "pretrain")
 
 
-STUDENT = ["--stage", "distill", "--model.dim=16", "--model.n_heads=2", "--model.n_kv_heads=1",
-           "--model.hidden_dim=32", "--model.n_layers=1", "--train.max_steps=3", "--train.eval_n=2",
-           "--distill.max_new_tokens=8", "--distill.samples_per_prompt=2", "--data.n_train=12"]
-
-
-@pytest.mark.parametrize("mode,source", [("logits", "teacher"), ("logits", "dataset"), ("traces", "teacher")])
-def test_distill_stage(pretrained, tmp_path, mode, source, monkeypatch):
-    toml, teacher = pretrained
-    out = str(tmp_path / "student")
-    if mode == "traces":  # the tiny teacher is never right: a stand-in reward accepts odd-length texts
-        monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: float(len(text) % 2))
-    T.main(["--config", toml, *STUDENT, "--out_dir", out, "--distill.teacher", teacher,
-            f"--distill.mode={mode}", f"--distill.source={source}"])
-    rows = _read_metrics(out)
-    assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in rows)
-    if mode == "logits":
-        assert {"distill", "ce", "agree"} <= set(rows[0]) and 0 <= rows[0]["agree"] <= 1
-    else:
-        kept = [json.loads(r) for r in open(os.path.join(out, "traces.jsonl"))]
-        assert 0 < len(kept) <= 24  # 12 prompts x 2 samples, only the accepted ones, deduplicated
-        tok = T.D.load_tokenizer(teacher)
-        assert all(len(tok.decode(k["completion_ids"])) % 2 == 1 for k in kept)  # exactly the accepted ones
-    hf = json.load(open(os.path.join(out, "final", "config.json")))
-    assert hf["hidden_size"] == 16 and hf["vocab_size"] == 384  # the student's size, the teacher's vocabulary
-
-
-def test_distill_from_a_teacher_with_padded_embeddings(pretrained, tmp_path):
-    """Qwen-style padding: the teacher has more embedding rows than its tokenizer has tokens. A student from scratch
-    takes the teacher's row count; an --init student with fewer rows is matched over the common rows."""
-    from model import Transformer
-    toml, small = pretrained
-    base = Transformer.from_pretrained(small)
-    cfg = dict(vars(base.cfg), vocab_size=base.cfg.vocab_size + 16)
-    torch.manual_seed(0)
-    padded = Transformer(type(base.cfg)(**cfg))
-    state = {k: v.clone() for k, v in padded.state_dict().items()}
-    for k, v in base.state_dict().items():
-        state[k][: v.shape[0]] = v  # the real rows as trained, then 16 rows of padding
-    padded.load_state_dict(state)
-    teacher = str(tmp_path / "teacher")
-    padded.save_pretrained(teacher)
-    T.D.load_tokenizer(small).save(teacher)
-    for name, extra in (("fresh", []), ("init", ["--init", small, "--distill.top_k=384"])):
-        out = str(tmp_path / name)
-        T.main(["--config", toml, *STUDENT, "--out_dir", out, "--distill.teacher", teacher, *extra])
-        assert all(math.isfinite(r["loss"]) for r in _read_metrics(out))
-        hf = json.load(open(os.path.join(out, "final", "config.json")))
-        assert hf["vocab_size"] == (384 + 16 if name == "fresh" else 384)
-    with pytest.raises(ValueError, match=r"top_k = 385: more than the 384 logits the teacher and student share"):
-        T.main(["--config", toml, *STUDENT, "--out_dir", str(tmp_path / "k"), "--distill.teacher", teacher,
-                "--init", small, "--distill.top_k=385"])
-    short = Transformer(type(base.cfg)(**dict(vars(base.cfg), vocab_size=380)))  # fewer rows than tokens
-    short.save_pretrained(str(tmp_path / "short"))
-    T.D.load_tokenizer(small).save(str(tmp_path / "short"))
-    with pytest.raises(ValueError, match=r"the teacher has 380 embedding rows, fewer than its tokenizer's 384"):
-        T.main(["--config", toml, *STUDENT, "--out_dir", str(tmp_path / "s"), "--distill.teacher",
-                str(tmp_path / "short"), "--init", small])
-
-
-def test_cached_traces_sampled_with_other_settings_are_refused(pretrained, tmp_path, monkeypatch):
-    """traces.jsonl is reused only when it was sampled with the same settings (kept beside it, .meta.json): a
-    changed teacher budget or sample count is an error naming the keys, not a silent run on the old traces."""
-    toml, teacher = pretrained
-    monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: float(len(text) % 2))
-    traces = str(tmp_path / "shared" / "traces.jsonl")
-    args = ["--config", toml, *STUDENT, "--distill.teacher", teacher, "--distill.mode=traces",
-            "--distill.traces_file", traces]
-    T.main(args + ["--out_dir", str(tmp_path / "a")])
-    first = open(traces).read()
-    assert json.load(open(str(tmp_path / "shared" / "traces.meta.json")))["samples_per_prompt"] == 2
-    T.main(args + ["--out_dir", str(tmp_path / "b"), "--train.seed=1"])  # same settings: reused as they are
-    assert open(traces).read() == first
-    with pytest.raises(ValueError, match=r"other settings \(samples_per_prompt, max_new_tokens\)"):
-        T.main(args + ["--out_dir", str(tmp_path / "c"), "--distill.samples_per_prompt=3",
-                       "--distill.max_new_tokens=6"])
-    os.remove(str(tmp_path / "shared" / "traces.meta.json"))  # a file made elsewhere, without settings: used as is
-    T.main(args + ["--out_dir", str(tmp_path / "d"), "--distill.samples_per_prompt=3"])
-    assert open(traces).read() == first
-
-
-def test_distill_settings_that_cannot_train_fail_at_the_start(pretrained, tmp_path):
-    toml, teacher = pretrained
-    args = ["--config", toml, *STUDENT, "--distill.teacher", teacher]
-    for extra, match in ((["--distill.max_new_tokens=1000"], r"training .* exceeds model.max_seq_len"),
-                         (["--distill.mode=traces", "--distill.max_new_tokens=1000"], r"exceeds model.max_seq_len"),
-                         (["--distill.source=dataset", "--data.seq_len=4"], r"every distill prompt is longer"),
-                         (["--distill.top_k=1000"], r"top_k = 1000: more than the 384 logits")):
-        out = tmp_path / extra[-1].split("=")[0].strip("-")
-        with pytest.raises(ValueError, match=match):
-            T.main(args + ["--out_dir", str(out), *extra])
-        assert not (out / "metrics.jsonl").exists() or not _read_metrics(str(out)), extra
-        assert not (out / "traces.jsonl").exists()  # before the teacher sampled anything
-
-
 @pytest.mark.parametrize("weights, match", [((0.0, 0.0), r"accuracy_weight = 0.0: must be > 0 where format_weight"),
                                             ((-1.0, 0.5), r"accuracy_weight = -1.0: must be a finite number"),
                                             ((1.0, float("nan")), r"format_weight = nan: must be a finite"),
@@ -652,32 +558,9 @@ def test_reward_weights_are_checked(weights, match):
         T.check_config(cfg)
 
 
-def test_no_accepted_trace_is_not_cached(pretrained, tmp_path, monkeypatch):
-    # a failed run must not leave an empty traces.jsonl that the fixed re-run reuses (and fails on again)
-    toml, teacher = pretrained
-    out = str(tmp_path / "student")
-    args = ["--config", toml, *STUDENT, "--out_dir", out, "--distill.teacher", teacher, "--distill.mode=traces"]
-    with pytest.raises(ValueError, match="no accepted trace"):  # the tiny teacher is never right
-        T.main(args)
-    assert not os.path.exists(os.path.join(out, "traces.jsonl"))
-    monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: 1.0)
-    T.main(args)
-    assert len(open(os.path.join(out, "traces.jsonl")).readlines()) > 0
-
-
 def test_init_that_is_not_a_checkpoint_says_what_is_missing(pretrained, tmp_path):
     toml, init = pretrained
     run_folder = os.path.dirname(init)  # the run folder instead of its final/
     for bad, match in ((str(tmp_path / "nowhere"), "does not exist"), (run_folder, "not a complete checkpoint")):
         with pytest.raises(FileNotFoundError, match=match):
             T.main(["--config", toml, "--stage", "sft", "--init", bad, "--out_dir", str(tmp_path / "o")])
-
-
-def test_distill_refuses_a_different_tokenizer(pretrained, tmp_path):
-    toml, teacher = pretrained
-    other = str(tmp_path / "other")
-    T.main(["--config", toml, "--out_dir", other, "--train.max_steps=1", "--train.eval_n=0",
-            "--data.vocab_size=400"])
-    with pytest.raises(ValueError, match="differs from the teacher"):
-        T.main(["--config", toml, *STUDENT, "--out_dir", str(tmp_path / "s"), "--distill.teacher", teacher,
-                "--init", os.path.join(other, "final")])
