@@ -85,6 +85,10 @@ def test_side_by_side_matches_one_at_a_time(tmp_path):
     reps = [json.load(open(os.path.join(outs[j], "report.json"))) for j in (1, 2)]  # evaluated by 2 workers
     drop = lambda rows: [{k: v for k, v in r.items() if "wall" not in k and k != "with_init_s"} for r in rows]
     assert drop(reps[0]["rl"]) == drop(reps[1]["rl"]) and drop(reps[0]["distill"]) == drop(reps[1]["distill"])
+    T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", outs[2], "--train.eval_n=0", "--pipeline.jobs=2",
+            "--train.resume=true", "--pipeline.other.train.max_steps=3"])  # extend one step, in a worker
+    rows = [json.loads(line) for line in open(os.path.join(outs[2], "pipeline.jsonl"))]
+    assert [r["step"] for r in rows if r.get("extends")] == ["other"] and rows[-1]["step"] == "other"
 
 
 def test_side_by_side_failure_names_the_step(tmp_path):
