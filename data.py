@@ -66,7 +66,7 @@ class DataConfig:
 SPECIAL_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed", "\\frac", "\n"]
 
 
-def _write_atomic(path, data):
+def write_atomic(path, data):
     """Write bytes to path through a temp file in the same folder, so a crash never leaves half a file."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
@@ -98,7 +98,7 @@ class Tokenizer:
         return self.sp.decode([i for i in ids if i not in (self.bos_id, self.eos_id)])
 
     def save(self, folder):
-        _write_atomic(os.path.join(folder, "tokenizer.model"), self.model_bytes)
+        write_atomic(os.path.join(folder, "tokenizer.model"), self.model_bytes)
 
 
 class HFTokenizer:
@@ -124,7 +124,8 @@ class HFTokenizer:
         self.tk = _Tok.from_str(self.files["tokenizer.json"].decode("utf-8"))
         self.vocab_size = self.tk.get_vocab_size()
         special = json.loads(self.files["tokenizer_config.json"]) if "tokenizer_config.json" in self.files else {}
-        self.bos_id, self.eos_id = self._special_id(special, "bos_token"), self._special_id(special, "eos_token")
+        own_eos = self._special_id(special, "eos_token")  # the tokenizer's own end of text
+        self.bos_id, self.eos_id = self._special_id(special, "bos_token"), own_eos
         self.chat_template = None
         if self.tk.token_to_id("<|im_start|>") is not None and self.tk.token_to_id("<|im_end|>") is not None:
             self.chat_template = "qwen"
@@ -139,8 +140,7 @@ class HFTokenizer:
         self.pad_id = pad if pad is not None else self.eos_id
         # sampling stops at eos_id and at the tokenizer's own end of text (<|endoftext|> of the Qwen2.5 base models,
         # which they write at the end of a document even under a ChatML template)
-        own = self._special_id(special, "eos_token")
-        self.stop_ids = [self.eos_id] + ([own] if own is not None and own != self.eos_id else [])
+        self.stop_ids = [self.eos_id] + ([own_eos] if own_eos is not None and own_eos != self.eos_id else [])
 
     def _special_id(self, special, name):
         t = special.get(name)  # a string, or a dict with 'content' in newer files
@@ -157,7 +157,7 @@ class HFTokenizer:
 
     def save(self, folder):
         for name, raw in self.files.items():
-            _write_atomic(os.path.join(folder, name), raw)
+            write_atomic(os.path.join(folder, name), raw)
 
 
 def train_tokenizer(texts, model_prefix, vocab_size=512):

@@ -292,8 +292,8 @@ def main(argv=None):
     metric_keys = ["greedy_correct"] + [f"{m}@{k}" for m in ("pass", "maj") for k in args.k if args.n]
     report["breakdown"] = breakdown(records, metric_keys)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    D._write_atomic(records_path(args.out), "".join(json.dumps(r) + "\n" for r in records).encode())
-    D._write_atomic(args.out, json.dumps(report, indent=2).encode())  # last: a report always has its records
+    D.write_atomic(records_path(args.out), "".join(json.dumps(r) + "\n" for r in records).encode())
+    D.write_atomic(args.out, json.dumps(report, indent=2).encode())  # last: a report always has its records
     print(json.dumps({"greedy": greedy, **report.get("sampled", {})}, indent=2))
     return report
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from config import check_rules
+from model import stop_ids
 
 # -----------------------------------------------------------------------------
 # config
@@ -280,7 +281,7 @@ def rollout(policy, prompts, reward_fn, cfg, eos_id=None, generator=None):
     policy.train(was_training)
     scores = [reward_fn(p, c) for p, c in zip(prompt_ids, completion_ids)]
     pairs = [s if isinstance(s, tuple) else (s, s) for s in scores]
-    stops = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)  # eos: an id or ids
+    stops = set(stop_ids(eos_id))  # eos_id: None, an id or ids, as generate takes it
     ended = [len(c) > 0 and c[-1] in stops for c in completion_ids]
     return {
         "prompt_ids": prompt_ids,

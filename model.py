@@ -350,8 +350,7 @@ class Transformer(nn.Module):
             raise ValueError(f"prompt token ids must lie in [0, vocab_size={cfg.vocab_size})")
         if generator is None and seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
-        stops = None if eos_id is None else torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id),
-                                                         device=device)  # (n_stop,)
+        stops = None if eos_id is None else torch.tensor(stop_ids(eos_id), device=device)  # (n_stop,)
 
         dtype = self.tok_embeddings.weight.dtype
         if torch.is_autocast_enabled(device.type):  # the cache holds what the projections produce
@@ -442,6 +441,11 @@ class Transformer(nn.Module):
         write_hf_state(path, self.cfg, state)
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(self.cfg.to_hf(state["tok_embeddings.weight"].dtype), f, indent=2)
+
+
+def stop_ids(eos_id):
+    """generate's eos_id as a list: None -> [], an id -> [id], ids -> list(ids)."""
+    return [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
 
 
 def sample(logits, temperature, top_p, generator=None):

@@ -188,7 +188,7 @@ def write_report(cfg, steps):
     rep["eval_s"] = time.time() - t0
     if spec["zero"]:
         rep["zero"] = zero_curve(read_jsonl(os.path.join(cfg.out_dir, spec["zero"], "metrics.jsonl")))
-    D._write_atomic(os.path.join(cfg.out_dir, "report.json"), json.dumps(rep, indent=2).encode())
+    D.write_atomic(os.path.join(cfg.out_dir, "report.json"), json.dumps(rep, indent=2).encode())
 
     ks = [f"{m}@{k}" for m in ("pass", "maj") for k in spec["k"]]
     test_set = f"test problems of {cfg.data.test_file}" if cfg.data.test_file else "synthetic test problems"
@@ -210,5 +210,5 @@ def write_report(cfg, steps):
     else:
         md.append("Plots: `pip install matplotlib`, then re-run with `--train.resume=true` (finished steps are kept).\n")
         print("report: matplotlib is not installed; `pip install matplotlib` for the plots")
-    D._write_atomic(os.path.join(cfg.out_dir, "report.md"), "\n".join(md).encode())
+    D.write_atomic(os.path.join(cfg.out_dir, "report.md"), "\n".join(md).encode())
     return rep

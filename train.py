@@ -563,7 +563,7 @@ def same_tokenizer(a, b):
     return a.vocab_size == b.vocab_size and a.eos_id == b.eos_id and a.encode(probe) == b.encode(probe)
 
 
-def teacher_traces(cfg, teacher, tok, problems, device):
+def teacher_traces(cfg, teacher, tok, problems, prompts, device):
     """DeepSeek-R1-style rejection sampling: N teacher samples per prompt, keep those the reward accepts.
     The kept traces are cached as JSONL (distill.traces_file) and reused when the file exists; the settings they were
     sampled with go beside it (.meta.json), and a file sampled with other settings is an error, not reused (a file
@@ -578,8 +578,7 @@ def teacher_traces(cfg, teacher, tok, problems, device):
         if changed:
             raise ValueError(f"{path} holds teacher traces sampled with other settings ({', '.join(changed)}): "
                              "delete it to sample the teacher again, or set distill.traces_file to another file")
-    if not os.path.exists(path):
-        prompts = E.encode_prompts(tok, problems, cfg.data.template)
+    if not os.path.exists(path):  # prompts: the problems' encoded prompts
         flat = [i for i in range(len(problems)) for _ in range(dc.samples_per_prompt)]  # (P*N,) problem index
         gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
         with autocast(device, cfg.train.bf16):
@@ -595,8 +594,8 @@ def teacher_traces(cfg, teacher, tok, problems, device):
             raise ValueError("the teacher produced no accepted trace; check the teacher or lower "
                              "[distill].reward_threshold")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        D._write_atomic(meta_path, json.dumps(settings, indent=2).encode())  # first: traces never lack theirs
-        D._write_atomic(path, "".join(json.dumps(k) + "\n" for k in kept).encode())
+        D.write_atomic(meta_path, json.dumps(settings, indent=2).encode())  # first: traces never lack theirs
+        D.write_atomic(path, "".join(json.dumps(k) + "\n" for k in kept).encode())
     with open(path) as f:
         kept = [json.loads(line) for line in f]
     if not kept:
@@ -627,9 +626,9 @@ def logit_matching_loss(teacher, dc):
     return loss_fn
 
 
-def teacher_sample_batches(cfg, teacher, tok, problems, device):
-    """batch_fn of fresh teacher completions to batch_size random prompts, a pure function of the step."""
-    prompts, dc = E.encode_prompts(tok, problems, cfg.data.template), cfg.distill
+def teacher_sample_batches(cfg, teacher, tok, prompts, device):
+    """batch_fn of fresh teacher completions to batch_size random prompts (token ids), a pure function of the step."""
+    dc = cfg.distill
 
     def batch_fn(step, micro):
         idx = torch.randint(len(prompts), (cfg.train.batch_size,), generator=step_generator(cfg.train.seed, step, micro))
@@ -675,18 +674,19 @@ def run_distill(cfg):
         raise ValueError(f"[distill].top_k = {dc.top_k}: more than the {min(run.model.cfg.vocab_size, teacher_vocab)} "
                          "logits the teacher and student share")
     if dc.mode == "traces" or dc.source == "teacher":  # the student trains on prompt + teacher sample
-        check_fits(run.model, E.encode_prompts(tok, run.train, cfg.data.template), dc.max_new_tokens, "training")
+        prompts = E.encode_prompts(tok, run.train, cfg.data.template)  # encoded once, for the check and the teacher
+        check_fits(run.model, prompts, dc.max_new_tokens, "training")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
     report_memory(cfg, run, cfg.train.batch_size * min(cfg.data.seq_len, run.model.cfg.max_seq_len), teacher)
     if dc.mode == "traces":  # SFT on what the teacher got right (sampled by rank 0, read by the others)
         with dist.rank0_first():
-            traces = teacher_traces(cfg, teacher, tok, run.train, device)
+            traces = teacher_traces(cfg, teacher, tok, run.train, prompts, device)
         batch_fn, loss_fn = sft_batches(traces, cfg, tok), None
     elif dc.source == "dataset":  # logit matching on the dataset's worked solutions
         batch_fn = sft_batches(sft_pairs(cfg, run, "distill")[0], cfg, tok)
         loss_fn = logit_matching_loss(teacher, dc)
     else:  # logit matching on fresh teacher samples
-        batch_fn = teacher_sample_batches(cfg, teacher, tok, run.train, device)
+        batch_fn = teacher_sample_batches(cfg, teacher, tok, prompts, device)
         loss_fn = logit_matching_loss(teacher, dc)
     train_loop(cfg, run, batch_fn, loss_fn)
 

@@ -296,7 +296,7 @@ def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
         bos_id, eos_id, pad_id, stop_ids = 1, 2, 3, [2]
 
         def save(self, folder):
-            D._write_atomic(os.path.join(folder, "tokenizer.model"), b"spm")
+            D.write_atomic(os.path.join(folder, "tokenizer.model"), b"spm")
 
     @dataclasses.dataclass
     class Cfg:
