@@ -169,10 +169,13 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, beta=0.0
 def token_logprobs(logits, targets, overwrite=False):
     """log pi(targets): logits (B, T, V), targets (B, T) -> (B, T) fp32, from one fused log-softmax kernel (on CPU
     ~1.6x faster than logsumexp + gather). Its backward (GatheredLogSoftmax) makes no second (B, T, V) tensor.
-    overwrite=True, without autograd: the log-softmax is written over the fp32 logits, which the caller gives up."""
-    if overwrite and logits.dtype == torch.float32 and not (torch.is_grad_enabled() and logits.requires_grad):
-        return pick(torch.log_softmax(logits, dim=-1, out=logits), targets)
-    return GatheredLogSoftmax.apply(logits, targets)
+    overwrite=True: the log-softmax is written over the fp32 logits, which the caller gives up (on CPU a fresh
+    tensor of that size costs more in page faults than the kernel)."""
+    overwrite = overwrite and logits.dtype == torch.float32
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        z = logits.float()
+        return pick(torch.log_softmax(z, dim=-1, out=z if overwrite else None), targets)
+    return GatheredLogSoftmax.apply(logits, targets, overwrite)[0]
 
 
 def pick(logp_all, targets):
@@ -184,22 +187,30 @@ class GatheredLogSoftmax(torch.autograd.Function):
     """log_softmax(z)[targets] in fp32. The gradient, g * (onehot(targets) - softmax(z)), is made in place from the
     saved log-softmax: autograd's own backward (gather, then log_softmax) would allocate two more (B, T, V) tensors,
     and on CPU fresh memory of that size costs more in page faults than the arithmetic. A second backward through
-    the same graph is refused by autograd (the saved tensor's version changed)."""
+    the same graph is refused by autograd (the saved tensor's version changed). overwrite: the log-softmax is
+    written over the logits, which autograd then knows as this function's second output: a graph that still needs
+    the old logits, or that uses the new ones, is refused in backward."""
 
     @staticmethod
-    def forward(ctx, logits, targets):
-        logp_all = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    def forward(ctx, logits, targets, overwrite):
+        ctx.set_materialize_grads(False)  # no zero (B, T, V) gradient for the unused second output
+        logp_all = torch.log_softmax(logits.float(), dim=-1, out=logits if overwrite else None)  # (B, T, V)
+        if overwrite:
+            ctx.mark_dirty(logits)
         ctx.save_for_backward(logp_all, targets)
         ctx.logits_dtype = logits.dtype
-        return pick(logp_all, targets)  # (B, T)
+        return pick(logp_all, targets), logp_all  # (B, T), (B, T, V)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx, grad, grad_all):
+        if grad_all is not None:
+            raise RuntimeError("token_logprobs: the log-softmax it wrote over the logits (overwrite=True) was used "
+                               "afterwards; pass overwrite=False to keep the logits")
         logp_all, targets = ctx.saved_tensors
         g = grad.unsqueeze(-1)  # (B, T, 1)
         dz = logp_all.exp_().mul_(-g).scatter_add_(-1, targets.unsqueeze(-1), g)  # -g p, plus g at the target
-        return dz.to(ctx.logits_dtype), None
+        return dz.to(ctx.logits_dtype), None, None
 
 
 # -----------------------------------------------------------------------------

@@ -26,7 +26,9 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
 5. Sampling draws one uniform per row and inverts the CDF: the distribution of torch.multinomial, a different
    random stream (so seeds do not reproduce HF's samples).
 6. Shared prefixes are computed once. forward(tokens, start) runs the first `start` positions (or each row's own
-   start[b]) once per distinct prefix and lets every row's later positions attend to its prefix's K/V;
+   start[b]) once per distinct prefix and lets every row's later positions attend to its prefix's K/V. The
+   prefixes and the later positions pass through each linear layer as rows of one matrix (a prefix of a few dozen
+   rows alone runs its matmuls at a third of the speed); only attention tells them apart (attend_after_prefix).
    generate() prefills each distinct prompt once. GRPO samples each prompt G times, so its rollout and its loss
    passes do ~1/G of the prompt's work, and with per-row starts no row computes a position it has no target at.
 7. Rows that stopped at eos_id leave the batch: once a quarter of the rows have stopped, generate() copies the
@@ -136,23 +138,39 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.attn_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask=None, past=None, keep=None):
-        """x (B, T, D) -> (B, T, D). past: K/V (B, K, s, hd) each, of s earlier positions to attend to as well
-        (then mask is required); keep: a list that gets this call's (k, v), (B, K, T, hd) each."""
+    def forward(self, x, cos, sin, mask=None, keep=None, split=None):
+        """x (B, T, D) -> (B, T, D). keep: a list that gets this call's (k, v), (B, K, T, hd) each.
+        split (n, S, row_prefix): x (1, N, D) is a stream of prefixes and the rows that continue them, and mask
+        is the rows' (attend_after_prefix)."""
         B, T, _ = x.shape
         H, K, hd = self.n_heads, self.n_kv_heads, self.head_dim
         # split, not slicing: its backward is one cat, where each slice's backward zero-fills a full-size grad
         qk, v = self.wqkv(x).view(B, T, H + 2 * K, hd).split([H + K, K], dim=2)  # (B, T, H+K | K, hd)
         q, k = apply_rope(qk, cos, sin).split([H, K], dim=2)  # (B, T, H | K, hd): q and k rotated in one pass
+        if split is not None:
+            return self.wo(attend_after_prefix(q, k, v, mask, *split).view(B, T, H * hd))
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, K, T, hd)
         if keep is not None:
             keep.append((k, v))
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, K, s+T, hd)
         # causal unless a mask is given (generate's prefill folds causality into its mask)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=H != K)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))  # (B, T, D)
+
+
+def attend_after_prefix(q, k, v, mask, n, S, row_prefix):
+    """Attention over a stream (1, N, heads, hd) of n prefixes of S positions, then B rows of L positions, row b
+    continuing prefix row_prefix[b] (N = n*S + B*L): a prefix attends causally to itself, row b to the keys of
+    its prefix and its own that mask (B, 1, L, S + L) allows. q (1, N, H, hd), k and v (1, N, K, hd) -> (1, N,
+    H, hd). The stream lets the linear layers run prefixes and rows as one matrix (model.py departure 6)."""
+    P, B = n * S, len(row_prefix)
+    H, K = q.shape[2], k.shape[2]
+    pre = [t[0, :P].unflatten(0, (n, S)).transpose(1, 2) for t in (q, k, v)]  # (n, H | K, S, hd)
+    q, k, v = [t[0, P:].unflatten(0, (B, -1)).transpose(1, 2) for t in (q, k, v)]  # (B, H | K, L, hd)
+    y_pre = F.scaled_dot_product_attention(*pre, is_causal=True, enable_gqa=H != K)  # (n, H, S, hd)
+    k, v = torch.cat([pre[1][row_prefix], k], dim=2), torch.cat([pre[2][row_prefix], v], dim=2)  # (B, K, S+L, hd)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)  # (B, H, L, hd)
+    return torch.cat([y_pre.transpose(1, 2).flatten(0, 1), y.transpose(1, 2).flatten(0, 1)])[None]  # (1, N, H, hd)
 
 
 class FeedForward(nn.Module):
@@ -174,8 +192,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, h, cos, sin, mask=None, past=None, keep=None):
-        h = h + self.attention(self.attention_norm(h), cos, sin, mask, past, keep)
+    def forward(self, h, cos, sin, mask=None, keep=None, split=None):
+        h = h + self.attention(self.attention_norm(h), cos, sin, mask, keep, split)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -209,17 +227,16 @@ class Transformer(nn.Module):
         n_matmul = c.n_layers * (qkv + c.n_heads * c.head_dim * c.dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
         return 6 * n_matmul + 12 * c.n_layers * c.dim * seq_len
 
-    def _blocks(self, tokens, cos, sin, mask=None, pasts=None, keep=None):
-        """The residual stream after the last block (before the final norm), (B, T, D). pasts: per layer, K/V of
-        earlier positions (Attention's past); keep: a list that gets every layer's (k, v)."""
+    def _blocks(self, tokens, cos, sin, mask=None, keep=None, split=None):
+        """The residual stream after the last block (before the final norm), (B, T, D). keep: a list that gets
+        every layer's (k, v); split: tokens (1, N) are a stream of prefixes and rows (Attention.forward)."""
         h = self.tok_embeddings(tokens)  # (B, T, D)
         recompute = self.checkpointing and torch.is_grad_enabled()
-        for i, layer in enumerate(self.layers):
-            past = None if pasts is None else pasts[i]
+        for layer in self.layers:
             if recompute:  # keep only the block's input; its activations are recomputed in backward
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, past, keep, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, keep, split, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, mask, past, keep)
+                h = layer(h, cos, sin, mask, keep, split)
         return h
 
     def forward(self, tokens, start=0):
@@ -252,17 +269,19 @@ class Transformer(nn.Module):
             prefixes, row_prefix = torch.unique(tokens[:, :S].masked_fill(col[:S] >= starts[:, None], 0), dim=0,
                                                 return_inverse=True)  # (n, S), (B,)
             if len(prefixes) < B or not isinstance(start, int):
-                # the distinct prefixes once, keeping each layer's K/V; then every row's later positions attend to
-                # its prefix's K/V, gathered per row (the gather's backward sums the rows' gradients into the prefix)
-                pasts = []
-                self._blocks(prefixes, cos[:, :S], sin[:, :S], keep=pasts)
-                pasts = [(k[row_prefix], v[row_prefix]) for k, v in pasts]  # (B, K, S, hd) each
-                pos = starts[:, None] + torch.arange(T - S, device=device)  # (B, L) positions of the outputs
-                pos_cos, pos_sin = rope_tables(pos, self.cfg.head_dim, self.cfg.rope_theta)  # (B, L, hd) each
+                # one stream of N = n*S + B*L positions: the distinct prefixes once, then every row's later
+                # positions, which attend to their prefix's K/V (gathered per row: the gather's backward sums the
+                # rows' gradients into the prefix)
+                n, L = len(prefixes), T - S
+                pos = starts[:, None] + torch.arange(L, device=device)  # (B, L) positions of the outputs
+                stream = torch.cat([prefixes.flatten(), tokens.gather(1, pos).flatten()])[None]  # (1, N)
+                cos, sin = rope_tables(torch.cat([col[:S].repeat(n), pos.flatten()]), self.cfg.head_dim,
+                                       self.cfg.rope_theta)  # (N, hd) each
                 keys = torch.cat([col[None, :S] < starts[:, None], torch.ones_like(pos, dtype=torch.bool)], 1)
-                causal = torch.ones(T - S, T, dtype=torch.bool, device=device).tril(diagonal=S)  # (L, S + L)
+                causal = torch.ones(L, T, dtype=torch.bool, device=device).tril(diagonal=S)  # (L, S + L)
                 mask = (causal & keys[:, None, :])[:, None]  # (B, 1, L, S + L): own prefix, then causal
-                h = self._blocks(tokens.gather(1, pos), pos_cos[:, :, None], pos_sin[:, :, None], mask, pasts)
+                h = self._blocks(stream, cos[None, :, None], sin[None, :, None], mask, split=(n, S, row_prefix))
+                h = h[0, n * S:].view(B, L, -1)  # (B, L, D) the rows' positions
                 return self.output(self.norm(h))  # (B, L, V)
         h = self._blocks(tokens, cos, sin)
         return self.output(self.norm(h[:, S:]))  # (B, T - S, V)

@@ -206,6 +206,33 @@ def test_token_logprobs_gradient_matches_autograd(dtype):
         assert torch.equal(logits, base.float())  # overwrite=False leaves the caller's logits alone
 
 
+def test_token_logprobs_overwrite_under_autograd():
+    """overwrite=True with autograd (the loss pass): the log-softmax is written over the logits (backward then
+    reuses that memory too), and the values and gradients equal the copying path's; a graph that still needs the
+    old logits (exp saves its result), or that uses the overwritten ones, is refused."""
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(3, 6, 13, generator=g) * 3
+    targets = torch.randint(0, 13, (3, 6), generator=g)
+    weight = torch.randn(3, 6, generator=g)
+    grads = []
+    for overwrite in (False, True):
+        x = base.clone().requires_grad_()
+        logits = x * 2.0  # a non-leaf, as the model's output is
+        lp = token_logprobs(logits, targets, overwrite=overwrite)
+        assert torch.equal(logits.detach(), (base * 2.0).log_softmax(-1) if overwrite else base * 2.0)
+        (lp * weight).sum().backward()
+        grads.append((lp.detach(), x.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    x = base.clone().requires_grad_()
+    logits = x.exp()  # exp's backward needs its output, which the overwrite would change
+    with pytest.raises(RuntimeError, match="inplace"):
+        token_logprobs(logits, targets, overwrite=True).sum().backward()
+    logits = x * 2.0
+    lp = token_logprobs(logits, targets, overwrite=True)
+    with pytest.raises(RuntimeError, match="overwrite=True"):  # the logits, now the log-softmax, used again
+        (lp.sum() + logits.sum()).backward()
+
+
 def test_token_logprobs_refuses_a_second_backward():
     logits = torch.randn(2, 3, 5, requires_grad=True)
     out = token_logprobs(logits, torch.zeros(2, 3, dtype=torch.long)).sum()

@@ -236,7 +236,7 @@ def test_rows_sharing_a_prefix_compute_it_once(monkeypatch):
         m.checkpointing = checkpointing
         batches.clear()
         shared, grads = run(batched=True)
-        assert batches == [(2, 7), (5, 10)]  # the 2 distinct prefixes, then every row's 10 later positions
+        assert batches == [(1, 2 * 7 + 5 * 10)]  # one stream: the 2 distinct prefixes, then every row's 10 later
         assert (shared - alone).abs().max().item() < 1e-5
         for n, g in grads.items():
             assert (g - grads_alone[n]).abs().max().item() <= 1e-5 * grads_alone[n].abs().max().item(), n
@@ -259,7 +259,7 @@ def test_per_row_starts_equal_each_row_alone(monkeypatch):
 
     m.zero_grad(set_to_none=True)
     logits = m(tokens, start=starts)  # (5, L, V)
-    assert batches == [(3, 8), (5, L)]  # prefixes p[:8], q[:3] (+ blank), none; then L positions per row
+    assert batches == [(1, 3 * 8 + 5 * L)]  # prefixes p[:8], q[:3] (+ blank), none; then L positions per row
     (logits * weights).sum().backward()
     grads = {n: t.grad.clone() for n, t in m.named_parameters()}
 
