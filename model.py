@@ -37,6 +37,7 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
 """
 import json
 import math
+import operator
 import os
 from dataclasses import dataclass
 
@@ -250,11 +251,13 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
-        lo, hi = (int(v) for v in torch.aminmax(tokens))  # one pass over the ids
+        lo, hi = (int(v) for v in torch.aminmax(tokens)) if tokens.numel() else (0, 0)  # one pass over the ids
         if lo < 0 or hi >= self.cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={self.cfg.vocab_size}), got {lo}..{hi}")
         device = tokens.device
         starts = torch.as_tensor(start, device=device)
+        if starts.is_floating_point() or starts.is_complex() or starts.dtype == torch.bool:
+            raise ValueError(f"start must be an int or ints, got {start!r}")
         if starts.dim() > 1 or starts.numel() not in (1, B):
             raise ValueError(f"start must be one int or one per row ({B}), got shape {tuple(starts.shape)}")
         starts = starts.expand(B)  # (B,)
@@ -345,7 +348,8 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, generator=None, seed=None):
-        """Sample completions for ragged prompts (list[list[int]]) -> list[list[int]], completions only.
+        """Sample completions for ragged prompts (list[list[int]]; 1-D tensors and a (B, T) tensor of ids are read as
+        lists) -> list[list[int]], completions only.
 
         temperature 0 is greedy; top_p < 1 samples from the smallest set of tokens holding top_p of the mass.
         A row stops after its first eos_id (included): an id, or a list of ids any of which ends a row (a chat
@@ -353,13 +357,16 @@ class Transformer(nn.Module):
         Randomness comes from `generator` (or a new one seeded with `seed`), so rollouts replay.
         """
         cfg, device = self.cfg, self.tok_embeddings.weight.device
+        prompts = [p.tolist() if torch.is_tensor(p) else p for p in prompts]  # tensors hash by identity, not ids
         B, N = len(prompts), max_new_tokens
         lens = [len(p) for p in prompts]
-        if B == 0 or min(lens) == 0:
+        if B == 0:
+            raise ValueError("generate needs at least one prompt")
+        if min(lens) == 0:
             raise ValueError("every prompt needs at least one token")
         if N < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {N}")
-        if temperature < 0 or not 0 < top_p <= 1:
+        if not temperature >= 0 or not 0 < top_p <= 1:  # written so that nan fails too
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got temperature={temperature}, top_p={top_p}")
         P = max(lens)  # prompt columns after left padding
         S = P + N  # cache length
@@ -463,8 +470,13 @@ class Transformer(nn.Module):
 
 
 def stop_ids(eos_id):
-    """generate's eos_id as a list: None -> [], an id -> [id], ids -> list(ids)."""
-    return [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    """generate's eos_id as a list of ints: None -> [], an id (int, numpy or 0-d tensor) -> [id], ids -> their list."""
+    if eos_id is None:
+        return []
+    try:
+        return [operator.index(eos_id)]
+    except TypeError:
+        return [operator.index(t) for t in eos_id]
 
 
 def sample(logits, temperature, top_p, generator=None):

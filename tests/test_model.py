@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -388,6 +389,9 @@ def test_a_list_of_eos_ids_stops_a_row_at_the_first_of_any():
     assert len(got[0]) <= 4 and len(got[1]) <= 6 and got != free
     assert m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=[a]) == \
         m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=a)
+    for one_id in (np.int64(a), torch.tensor(a), (a,), torch.tensor([a])):  # an id or ids of any integer kind
+        assert m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=one_id) == \
+            m.generate(prompts, max_new_tokens=12, temperature=0, eos_id=a)
     # the second id of the list stops a row too: no decode step runs after every row has stopped
     one = [prompts[0]]
     k = next(i for i in range(2, 12) if free[0][i] not in free[0][:i])
@@ -476,6 +480,10 @@ def test_sampler_follows_probabilities_and_top_p():
     (lambda m: m(torch.tensor([[-1, 3]])), "vocab_size=256"),
     (lambda m: m(torch.zeros(1, 129, dtype=torch.long)), "max_seq_len 128"),
     (lambda m: m.generate([[1, 2], []], 4), "at least one token"),
+    (lambda m: m.generate([], 4), "at least one prompt"),
+    (lambda m: m.generate([[1, 2]], 4, temperature=float("nan")), "temperature"),
+    (lambda m: m(torch.tensor([[1, 2, 3]]), start=1.0), "start must be an int"),
+    (lambda m: m(torch.tensor([[1, 2, 3]]), start=[1, 2.5]), "start must be an int"),
     (lambda m: m.generate([[1, 2]], 4, top_p=0.0), "top_p"),
     (lambda m: m.generate([[1, 2]], 4, temperature=-1.0), "temperature"),
     (lambda m: m.generate([[1] * 100], 29), "max_seq_len 128"),
@@ -484,6 +492,20 @@ def test_sampler_follows_probabilities_and_top_p():
 def test_bad_inputs_raise(call, msg):
     with pytest.raises(ValueError, match=msg):
         call(tiny())
+
+
+def test_tensor_prompts_and_empty_batches():
+    """generate reads a (B, T) tensor or 1-D tensors as lists of ids (tensors hash by identity, which the
+    distinct-prompt prefill must not see); forward returns empty logits for an empty batch or sequence."""
+    m = tiny()
+    prompts = prompts_of([5, 5, 5], seed=8)
+    prompts[2] = prompts[0]  # a repeated prompt: prefilled once
+    want = m.generate(prompts, max_new_tokens=6, temperature=0)
+    assert m.generate(torch.tensor(prompts), max_new_tokens=6, temperature=0) == want
+    assert m.generate([torch.tensor(p) for p in prompts], max_new_tokens=6, temperature=0) == want
+    with torch.no_grad():
+        assert m(torch.zeros(0, 5, dtype=torch.long)).shape == (0, 5, 256)
+        assert m(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, 256)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
