@@ -95,7 +95,8 @@ class Tokenizer:
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def decode(self, ids):
-        return self.sp.decode([i for i in ids if i not in (self.bos_id, self.eos_id)])
+        """Text of ids; bos, eos and ids past the vocabulary (a padded embedding row a model sampled) give none."""
+        return self.sp.decode([i for i in ids if i not in (self.bos_id, self.eos_id) and 0 <= i < self.vocab_size])
 
     def save(self, folder):
         write_atomic(os.path.join(folder, "tokenizer.model"), self.model_bytes)
@@ -153,7 +154,8 @@ class HFTokenizer:
                ([self.eos_id] if eos and self.eos_id is not None else [])
 
     def decode(self, ids):
-        return self.tk.decode(list(ids), skip_special_tokens=True)
+        """Text of ids; special tokens and ids past the vocabulary (a padded embedding row a model sampled) give none."""
+        return self.tk.decode([i for i in ids if 0 <= i < self.vocab_size], skip_special_tokens=True)
 
     def save(self, folder):
         for name, raw in self.files.items():

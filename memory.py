@@ -1,18 +1,21 @@
 """
 The memory plan of a training run, per device: printed at startup, and a refusal, with the numbers, when it
-cannot fit. Arithmetic on the config only; nothing is allocated. With N parameters and W ranks:
+cannot fit. Arithmetic on the config only; nothing is allocated. With N parameters and W ranks
+(on CPU the ranks of one machine share its RAM: each is held to its share):
 
     weights      4 N bytes      fp32 master weights (bf16 autocast casts a copy per matmul, counted in activations)
     gradients    4 N            fp32
     optimizer    8 N            AdamW's exp_avg and exp_avg_sq, fp32
                                 (FSDP2 divides these three by W; DDP keeps a full copy on every rank)
     frozen       2 or 4 N'      the GRPO reference model (bf16 on CUDA) or a distillation teacher, no gradients
-    kv cache     2 L rows K S hd x 2 or 4 bytes: K and V of every layer for one generate call of rows = prompts x G
+    kv cache     2 L rows K S hd x 2 or 4 bytes: K and V of every layer for one generate call (a GRPO rollout of
+                 rows = prompts x G, an in-training eval batch, a distillation teacher's samples): the largest
     activations  per token of a micro-batch, per layer, saved for backward: ~(34 D + 8 F) bytes in bf16 (twice in
                  fp32): the Korthikanti et al. 2022 count (arXiv 2205.05198, "34 sbh" without attention scores,
                  which SDPA never stores) with our SwiGLU's 8 F; with activation checkpointing only each block's
                  input (4 D) stays, plus one block recomputed. Rough: +-30%.
-    logits       per token: V x (2 or 4 + 8) bytes: the logits, their fp32 copy and the fp32 log-softmax
+    logits       per token: V x (2 or 4 + 8) bytes: the logits, their fp32 copy and the fp32 log-softmax; logit
+                 matching adds V x 4 x (7, or 11 for JSD): the teacher's fp32 logits and the divergence's terms
 Peak = weights + gradients + optimizer + frozen + max(kv cache, activations + logits): a rollout's cache is freed
 before the update's forward. CUDA's allocator adds fragmentation on top, so we refuse above 95% of the device.
 """
@@ -21,10 +24,12 @@ import os
 
 
 def estimate(mcfg, n_params, micro_tokens, *, amp=False, world=1, fsdp=False, checkpointing=False,
-             frozen_params=0, frozen_bytes=None, kv_rows=0, kv_len=0):
+             frozen_params=0, frozen_bytes=None, kv_rows=0, kv_len=0, kv_caches=(), loss_logits=0, loss_vocab=None):
     """Bytes per device by part (see the docstring). mcfg: the ModelConfig; micro_tokens: tokens of one training
     micro-batch; amp: bf16 autocast (CUDA); frozen_params: reference model or teacher, frozen_bytes per parameter
-    (default: 2 with amp, else 4); kv_rows x kv_len: one generate call's cache."""
+    (default: 2 with amp, else 4); kv_rows x kv_len: one generate call's cache; kv_caches: more (ModelConfig,
+    rows, len) generate calls, of which the largest counts; loss_logits: fp32 (tokens, loss_vocab) tensors a
+    distillation loss holds besides the student's logits (loss_vocab: the teacher's, default V)."""
     act = 2 if amp else 4  # bytes of an activation element
     shard = world if fsdp else 1
     D, F, L, V = mcfg.dim, mcfg.hidden_dim, mcfg.n_layers, mcfg.vocab_size
@@ -38,10 +43,15 @@ def estimate(mcfg, n_params, micro_tokens, *, amp=False, world=1, fsdp=False, ch
         "gradients": 4 * n_params // shard,
         "optimizer": 8 * n_params // shard,
         "frozen": frozen_params * (frozen_bytes or act),
-        "kv_cache": 2 * L * kv_rows * mcfg.n_kv_heads * kv_len * mcfg.head_dim * act,
+        "kv_cache": max(kv_bytes(c, rows, n, act) for c, rows, n in [(mcfg, kv_rows, kv_len), *kv_caches]),
         "activations": micro_tokens * saved,
-        "logits": micro_tokens * V * (act + 8),
+        "logits": micro_tokens * (V * (act + 8) + (loss_vocab or V) * 4 * loss_logits),
     }
+
+
+def kv_bytes(mcfg, rows, length, act):
+    """K and V of every layer for rows x length positions, act bytes an element."""
+    return 2 * mcfg.n_layers * rows * mcfg.n_kv_heads * length * mcfg.head_dim * act
 
 
 def peak(est):
@@ -50,11 +60,12 @@ def peak(est):
 
 
 def capacity(device):
-    """Bytes the device holds: the GPU's memory, or the machine's RAM for CPU runs."""
+    """Bytes the device holds: the GPU's memory, or for CPU runs the machine's RAM divided among the ranks that
+    share it (torchrun's LOCAL_WORLD_SIZE)."""
     if device.type == "cuda":
         import torch
         return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
 def describe(est, cap):

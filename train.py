@@ -369,14 +369,21 @@ def start_run(cfg, vocab_size=None):
     return Run(device, tok, model, opt, start_step, state, train_problems, test)
 
 
-def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0):
-    """Print the run's memory plan per device (memory.py) and refuse one that cannot fit (train.check_memory)."""
+def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0, kv_caches=(), loss_logits=0):
+    """Print the run's memory plan per device (memory.py) and refuse one that cannot fit (train.check_memory).
+    kv_rows x kv_len: the run's own generate calls; kv_caches: others, (ModelConfig, rows, len) (a teacher's);
+    the in-training evaluation's greedy batches are added here. loss_logits: memory.estimate's (logit matching)."""
     tc, device = cfg.train, run.device
+    kv_caches = list(kv_caches)
+    if tc.eval_n > 0 and run.test:  # rank 0's held-out evaluation: eval_batch_size prompts per generate call
+        ev = E.encode_prompts(run.tok, run.test[: tc.eval_n], cfg.data.template)
+        kv_caches.append((run.model.cfg, min(tc.eval_batch_size, len(ev)), max(map(len, ev)) + tc.max_new_tokens))
     est = memory.estimate(run.model.cfg, run.model.num_params(), micro_tokens, amp=tc.bf16 and device.type == "cuda",
                           world=dist.world(), fsdp=tc.fsdp, checkpointing=tc.activation_checkpointing,
                           frozen_params=frozen.num_params() if frozen else 0,
                           frozen_bytes=frozen.tok_embeddings.weight.element_size() if frozen else None,
-                          kv_rows=kv_rows, kv_len=kv_len)
+                          kv_rows=kv_rows, kv_len=kv_len, kv_caches=kv_caches, loss_logits=loss_logits,
+                          loss_vocab=frozen.cfg.vocab_size if frozen and loss_logits else None)
     cap = memory.capacity(device)
     line = memory.check(est, cap) if tc.check_memory else memory.describe(est, cap)
     if dist.is_main():
@@ -427,8 +434,9 @@ def run_sft(cfg):
 
 def sft_pairs(cfg, run, stage="sft"):
     """The training problems as (prompt, completion) token pairs cut to T = min(data.seq_len, model.max_seq_len)
-    tokens, and T. A prompt of T tokens or more leaves no completion token to learn: it is dropped (said), and a
-    set with none left is an error rather than a run that trains on nothing."""
+    tokens, and the longest batch row they make (at most T: sft_batch pads to its longest pair, less one). A prompt
+    of T tokens or more leaves no completion token to learn: it is dropped (said), and a set with none left is an
+    error rather than a run that trains on nothing."""
     T = min(cfg.data.seq_len, run.model.cfg.max_seq_len)
     pairs = [D.encode_sft(run.tok, p, cfg.data.template, T) for p in run.train]
     kept = [(p, c) for p, c in pairs if c]
@@ -438,7 +446,7 @@ def sft_pairs(cfg, run, stage="sft"):
     if len(kept) < len(pairs) and dist.is_main():
         print(f"{stage}: dropped {len(pairs) - len(kept)} of {len(pairs)} problems whose prompt fills "
               f"data.seq_len={T} tokens")
-    return kept, T
+    return kept, min(T, max(len(p) + len(c) for p, c in kept) - 1)
 
 
 def sft_batches(pairs, cfg, tok):
@@ -512,7 +520,8 @@ def run_grpo(cfg):
                          f"{len(prompts)}")
     check_fits(model, prompts, gc.max_new_tokens, "training (grpo.max_new_tokens)")
     S = max(len(p) for p in prompts) + gc.max_new_tokens  # longest sequence of a rollout or an update
-    report_memory(cfg, run, gc.micro_batch_size * S, ref, kv_rows=C * gc.group_size, kv_len=S)
+    rows = min(gc.micro_batch_size, tc.batch_size // W * gc.group_size)  # a micro-batch holds at most a rank's samples
+    report_memory(cfg, run, rows * S, ref, kv_rows=C * gc.group_size, kv_len=S)
     golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, run.train)}
     reward_fn = make_reward_fn(tok, golds, cfg.reward)
     log = RunLog(cfg.out_dir, start) if dist.is_main() else None  # rank 0 logs and evaluates
@@ -673,17 +682,24 @@ def run_distill(cfg):
     if dc.top_k > min(run.model.cfg.vocab_size, teacher_vocab):
         raise ValueError(f"[distill].top_k = {dc.top_k}: more than the {min(run.model.cfg.vocab_size, teacher_vocab)} "
                          "logits the teacher and student share")
-    if dc.mode == "traces" or dc.source == "teacher":  # the student trains on prompt + teacher sample
+    sampled = dc.mode == "traces" or dc.source == "teacher"  # the student trains on prompt + teacher sample
+    if sampled:
         prompts = E.encode_prompts(tok, run.train, cfg.data.template)  # encoded once, for the check and the teacher
         check_fits(run.model, prompts, dc.max_new_tokens, "training")
+        T = max(map(len, prompts)) + dc.max_new_tokens  # the longest row
+    else:  # the dataset's worked solutions
+        pairs, T = sft_pairs(cfg, run, "distill")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
-    report_memory(cfg, run, cfg.train.batch_size * min(cfg.data.seq_len, run.model.cfg.max_seq_len), teacher)
+    # the teacher samples eval_batch_size (traces) or batch_size (each step) rows at a time
+    kv = [(teacher.cfg, cfg.train.eval_batch_size if dc.mode == "traces" else cfg.train.batch_size, T)] if sampled else []
+    loss_logits = 0 if dc.mode == "traces" else 11 if dc.kind == "jsd" else 7  # memory.py: the divergence's tensors
+    report_memory(cfg, run, cfg.train.batch_size * T, teacher, kv_caches=kv, loss_logits=loss_logits)
     if dc.mode == "traces":  # SFT on what the teacher got right (sampled by rank 0, read by the others)
         with dist.rank0_first():
             traces = teacher_traces(cfg, teacher, tok, run.train, prompts, device)
         batch_fn, loss_fn = sft_batches(traces, cfg, tok), None
     elif dc.source == "dataset":  # logit matching on the dataset's worked solutions
-        batch_fn = sft_batches(sft_pairs(cfg, run, "distill")[0], cfg, tok)
+        batch_fn = sft_batches(pairs, cfg, tok)
         loss_fn = logit_matching_loss(teacher, dc)
     else:  # logit matching on fresh teacher samples
         batch_fn = teacher_sample_batches(cfg, teacher, tok, prompts, device)

@@ -33,6 +33,8 @@ def test_tokenizer_round_trip_every_family_and_template(problems, tok):
     assert seen == set(D.FAMILIES)
     # unseen characters go through byte fallback, not <unk>
     assert tok.decode(tok.encode("x² ≥ 1 😀")) == "x² ≥ 1 😀"
+    # an id past the vocabulary (a padded embedding row a model sampled) decodes to nothing, not an error
+    assert tok.decode(tok.encode("12 + 7") + [tok.vocab_size, tok.vocab_size + 50]) == "12 + 7"
 
 
 def test_tokenizer_digits_and_tags_are_single_pieces(tok):
@@ -212,6 +214,7 @@ def test_hf_tokenizer_json_loads_through_tokenizers(tmp_path):
     assert isinstance(tok, D.HFTokenizer) and (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)
     ids = tok.encode("Compute 12 + 7.", bos=True, eos=True)
     assert ids[0] == 1 and ids[-1] == 2 and tok.decode(ids) == "Compute 12 + 7."
+    assert tok.decode(ids[:-1] + [tok.vocab_size + 7] + ids[-1:]) == "Compute 12 + 7."  # a padded row's id
     (tmp_path / "copy").mkdir()
     tok.save(str(tmp_path / "copy"))
     assert D.load_tokenizer(str(tmp_path / "copy")).encode("Solve 3x") == tok.encode("Solve 3x")

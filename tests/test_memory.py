@@ -4,6 +4,7 @@ import torch
 
 import memory
 from model import ModelConfig, Transformer
+from test_train import pretrained  # noqa: F401 (the module-scoped fixture: a tiny trained model)
 
 CFG = ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=160, max_seq_len=128)
 
@@ -95,3 +96,65 @@ def test_train_refuses_a_plan_that_cannot_fit(tmp_path):
 def test_frozen_model_bytes_follow_its_dtype():
     N = hand_count(CFG)
     assert memory.estimate(CFG, N, 0, amp=True, frozen_params=N, frozen_bytes=4)["frozen"] == 4 * N  # fp32 teacher
+
+
+def test_largest_kv_cache_distill_logits_and_ranks_sharing_ram(monkeypatch):
+    N = hand_count(CFG)
+    big = ModelConfig(vocab_size=512, dim=128, n_layers=3, n_heads=4, n_kv_heads=4, hidden_dim=256, max_seq_len=128)
+    est = memory.estimate(CFG, N, 100, kv_rows=2, kv_len=10, kv_caches=[(big, 8, 50), (CFG, 1, 1)])
+    assert est["kv_cache"] == 2 * 3 * 8 * 4 * 50 * 32 * 4  # the teacher's sampling cache, the largest of three
+    assert memory.estimate(CFG, N, 100, kv_rows=2, kv_len=10, kv_caches=[(CFG, 1, 1)])["kv_cache"] == \
+        2 * 2 * 2 * 2 * 10 * 16 * 4
+    est = memory.estimate(CFG, N, 100, loss_logits=7, loss_vocab=512)  # logit matching against a 512-row teacher
+    assert est["logits"] == 100 * (256 * 12 + 512 * 4 * 7)
+    ram = memory.capacity(torch.device("cpu"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on one machine: half the RAM each
+    assert memory.capacity(torch.device("cpu")) == ram // 2
+
+
+def test_stages_plan_their_real_shapes(pretrained, tmp_path, monkeypatch):  # noqa: F811
+    """Each stage hands memory.estimate the shapes it will run: grpo's micro-batch holds at most a rank's samples,
+    sft rows are as long as the longest pair (not data.seq_len), the in-training evaluation's greedy batch and a
+    distillation teacher's sampling batch are caches, and logit matching adds its loss's tensors."""
+    import train as T
+    toml, init = pretrained
+    plans = []
+
+    class Planned(Exception):
+        pass
+
+    def estimate(mcfg, n_params, micro_tokens, **kw):
+        plans.append((mcfg, micro_tokens, kw))
+        raise Planned
+
+    monkeypatch.setattr(memory, "estimate", estimate)
+    run = lambda *args: pytest.raises(Planned, T.main, ["--config", toml, "--out_dir", str(tmp_path / str(len(plans))),
+                                                        *args])  # noqa: E731
+    run("--stage", "grpo", "--init", init, "--train.batch_size=2", "--grpo.group_size=4", "--grpo.max_new_tokens=8",
+        "--grpo.micro_batch_size=1024", "--train.eval_n=3", "--train.eval_batch_size=2", "--train.max_new_tokens=9")
+    mcfg, tokens, kw = plans[-1]
+    tok = T.D.load_tokenizer(init)
+    cfg = T.load_config(toml, [])
+    problems = T.D.synthetic_problems(cfg.data.n_train, cfg.data.families, cfg.data.levels, seed=cfg.data.seed)
+    S = max(len(p) for p in T.E.encode_prompts(tok, problems, cfg.data.template)) + 8
+    assert tokens == 2 * 4 * S and (kw["kv_rows"], kw["kv_len"]) == (2 * 4, S)  # 8 rows, not 1024
+    (c, rows, length), = kw["kv_caches"]  # the evaluation: 2 prompts per call, the longest of 3 plus 9 tokens
+    test = T.D.synthetic_problems(cfg.data.n_test, cfg.data.families, cfg.data.levels, seed=cfg.data.seed + 1)
+    assert c is mcfg and rows == 2 and length == max(len(p) for p in T.E.encode_prompts(tok, test[:3], "plain")) + 9
+
+    run("--stage", "sft", "--init", init, "--train.eval_n=0", "--data.seq_len=200")
+    _, tokens, kw = plans[-1]
+    longest = max(sum(map(len, T.D.encode_sft(tok, p, cfg.data.template, 200))) for p in problems) - 1  # x's length
+    assert tokens == cfg.train.batch_size * longest and longest < 200 and kw["kv_caches"] == []
+
+    for mode, source in (("traces", "teacher"), ("logits", "teacher"), ("logits", "dataset")):
+        run("--stage", "distill", "--distill.teacher", init, f"--distill.mode={mode}", f"--distill.source={source}",
+            "--distill.max_new_tokens=8", "--train.eval_n=0", "--train.eval_batch_size=5", "--data.seq_len=200")
+        _, tokens, kw = plans[-1]
+        if source == "teacher":
+            (c, rows, length), = kw["kv_caches"]
+            assert (c.dim, rows, length) == (32, 5 if mode == "traces" else cfg.train.batch_size, S)
+            assert tokens == cfg.train.batch_size * S
+        else:
+            assert kw["kv_caches"] == [] and tokens == cfg.train.batch_size * longest
+        assert kw["loss_logits"] == (0 if mode == "traces" else 7) and kw["frozen_params"] > 0
