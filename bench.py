@@ -120,10 +120,19 @@ def main(argv=None):
     p.add_argument("--gen-new", type=int, default=128, help="new tokens per prompt")
     p.add_argument("--prompt-len", type=int, nargs=2, default=[20, 40], help="prompt lengths, min max")
     p.add_argument("--gen-reps", type=int, default=3, help="timed generate calls (median reported)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (training steps, "
+                   "generate calls, GRPO steps)")
     p.add_argument("--grpo-reps", type=int, default=5, help="timed GRPO steps (median reported)")
     p.add_argument("--skip", choices=["train", "sample", "grpo"], nargs="*", default=[])
     args = p.parse_args(argv)
+    for flag in ("threads", "batch", "seq", "steps", "gen_batch", "gen_new", "gen_reps", "grpo_reps",
+                 *(k for k in SIZES["S"] if getattr(args, k) is not None)):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be at least 0, got {args.warmup}")
+    if not 1 <= args.prompt_len[0] <= args.prompt_len[1]:
+        p.error(f"--prompt-len MIN MAX needs 1 <= MIN <= MAX, got {args.prompt_len[0]} {args.prompt_len[1]}")
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -147,10 +156,10 @@ def main(argv=None):
               f"({model.flops_per_token(args.seq) / 1e6:.1f} MFLOP/token)")
     if "sample" not in args.skip:
         lo, hi = args.prompt_len
-        tok_s = bench_sample(model, cfg, device, amp, args.gen_batch, args.gen_new, lo, hi, args.gen_reps, 1)
+        tok_s = bench_sample(model, cfg, device, amp, args.gen_batch, args.gen_new, lo, hi, args.gen_reps, args.warmup)
         print(f"sample {args.gen_batch}x{args.gen_new} (prompts {lo}..{hi}): {tok_s:.0f} new tok/s")
     if "grpo" not in args.skip:
-        sec, roll, upd = bench_grpo(model, cfg, device, amp, **g, reps=args.grpo_reps, warmup=1)
+        sec, roll, upd = bench_grpo(model, cfg, device, amp, **g, reps=args.grpo_reps, warmup=args.warmup)
         print(f"grpo   {g['n_prompts']} prompts x {g['group']} samples x {g['new']} (prompts {g['lo']}..{g['hi']}): "
               f"{sec:.2f} s/step "
               f"(last step: rollout {roll:.2f} s, update {upd:.2f} s)")

@@ -154,7 +154,8 @@ class HFTokenizer:
                ([self.eos_id] if eos and self.eos_id is not None else [])
 
     def decode(self, ids):
-        """Text of ids; special tokens and ids past the vocabulary (a padded embedding row a model sampled) give none."""
+        """Text of ids; special tokens and ids past the vocabulary (a padded embedding row a model sampled) give
+        none."""
         return self.tk.decode([i for i in ids if 0 <= i < self.vocab_size], skip_special_tokens=True)
 
     def save(self, folder):

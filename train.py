@@ -691,7 +691,8 @@ def run_distill(cfg):
         pairs, T = sft_pairs(cfg, run, "distill")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
     # the teacher samples eval_batch_size (traces) or batch_size (each step) rows at a time
-    kv = [(teacher.cfg, cfg.train.eval_batch_size if dc.mode == "traces" else cfg.train.batch_size, T)] if sampled else []
+    rows = cfg.train.eval_batch_size if dc.mode == "traces" else cfg.train.batch_size
+    kv = [(teacher.cfg, rows, T)] if sampled else []
     loss_logits = 0 if dc.mode == "traces" else 11 if dc.kind == "jsd" else 7  # memory.py: the divergence's tensors
     report_memory(cfg, run, cfg.train.batch_size * T, teacher, kv_caches=kv, loss_logits=loss_logits)
     if dc.mode == "traces":  # SFT on what the teacher got right (sampled by rank 0, read by the others)

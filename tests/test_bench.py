@@ -1,6 +1,7 @@
 """bench.py runs end to end on a tiny model (no timing assertions: speed targets live in the issues)."""
 import re
 
+import pytest
 import torch
 
 import bench
@@ -20,6 +21,31 @@ def test_bench_prints_train_sample_and_grpo(capsys):
     sec, roll, upd = map(float, re.search(r"grpo .*: ([\d.]+) s/step \(last step: rollout ([\d.]+) s, update ([\d.]+) s",
                                           out).groups())
     assert sec > 0 and roll > 0 and upd > 0
+
+
+@pytest.mark.parametrize("args,flag", [(["--steps", "0"], "--steps"), (["--grpo-reps", "0"], "--grpo-reps"),
+                                       (["--threads", "0"], "--threads"), (["--gen-batch", "0"], "--gen-batch"),
+                                       (["--seq", "0"], "--seq"), (["--dim", "0"], "--dim"),
+                                       (["--warmup", "-1"], "--warmup"),
+                                       (["--prompt-len", "40", "20"], "--prompt-len")])
+def test_bad_flags_are_named(args, flag, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(args)
+    assert flag in capsys.readouterr().err
+
+
+def test_warmup_applies_to_every_measurement(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "timed", lambda fn, device, reps, warmup: calls.append(warmup) or 1.0)
+    monkeypatch.setattr(bench, "matmul_peak", lambda *a: 1e9)
+    monkeypatch.setattr(bench, "bench_grpo", lambda *a, warmup, **kw: (calls.append(warmup), (1.0, 0.5, 0.5))[1])
+    n = torch.get_num_threads()
+    try:
+        bench.main(["--dim", "32", "--n_layers", "1", "--n_heads", "2", "--n_kv_heads", "1", "--hidden_dim", "48",
+                    "--vocab_size", "64", "--threads", "1", "--warmup", "0"])
+    finally:
+        torch.set_num_threads(n)
+    assert calls == [0, 0, 0]  # training, sampling and the GRPO step
 
 
 def test_ab_speed_loads_the_named_revision_beside_the_files_on_disk(capsys):
