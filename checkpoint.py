@@ -153,8 +153,9 @@ def recover_final(out_dir):
     if os.path.exists(old) and not os.path.exists(final):
         try:
             os.rename(tmp if os.path.exists(tmp) else old, final)
-        except FileNotFoundError:  # another rank moved it first
-            pass
+        except OSError:  # another rank moved it first (or moved the new one while we chose the old one)
+            if not os.path.exists(final):
+                raise
     if os.path.exists(final):
         shutil.rmtree(old, ignore_errors=True)
 

@@ -228,9 +228,7 @@ def train_loop(cfg, run, batch_fn, loss_fn=None):
     Under torchrun, rank r takes micro-batches r, r + W, ... of each step (see dist.py)."""
     tc, model, tok, opt, device, start_step = cfg.train, run.model, run.tok, run.opt, run.device, run.start
     W = dist.world()
-    if tc.grad_accum % W:
-        raise ValueError(f"train.grad_accum={tc.grad_accum} must be a multiple of the {W} ranks: the global batch "
-                         f"is batch_size x grad_accum sequences, grad_accum / {W} micro-batches per rank")
+    check_world(cfg, W)
     fwd = dist.wrap(model, device, tc.fsdp, tc.compile)  # DDP under torchrun (not FSDP2); compiled on request
     eval_problems = run.test[: tc.eval_n]
     check_fits(model, E.encode_prompts(tok, eval_problems, cfg.data.template), tc.max_new_tokens,
@@ -501,10 +499,8 @@ def run_grpo(cfg):
         return
     gc, tc, device, tok, model, opt, start = cfg.grpo, cfg.train, run.device, run.tok, run.model, run.opt, run.start
     W = dist.world()
+    check_world(cfg, W)
     C = gc.rollout_prompts or tc.batch_size // W  # prompts per rollout chunk
-    if C < 1 or tc.batch_size % C or (tc.batch_size // C) % W:
-        raise ValueError(f"train.batch_size={tc.batch_size} prompts must split into rollout chunks of "
-                         f"grpo.rollout_prompts={C}, the same number of chunks on each of the {W} ranks")
     mine = range(dist.rank(), tc.batch_size // C, W)  # this rank's chunks
     reduce = dist.all_sum if W > 1 else None
     policy = torch.compile(model) if tc.compile else model  # compiles the update's forward; generate stays eager
@@ -714,9 +710,27 @@ RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo, "distill"
 
 def check_config(cfg):
     """Every section's settings, checked before anything loads or trains; a bad one is a ValueError naming it
-    (the model's shapes are checked as the config is read)."""
+    (the model's shapes are checked as the config is read), and those that depend on torchrun's WORLD_SIZE."""
     for section in (cfg.train, cfg.data, cfg.grpo, cfg.distill, cfg.reward):
         section.check()
+    check_world(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def check_world(cfg, W):
+    """The settings that must divide among W ranks: a grpo step's prompts (in rollout chunks, the same number on
+    each rank), another stage's micro-batches (train.grad_accum)."""
+    tc, gc = cfg.train, cfg.grpo
+    if cfg.stage == "grpo":
+        if not gc.rollout_prompts and tc.batch_size % W:
+            raise ValueError(f"train.batch_size={tc.batch_size} prompts over {W} ranks: each rank needs the same "
+                             f"number of prompts; use a multiple of {W}, or set grpo.rollout_prompts")
+        C = gc.rollout_prompts or tc.batch_size // W  # prompts per rollout chunk
+        if tc.batch_size % C or (tc.batch_size // C) % W:
+            raise ValueError(f"train.batch_size={tc.batch_size} prompts must split into rollout chunks of "
+                             f"grpo.rollout_prompts={C}, the same number of chunks on each of the {W} ranks")
+    elif cfg.stage in ("pretrain", "sft", "distill") and tc.grad_accum % W:
+        raise ValueError(f"train.grad_accum={tc.grad_accum} must be a multiple of the {W} ranks: the global batch "
+                         f"is batch_size x grad_accum sequences, grad_accum / {W} micro-batches per rank")
 
 
 def main(argv=None):

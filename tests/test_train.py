@@ -271,6 +271,29 @@ def test_a_crash_between_the_two_renames_of_final_is_recovered(tiny_toml, tmp_pa
     assert all(torch.equal(new[k], got[k]) for k in new)
 
 
+def test_recover_final_when_another_rank_recovers_first(tmp_path, monkeypatch):
+    """Two ranks recover at once: this one saw `final` missing, then the other renamed .tmp-final -> final before
+    this one looked for .tmp-final, so this one's rename of .old-final meets a non-empty `final`: not an error, and
+    the new checkpoint stays."""
+    import checkpoint
+    for name in (".old-final", ".tmp-final"):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "model.safetensors").write_text(name)
+    real, seen = os.path.exists, []
+
+    def exists(p):
+        if os.path.basename(p) == "final" and not seen:  # the other rank acts right after this check
+            seen.append(real(p))
+            os.rename(tmp_path / ".tmp-final", tmp_path / "final")
+            return seen[0]
+        return real(p)
+
+    monkeypatch.setattr(checkpoint.os.path, "exists", exists)
+    checkpoint.recover_final(str(tmp_path))
+    assert seen == [False] and sorted(os.listdir(tmp_path)) == ["final"]
+    assert (tmp_path / "final" / "model.safetensors").read_text() == ".tmp-final"
+
+
 def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
     """save_checkpoint fsyncs every file and the temporary folder before the rename that makes them the checkpoint,
     and the parent folder after it: without that, a power cut soon after the rename can leave the checkpoint's
@@ -564,3 +587,22 @@ def test_init_that_is_not_a_checkpoint_says_what_is_missing(pretrained, tmp_path
     for bad, match in ((str(tmp_path / "nowhere"), "does not exist"), (run_folder, "not a complete checkpoint")):
         with pytest.raises(FileNotFoundError, match=match):
             T.main(["--config", toml, "--stage", "sft", "--init", bad, "--out_dir", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--stage", "grpo", "--train.batch_size=3"], "3 prompts over 2 ranks: each rank needs the same number"),
+    (["--stage", "grpo", "--train.batch_size=4", "--grpo.rollout_prompts=4"], "same number of chunks on each of the 2"),
+    (["--stage", "distill", "--train.grad_accum=1"], "grad_accum=1 must be a multiple of the 2 ranks"),
+])
+def test_rank_rules_are_checked_before_anything_runs(tiny_toml, tmp_path, monkeypatch, args, match):
+    """Under torchrun (WORLD_SIZE) the settings that divide among the ranks fail before a model loads or a
+    teacher samples, also for a pipeline step after others that would have trained."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=match):
+        T.main(["--config", tiny_toml, "--out_dir", str(tmp_path / "o"), *args])
+    from test_pipeline import TOY
+    (tmp_path / "p.toml").write_text(TOY.replace("train = {max_steps = 2, batch_size = 2}",
+                                                 "train = {max_steps = 2, batch_size = 3}"))
+    with pytest.raises(ValueError, match="3 prompts over 2 ranks"):
+        T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(tmp_path / "p"), "--train.grad_accum=2"])
+    assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "p" / "pretrain")
