@@ -167,4 +167,9 @@ def load_optimizer(model, opt, state):
         opt.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    if any(isinstance(k, int) for k in state["state"]):  # saved by a plain or DDP run: keyed by position, not name
+        names = {id(p): n for n, p in model.named_parameters()}
+        fqns = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+        state = {"state": {fqns[i]: v for i, v in state["state"].items()},
+                 "param_groups": [{**g, "params": [fqns[i] for i in g["params"]]} for g in state["param_groups"]]}
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))

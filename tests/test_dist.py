@@ -103,8 +103,8 @@ def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     (d / "tiny.toml").write_text(TINY)
     base = ["--config", str(d / "tiny.toml")]
-    out = {k: str(d / k) for k in ("sft1", "sft2", "fsdp2", "fsdp_cut2", "distill1", "distill2", "grpo1", "grpo2",
-                                   "cut2")}
+    out = {k: str(d / k) for k in ("sft1", "sft2", "fsdp2", "fsdp_cut2", "ddp_then_fsdp2", "distill1", "distill2",
+                                   "grpo1", "grpo2", "cut2")}
     T.main(base + SFT + ["--out_dir", out["sft1"]])
     init = os.path.join(out["sft1"], "final")
     distill = base + DISTILL + ["--distill.teacher", init]
@@ -120,6 +120,9 @@ def runs(tmp_path_factory):
             (base + SFT + ["--out_dir", out["fsdp_cut2"], "--train.fsdp=true", "--train.save_every=1"], 1),  # killed
             (base + SFT + ["--out_dir", out["fsdp_cut2"], "--train.fsdp=true", "--train.save_every=1",
                            "--train.resume=true"], None),
+            (base + SFT + ["--out_dir", out["ddp_then_fsdp2"], "--train.save_every=1"], 1),  # DDP, killed
+            (base + SFT + ["--out_dir", out["ddp_then_fsdp2"], "--train.fsdp=true", "--train.save_every=1",
+                           "--train.resume=true"], None),  # resumed sharded: the optimizer state keyed by position
             (distill + ["--out_dir", out["distill2"]], None),
             (base + GRPO + ["--init", init, "--out_dir", out["grpo2"]], None),
             (base + GRPO + ["--init", init, "--out_dir", out["cut2"]], 3),  # killed after step 3 (ckpt at 2)
@@ -157,6 +160,12 @@ def test_fsdp2_resume_matches_uninterrupted(runs):
     # the step-1 checkpoint (gathered weights + full optimizer state) reloads into a sharded model and optimizer
     assert T.list_checkpoints(runs["fsdp_cut2"])
     _assert_same_run(runs["fsdp2"], runs["fsdp_cut2"], atol=1e-7)
+
+
+def test_fsdp2_resumes_a_ddp_checkpoint(runs):
+    """A DDP (or 1-process) checkpoint keys its optimizer state by position, FSDP2's by name: both resume."""
+    assert T.list_checkpoints(runs["ddp_then_fsdp2"])
+    _assert_same_run(runs["fsdp2"], runs["ddp_then_fsdp2"], atol=2e-6)
 
 
 def test_ddp_distill_equals_one_process(runs):
