@@ -88,6 +88,15 @@ def sum_floats(values):
     return all_sum(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
+def gather_objects(obj):
+    """Every rank's obj (picklable), in rank order, on every rank: [obj] in one process."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 # -----------------------------------------------------------------------------
 # Wrapping the model for training
 

@@ -550,10 +550,15 @@ def run_grpo(cfg):
             row = evaluate_and_log(model, tok, eval_problems, cfg, device, done, log) if eval_now and log else {}
             row = {"step": done, "stage": cfg.stage, "lr": lr, **stats, "reward_ema": ema,
                    **rollout_metrics(tok, samples, reduce), **row}  # every rank: rollout_metrics sums over them
+            # the first n_samples completions of the step's chunk order, whichever rank sampled them (a collective)
+            per = C * gc.group_size  # completions per chunk
+            firsts = [(c, samples[j * per:(j + 1) * per][: tc.n_samples]) for j, c in enumerate(mine)]  # by chunk
+            every = sorted((x for part in dist.gather_objects(firsts) for x in part), key=lambda x: x[0])
+            shown = [s for _, chunk in every for s in chunk][: tc.n_samples]
             if log:
                 log.log(row)
                 log.log_samples(done, [{"completion": tok.decode(s["completion_ids"]), "reward": s["reward"],
-                                        "accuracy": s["accuracy"]} for s in samples[: tc.n_samples]])
+                                        "accuracy": s["accuracy"]} for s in shown])
         pbar.set_postfix(reward=f"{stats['reward_mean']:.2f}", kl=f"{stats['kl']:.3f}")
         extra = {"reward_ema": ema}
         if ref is not None and gc.ref_update_every > 0:

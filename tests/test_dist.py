@@ -43,6 +43,7 @@ save_every = 2
 
 SFT = ["--stage", "sft", "--train.max_steps=3"]
 GRPO = ["--stage", "grpo", "--train.max_steps=4", "--train.batch_size=4", "--train.eval_n=0", "--grpo.group_size=3",
+        "--train.n_samples=5",
         "--grpo.max_new_tokens=6", "--grpo.agg=token-mean", "--grpo.micro_batch_size=4", "--grpo.rollout_prompts=1",
         "--reward.format_weight=0.5", "--grpo.skip_zero_std_groups=true"]
 
@@ -175,6 +176,8 @@ def test_ddp_distill_equals_one_process(runs):
 
 def test_ddp_grpo_equals_one_process(runs):
     _assert_same_run(runs["grpo1"], runs["grpo2"], atol=2e-6)
+    samples = [[json.loads(line) for line in open(os.path.join(runs[k], "samples.jsonl"))] for k in ("grpo1", "grpo2")]
+    assert len(samples[0]) > 4 and samples[0] == samples[1]  # the same completions, whichever rank sampled them
     rows = _metrics(runs["grpo2"])
     assert 0 < rows[0]["reward_mean"] < 1.5  # a real signal: the update is not all zeros
 
