@@ -263,8 +263,6 @@ class Transformer(nn.Module):
         starts = starts.expand(B)  # (B,)
         if B and not 0 <= int(starts.min()) <= int(starts.max()) <= T:
             raise ValueError(f"start must lie in [0, T={T}], got {start}")
-        cos, sin = rope_tables(torch.arange(T, device=device), self.cfg.head_dim, self.cfg.rope_theta)
-        cos, sin = cos[None, :, None], sin[None, :, None]  # tables (1, T, 1, hd)
         S = int(starts.max()) if B else 0  # prefix columns
         col = torch.arange(T, device=device)
         if 0 < S < T:
@@ -286,7 +284,8 @@ class Transformer(nn.Module):
                 h = self._blocks(stream, cos[None, :, None], sin[None, :, None], mask, split=(n, S, row_prefix))
                 h = h[0, n * S:].view(B, L, -1)  # (B, L, D) the rows' positions
                 return self.output(self.norm(h))  # (B, L, V)
-        h = self._blocks(tokens, cos, sin)
+        cos, sin = rope_tables(torch.arange(T, device=device), self.cfg.head_dim, self.cfg.rope_theta)  # (T, hd)
+        h = self._blocks(tokens, cos[None, :, None], sin[None, :, None])
         return self.output(self.norm(h[:, S:]))  # (B, T - S, V)
 
     def _decode(self, tok, t, cos, sin, mask, caches, weights, norms):
