@@ -230,9 +230,7 @@ def train_loop(cfg, run, batch_fn, loss_fn=None):
     W = dist.world()
     check_world(cfg, W)
     fwd = dist.wrap(model, device, tc.fsdp, tc.compile)  # DDP under torchrun (not FSDP2); compiled on request
-    eval_problems = run.test[: tc.eval_n]
-    check_fits(model, E.encode_prompts(tok, eval_problems, cfg.data.template), tc.max_new_tokens,
-               "held-out (train.eval_n, train.max_new_tokens)")
+    eval_problems = run.test[: tc.eval_n]  # their fit to the context was checked by report_memory
     log = RunLog(cfg.out_dir, start_step) if dist.is_main() else None
     pbar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc=cfg.stage,
                 disable=None if dist.is_main() else True)
@@ -370,11 +368,13 @@ def start_run(cfg, vocab_size=None):
 def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0, kv_caches=(), loss_logits=0):
     """Print the run's memory plan per device (memory.py) and refuse one that cannot fit (train.check_memory).
     kv_rows x kv_len: the run's own generate calls; kv_caches: others, (ModelConfig, rows, len) (a teacher's);
-    the in-training evaluation's greedy batches are added here. loss_logits: memory.estimate's (logit matching)."""
+    the in-training evaluation's greedy batches are added here, after checking that its prompts fit the context.
+    loss_logits: memory.estimate's (logit matching)."""
     tc, device = cfg.train, run.device
     kv_caches = list(kv_caches)
     if tc.eval_n > 0 and run.test:  # rank 0's held-out evaluation: eval_batch_size prompts per generate call
         ev = E.encode_prompts(run.tok, run.test[: tc.eval_n], cfg.data.template)
+        check_fits(run.model, ev, tc.max_new_tokens, "held-out (train.eval_n, train.max_new_tokens)")
         kv_caches.append((run.model.cfg, min(tc.eval_batch_size, len(ev)), max(map(len, ev)) + tc.max_new_tokens))
     est = memory.estimate(run.model.cfg, run.model.num_params(), micro_tokens, amp=tc.bf16 and device.type == "cuda",
                           world=dist.world(), fsdp=tc.fsdp, checkpointing=tc.activation_checkpointing,
@@ -521,9 +521,7 @@ def run_grpo(cfg):
     golds = {tuple(ids): p["answer"] for ids, p in zip(prompts, run.train)}
     reward_fn = make_reward_fn(tok, golds, cfg.reward)
     log = RunLog(cfg.out_dir, start) if dist.is_main() else None  # rank 0 logs and evaluates
-    eval_problems = run.test[: tc.eval_n]
-    check_fits(model, E.encode_prompts(tok, eval_problems, cfg.data.template), tc.max_new_tokens,
-               "held-out (train.eval_n, train.max_new_tokens)")
+    eval_problems = run.test[: tc.eval_n]  # their fit to the context was checked by report_memory
     if start == 0 and tc.eval_n and log:
         log.log({"step": 0, "stage": cfg.stage, **evaluate_and_log(model, tok, eval_problems, cfg, device, 0, log)})
     pbar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, desc=cfg.stage,

@@ -170,6 +170,10 @@ def test_context_overflow_is_an_error_at_the_start(tiny_toml, pretrained, tmp_pa
         T.main(["--config", toml, "--init", init, "--out_dir", str(tmp_path / "g"), *GRPO_ARGS,
                 "--grpo.max_new_tokens=1000", "--train.grad_accum=2"])
     assert "note: train.grad_accum=2 is not used by grpo" in capsys.readouterr().out  # said, not silently ignored
+    with pytest.raises(ValueError, match=r"held-out .* exceeds model.max_seq_len"):  # grpo's evaluation too
+        T.main(["--config", toml, "--init", init, "--out_dir", str(tmp_path / "h"), *GRPO_ARGS,
+                "--train.max_new_tokens=1000"])
+    assert not os.path.exists(tmp_path / "h" / "metrics.jsonl")
 
 
 def test_sft_refuses_prompts_that_fill_seq_len(tiny_toml, tmp_path):
