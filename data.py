@@ -317,10 +317,32 @@ def parse_data_spec(spec, n_test=500, seed=1234, levels="1,2", families=None, ex
     """'synthetic', 'synthetic:FAMILY[,FAMILY]' or a JSONL path -> list of problems (eval.py's --data).
     A synthetic set is drawn as synthetic_splits draws its test split (families defaults to DataConfig's), never
     with a question in `exclude` (a checkpoint's training questions)."""
-    if spec.startswith("synthetic"):
+    if is_synthetic_spec(spec):
         fams = spec.split(":", 1)[1] if ":" in spec else families or DataConfig.families
         return synthetic_problems(n_test, fams, levels, seed=seed + 1, exclude=exclude)
     return load_jsonl(spec)
+
+
+def is_synthetic_spec(spec):
+    """'synthetic' or 'synthetic:FAMILY[,FAMILY]' names the generated tasks; anything else is a file path (a file
+    called synthetic_gsm.jsonl too)."""
+    return spec == "synthetic" or spec.startswith("synthetic:")
+
+
+def check_data_spec(spec):
+    """Why --data `spec` cannot be read (None when it can): an unknown or missing family, or no such file."""
+    if is_synthetic_spec(spec):
+        if ":" not in spec:
+            return None
+        fams = [f.strip() for f in spec.split(":", 1)[1].split(",") if f.strip()]
+        unknown = [f for f in fams if f not in FAMILIES]
+        if not fams or unknown:
+            return (f"{spec!r} names {'unknown families ' + str(unknown) if unknown else 'no family'}; "
+                    f"write synthetic or synthetic:FAMILY[,FAMILY] with families from {sorted(FAMILIES)}")
+        return None
+    if not os.path.isfile(spec):
+        return f"no file {spec} (a JSONL file, or synthetic / synthetic:FAMILY[,FAMILY])"
+    return None
 
 
 # -----------------------------------------------------------------------------

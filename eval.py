@@ -10,7 +10,9 @@ train.py calls greedy_eval, so the accuracy in metrics.jsonl means the same as t
 """
 
 import argparse
+import functools
 import json
+import math
 import os
 import time
 
@@ -34,24 +36,25 @@ def pass_at_k(n, c, k):
 
 
 def majority_vote(answers):
-    """The most frequent answer, equivalent forms pooled by reward.is_equiv both ways (it reads its second argument
-    as the gold: a gold "1, 2" accepts "(2,1)", not the reverse); None never wins; ties go to the answer seen
-    first. Returns None when no answer is given."""
-    reps, counts = [], []  # one representative per equivalence class, in order of first appearance
-    for a in answers:
-        if a is None:
-            continue
-        for j, r in enumerate(reps):
-            if a == r or is_equiv(a, r) and is_equiv(r, a):
-                counts[j] += 1
-                break
-        else:
-            reps.append(a)
-            counts.append(1)
-    if not reps:
+    """The most voted answer among `answers` (extracted strings; None or blank: no answer, which never wins). Each
+    sample votes for every distinct answer that equals its own, where equal is reward.is_equiv both ways (it reads
+    its second argument as the gold: a gold "1, 2" accepts "(2,1)", not the reverse), so equivalent forms pool.
+    That relation need not be transitive, so votes are counted per distinct answer rather than by grouping, and
+    the result does not depend on the samples' order. Ties go to the answer given most often as written, then to
+    the one seen first. Returns None when no answer is given."""
+    given = [a for a in answers if a is not None and a.strip()]
+    forms = list(dict.fromkeys(given))  # distinct answers, in order of first appearance
+    written = [given.count(a) for a in forms]  # (m,) how often each was given as written
+    votes = [sum(n for b, n in zip(forms, written) if same_answer(a, b)) for a in forms]  # (m,)
+    if not forms:
         return None
-    best = max(range(len(reps)), key=lambda j: (counts[j], -j))
-    return reps[best]
+    return forms[max(range(len(forms)), key=lambda j: (votes[j], written[j], -j))]
+
+
+@functools.lru_cache(maxsize=4096)
+def same_answer(a, b):
+    """a and b are the same answer: equal, or each equivalent to the other (reward.is_equiv both ways)."""
+    return a == b or is_equiv(a, b) and is_equiv(b, a)
 
 
 def encode_prompts(tok, problems, template):
@@ -160,7 +163,10 @@ def read_run_config(path):
     if not os.path.exists(os.path.join(path, "run_config.json")):
         return {}
     with open(os.path.join(path, "run_config.json")) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f.name} is not valid JSON ({e})") from None
 
 
 def held_out(spec, n_test, run_cfg, jsonl=None):
@@ -172,7 +178,7 @@ def held_out(spec, n_test, run_cfg, jsonl=None):
     when it is the run's own train or test file, the run's settings fill in the others, so the golds are the ones
     train.py evaluated against."""
     data = run_cfg.get("data") or {}
-    if not spec.startswith("synthetic"):
+    if not D.is_synthetic_spec(spec):
         path = os.path.realpath(spec)
         own = any(data.get(k) and os.path.realpath(data[k]) == path for k in ("train_file", "test_file"))
         kw = {k: data[k] for k in ("format", "question_field", "answer_field", "solution_field") if own and k in data}
@@ -181,6 +187,9 @@ def held_out(spec, n_test, run_cfg, jsonl=None):
     if not data or data.get("train_file"):
         return D.parse_data_spec(spec, n_test or 500)
     dc = D.DataConfig(**{k: v for k, v in data.items() if k in D.DataConfig.__dataclass_fields__})
+    if not (n_test or dc.n_test):
+        raise ValueError(f"--data {spec}: the checkpoint's run has no held-out problems (data.n_test = 0); pass "
+                         "--n_test N for N synthetic problems it never trained on")
     train = {p["question"] for p in D.load_problems(dc, "train")}
     return D.parse_data_spec(spec, n_test or dc.n_test, dc.seed, dc.levels, dc.families, exclude=train)
 
@@ -193,8 +202,10 @@ def parse_args(argv):
     ap.add_argument("--prompt", default=None, help="ask one question instead: prints reasoning and answer")
     ap.add_argument("--n", type=int, default=16, help="samples per problem for pass@k / maj@k (0: greedy only)")
     ap.add_argument("--k", default="1,4,16", help="comma list of k")
-    ap.add_argument("--out", default="report.json", help="report path; samples go to the same name .jsonl")
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--out", default="report.json", help="report path; the per-problem records go beside it, "
+                    "its name with .jsonl for .json (report.json -> report.jsonl; other names get .jsonl added)")
+    ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1 for the n "
+                    "samples; --prompt answers greedily unless it is given)")
     ap.add_argument("--top_p", type=float, default=1.0)
     ap.add_argument("--max_new_tokens", type=int, default=256)
     ap.add_argument("--template", default=None, help="plain, r1, qwen, deepseek-r1 or chat (the tokenizer's "
@@ -221,6 +232,9 @@ def parse_args(argv):
                            ("n_test", args.n_test is None or args.n_test >= 1, "at least 1"),
                            ("batch_size", args.batch_size >= 1, "at least 1"),
                            ("max_new_tokens", args.max_new_tokens >= 1, "at least 1"),
+                           ("temperature", args.temperature is None or 0 <= args.temperature < math.inf,
+                            ">= 0 (0: greedy)"),
+                           ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
                            ("k", not args.n or (args.k and min(args.k) >= 1), "a comma list of k >= 1")]:
         if not ok:
             ap.error(f"--{name} {getattr(args, name)}: must be {want}")
@@ -230,16 +244,37 @@ def parse_args(argv):
         ap.error(f"--k {max(args.k)} is larger than --n {args.n}: pass@k needs k <= n samples")
     if args.out.endswith(".jsonl"):  # the records file would overwrite the report
         ap.error(f"--out {args.out}: name the JSON report (e.g. report.json); the samples go beside it as .jsonl")
+    if args.template is not None and args.template not in D.TEMPLATES + ("chat",):
+        ap.error(f"--template {args.template}: must be one of {', '.join(D.TEMPLATES + ('chat',))}")
+    try:
+        torch.device(args.device if args.device != "auto" else "cpu")
+    except RuntimeError:
+        ap.error(f"--device {args.device}: not a device (auto, cpu, cuda, cuda:N, ...)")
+    if args.prompt:
+        return args
+    problem = D.check_data_spec(args.data)
+    if problem:
+        ap.error(f"--data {args.data}: {problem}")
+    # the outputs, checked now rather than after the sampling: a folder in the way, a parent that is a file
+    for path in (args.out, records_path(args.out)):
+        if os.path.isdir(path):
+            ap.error(f"--out {args.out}: {path} is a folder; name the report file (e.g. {path}/report.json)")
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            ap.error(f"--out {args.out}: {parent} is a file, so {path} cannot be written")
     outputs = {os.path.realpath(p) for p in (args.out, records_path(args.out))}
-    if not args.data.startswith("synthetic") and os.path.realpath(args.data) in outputs:
+    if not D.is_synthetic_spec(args.data) and os.path.realpath(args.data) in outputs:
         ap.error(f"--out {args.out}: the report or its records ({records_path(args.out)}) would overwrite --data "
                  f"{args.data}")
     return args
 
 
 def records_path(out):
-    """Where the per-problem records of report `out` go: the same name, .jsonl."""
-    return os.path.splitext(out)[0] + ".jsonl"
+    """Where the per-problem records of report `out` go: report.json -> report.jsonl, any other name + .jsonl (so
+    runs named T0.5 and T0.7 keep their own records)."""
+    return (out[: -len(".json")] if out.endswith(".json") else out) + ".jsonl"
 
 
 def main(argv=None):
@@ -257,11 +292,13 @@ def main(argv=None):
         room = model.cfg.max_seq_len - len(ids)  # one question: answer in whatever room the context leaves
         if room < 1:
             raise ValueError(f"the prompt is {len(ids)} tokens; the model's max_seq_len is {model.cfg.max_seq_len}")
-        text = tok.decode(model.generate([ids], min(args.max_new_tokens, room), temperature=0.0,
-                                         eos_id=tok.stop_ids)[0])
+        text = tok.decode(model.generate([ids], min(args.max_new_tokens, room), temperature=args.temperature or 0.0,
+                                         top_p=args.top_p, eos_id=tok.stop_ids, generator=gen)[0])
         print(text.strip(), f"\n\nextracted answer: {extract_answer(text)}")
         return None
     problems = problems[: args.limit] if args.limit else problems
+    if not problems:
+        raise ValueError(f"--data {args.data}: no problems to evaluate")
     fits = [len(p) + args.max_new_tokens <= model.cfg.max_seq_len for p in encode_prompts(tok, problems, template)]
     if not all(fits) and not args.skip_long:
         raise ValueError(f"{fits.count(False)} of {len(problems)} prompts + max_new_tokens {args.max_new_tokens} "
@@ -270,19 +307,21 @@ def main(argv=None):
     problems = [p for p, ok in zip(problems, fits) if ok]
     if not problems:
         raise ValueError(f"no prompt fits max_seq_len {model.cfg.max_seq_len} with max_new_tokens {args.max_new_tokens}")
+    temperature = 1.0 if args.temperature is None else args.temperature  # the n samples' temperature
     t0 = time.time()
     greedy, greedy_samples = greedy_eval(model, tok, problems, template, args.max_new_tokens, args.batch_size,
                                          desc="greedy")
     report = {"ckpt": args.ckpt, "data": args.data, "n_problems": len(problems), "skipped_long": skipped,
               "template": template,
-              "args": {k: v for k, v in vars(args).items() if k != "prompt"}, "run_config": run_cfg,
+              "args": {**{k: v for k, v in vars(args).items() if k != "prompt"}, "temperature": temperature},
+              "run_config": run_cfg,
               "greedy": greedy}
     records = [{"question": s["question"], "gold": s["gold"], "greedy": s, "greedy_correct": s["reward"],
                 **{key: p[key] for key in ("family", "level", "subject") if key in p}}
                for s, p in zip(greedy_samples, problems)]
     if args.n:
         report["sampled"], sampled = sampled_eval(model, tok, problems, template, args.n, args.k,
-                                                  args.max_new_tokens, args.temperature, args.top_p,
+                                                  args.max_new_tokens, temperature, args.top_p,
                                                   args.batch_size, gen)
         for r, s in zip(records, sampled):
             r.update({k: v for k, v in s.items() if k not in r})

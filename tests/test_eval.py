@@ -7,6 +7,7 @@ import pytest
 
 import eval as E
 import train as T
+from reward import is_equiv
 from test_train import TINY
 
 
@@ -123,6 +124,38 @@ def test_ask_one_question(tmp_path, capsys):
     assert "extracted answer:" in printed.splitlines()[-1]
     with pytest.raises(ValueError, match="the prompt is .* tokens; the model's max_seq_len is 256"):
         E.main(["--ckpt", os.path.join(out, "final"), "--prompt", "Compute 1 + 2. " * 200])
+    # greedy unless --temperature is given; then --seed and --top_p count
+    ask = ["--ckpt", os.path.join(out, "final"), "--prompt", "Compute 478 + 356.", "--max_new_tokens", "24"]
+    answers = []
+    for extra in ([], ["--seed", "1"], ["--temperature", "1.5", "--seed", "1"], ["--temperature", "1.5", "--seed", "1"],
+                  ["--temperature", "1.5", "--seed", "2"], ["--temperature", "1.5", "--seed", "1", "--top_p", "1e-6"]):
+        capsys.readouterr()
+        E.main(ask + extra)
+        answers.append(capsys.readouterr().out)
+    assert answers[0] == answers[1]  # greedy: the seed plays no part
+    assert answers[2] == answers[3] != answers[4]  # sampled: the seed decides
+    assert answers[5] == answers[0]  # top_p that keeps one token is greedy
+
+
+def test_majority_vote_is_order_free_and_a_blank_answer_never_wins():
+    """is_equiv is not transitive ("2, 1" and "1, 2" are the same list, but only "1, 2" is the tuple (1, 2)), so
+    grouping answers in order of appearance made maj@k depend on the order; votes per distinct answer do not."""
+    import itertools
+    for gold, answers in (("(1, 2)", ["2, 1", "1, 2", "1, 2"]), ("y=5", ["x=5", "y=5", "5", "5"])):
+        for perm in itertools.permutations(answers):
+            vote = E.majority_vote(list(perm))
+            assert vote is not None and is_equiv(vote, gold), (perm, vote)
+    assert E.majority_vote(["", " ", "5"]) == "5" and E.majority_vote(["", None]) is None
+
+
+def test_broken_run_config_and_empty_held_out_split_are_named(tmp_path):
+    (tmp_path / "run_config.json").write_text('{"data": {"template": "r1"')
+    with pytest.raises(ValueError, match="run_config.json is not valid JSON"):
+        E.read_run_config(str(tmp_path))
+    run = {"data": {"n_test": 0, "n_train": 50, "families": "add", "levels": "1"}}
+    with pytest.raises(ValueError, match=r"no held-out problems \(data.n_test = 0\); pass --n_test N"):
+        E.held_out("synthetic", None, run)
+    assert len(E.held_out("synthetic", 7, run)) == 7
 
 
 def test_bad_input_fails_before_sampling(tmp_path):
@@ -138,12 +171,36 @@ def test_bad_input_fails_before_sampling(tmp_path):
                                         (["--max_new_tokens", "0"], "--max_new_tokens 0"),
                                         (["--out", "rep.jsonl"], "the samples go beside it"),
                                         (["--k", "1,1", "--n", "4"], "each k once"),
-                                        (["--data", "probs.jsonl", "--out", "probs.json"], "would overwrite --data")])
-def test_bad_arguments_name_the_flag(args, match, capsys):
+                                        (["--data", "probs.jsonl", "--out", "probs.json"], "would overwrite --data"),
+                                        (["--data", "synthetic.jsonl", "--out", "synthetic.json"],
+                                         "would overwrite --data"),  # a file, though its name starts "synthetic"
+                                        (["--data", "nothere.jsonl"], "no file nothere.jsonl"),
+                                        (["--data", "synthetic_x.jsonl"], "no file synthetic_x.jsonl"),
+                                        (["--data", "synthetic:"], "names no family"),
+                                        (["--data", "synthetic:add,cube"], "unknown families ['cube']"),
+                                        (["--temperature", "-1"], "--temperature -1"),
+                                        (["--temperature", "nan"], "--temperature nan"),
+                                        (["--top_p", "0"], "--top_p 0"), (["--top_p", "1.5"], "--top_p 1.5"),
+                                        (["--template", "foo"], "--template foo"),
+                                        (["--device", "foo"], "--device foo"),
+                                        (["--out", "afolder"], "afolder is a folder"),
+                                        (["--out", "afile/r.json"], "afile is a file")])
+def test_bad_arguments_name_the_flag(args, match, capsys, tmp_path, monkeypatch):
+    """Every bad flag is refused by parse_args, before a model is loaded or a problem sampled."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("probs.jsonl", "synthetic.jsonl", "afile"):
+        (tmp_path / name).write_text('{"question": "1+1?", "answer": "2"}\n')
+    (tmp_path / "afolder").mkdir()
     with pytest.raises(SystemExit):
         E.parse_args(["--ckpt", "x", *args])
     assert match in capsys.readouterr().err
     assert E.parse_args(["--ckpt", "x", "--n", "0", "--k", "0"]).n == 0  # greedy only: k is not used
+    assert E.parse_args(["--ckpt", "x", "--data", "synthetic:add, linear"]).data == "synthetic:add, linear"
+
+
+def test_records_go_beside_the_report_under_a_name_of_their_own():
+    assert E.records_path("runs/report.json") == "runs/report.jsonl"
+    assert E.records_path("runs/T0.5") == "runs/T0.5.jsonl" != E.records_path("runs/T0.7")
 
 
 def test_sampled_means_are_exact_and_a_repeated_k_counts_once(monkeypatch):
