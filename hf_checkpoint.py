@@ -74,9 +74,15 @@ def read_hf_state(path, cfg, dtype=None, device="cpu"):
     becomes the tensor, then it is converted and moved. dtype=None keeps the file's dtype (that of the embedding).
     """
     shards = ["model.safetensors"]
-    if os.path.exists(os.path.join(path, "model.safetensors.index.json")):
-        with open(os.path.join(path, "model.safetensors.index.json")) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+    index = os.path.join(path, "model.safetensors.index.json")
+    # one file wins over an index, as in transformers: save_pretrained into a sharded folder leaves the old index
+    if not os.path.exists(os.path.join(path, shards[0])) and os.path.exists(index):
+        with open(index) as f:
+            try:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"{index} is not a safetensors index (a JSON object with a weight_map): "
+                                 f"{e!r}") from None
     found = {}  # HF tensor name -> (shard, dtype, shape, byte offset, byte length)
     for shard in shards:
         found.update({n: (shard, *info) for n, info in read_safetensors_header(os.path.join(path, shard)).items()})
@@ -134,15 +140,27 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 def read_safetensors_header(path):
     """{tensor name: (dtype, shape, byte offset, byte length)} from a .safetensors file's header (format above)."""
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
+        if size < 8 or n > size - 8:
+            raise ValueError(f"{path} is not a complete safetensors file ({size} bytes, header of {n} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ValueError(f"{path}: its safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: its safetensors header is not a JSON object")
     header.pop("__metadata__", None)
+    out = {}
     for name, t in header.items():
-        if t["dtype"] not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {t['dtype']}")
-    return {name: (t["dtype"], tuple(t["shape"]), 8 + n + t["data_offsets"][0],  # offsets count from the data start
-                   t["data_offsets"][1] - t["data_offsets"][0])
-            for name, t in header.items()}
+        try:
+            dtype, shape, (begin, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: tensor {name} has no dtype, shape and data_offsets in the header") from None
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        out[name] = (dtype, shape, 8 + n + begin, end - begin)  # offsets count from the data start
+    return out
 
 
 def hf_layout(cfg):

@@ -24,12 +24,13 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 
 import torch
 
 import report
-from checkpoint import final_step, recover_final
+from checkpoint import final_step, prepare_out_dir, recover_final
 from config import apply_table, positive_int
 
 
@@ -47,7 +48,14 @@ def pipeline_configs(cfg, runners):
     for name in steps:
         if name in dirs:
             raise ValueError(f"[pipeline] steps names {name!r} twice")
-        table = dict(cfg.pipeline.get(name, {}))
+        table = cfg.pipeline.get(name, {})
+        if not isinstance(table, dict):
+            raise ValueError(f"[pipeline.{name}] must be a table of the step's settings (e.g. [pipeline.{name}] "
+                             f"train = {{max_steps = 100}}), got {table!r}")
+        if "out_dir" in table:
+            raise ValueError(f"[pipeline.{name}].out_dir: a step writes to out_dir/{name}; set out_dir at the top "
+                             "level (or on the command line) for the whole pipeline")
+        table = dict(table)
         step = copy.deepcopy(cfg)
         step.pipeline = {}
         step.stage = name  # a step named after a stage needs no `stage` key
@@ -92,6 +100,8 @@ def run_pipeline(cfg, runners, writer=True):
         ended[name] = final_step(step.out_dir)
         if not (cfg.train.resume and ended[name] is not None and ended[name] >= step.train.max_steps):
             todo.append((name, step))
+            if writer and cfg.train.resume and ended[name] is None:  # an interrupted step goes on from a checkpoint
+                warn_if_changed(rows, name, step, finished=False)
         elif writer:
             warn_if_changed(rows, name, step)
     again, after = {name for name, _ in todo}, dependencies(steps)
@@ -100,6 +110,13 @@ def run_pipeline(cfg, runners, writer=True):
             print(f"warning: pipeline step {name!r} is finished and skipped, but {sorted(after[name] & again)}, which "
                   f"it starts from, runs again; remove {step.out_dir} to redo it too")
     jobs = positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs")
+    if not cfg.train.resume:  # what each step would refuse when it starts, said before any step runs or is timed
+        for name, step in todo:
+            try:
+                prepare_out_dir(step)
+            except FileExistsError as e:
+                raise FileExistsError(f"pipeline step {name!r}: {e}. A pipeline re-run with --train.resume=true "
+                                      "keeps its finished steps and goes on with the others") from None
     extends = {name for name, _ in todo if ended[name] is not None}  # their wall time adds to the finished run's
     # SIGTERM (kill, timeout, a job scheduler) becomes SystemExit, so the cleanup below runs: side_by_side's
     # workers, left alive, would go on writing the step folders that a resumed pipeline writes
@@ -136,21 +153,22 @@ def log_step(cfg, name, step, t0, finished=True, extends=False):
     run that `extends` a finished step (train.max_steps raised)."""
     row = {"step": name, "stage": step.stage, "wall_s": time.time() - t0, "start": t0, "end": time.time(),
            "finished": finished, **({"extends": True} if extends else {})}
-    if finished:  # what a resumed pipeline compares before it skips the step
-        row["config"] = dataclasses.asdict(step)
+    row["config"] = dataclasses.asdict(step)  # what a resumed pipeline compares before it skips or goes on
     with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")
 
 
-def warn_if_changed(rows, name, step):
-    """A finished step is skipped on resume even when its config has changed since it ran (rows: pipeline.jsonl):
-    say which keys."""
-    ran = [r["config"] for r in rows if r.get("step") == name and r.get("finished") and "config" in r]
+def warn_if_changed(rows, name, step, finished=True):
+    """A resumed pipeline skips a finished step, and continues an interrupted one from its checkpoint (model and
+    all), even when the step's config has changed since it ran (rows: pipeline.jsonl): say which keys."""
+    ran = [r["config"] for r in rows if r.get("step") == name and "config" in r and (r.get("finished") or not finished)]
     if ran:
         keys = changed_keys(ran[-1], json.loads(json.dumps(dataclasses.asdict(step))))
         if keys:
-            print(f"warning: pipeline step {name!r} is finished, so the resumed pipeline skips it, but its config "
-                  f"has changed since it ran ({', '.join(keys)}); remove {step.out_dir} to run it again")
+            what = "is finished, so the resumed pipeline skips it" if finished else \
+                "goes on from its checkpoint, whose model and training state it keeps"
+            print(f"warning: pipeline step {name!r} {what}, but its config has changed since it ran "
+                  f"({', '.join(keys)}); remove {step.out_dir} to run it again")
 
 
 def changed_keys(old, new, prefix=""):
@@ -165,7 +183,14 @@ def changed_keys(old, new, prefix=""):
     return keys
 
 
-def _run_step(runner, step, threads):
+def _run_step(runner, step, threads, parent):
+    """A worker's life: one step. It ends with the pipeline process, killed or not (SIGKILL gives the parent no
+    chance to stop it): an orphan would go on writing the step folder that a resumed pipeline writes too."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)  # as if killed with its parent: the step's last complete checkpoint stays the one to resume
+    threading.Thread(target=watch, daemon=True).start()
     torch.set_num_threads(threads)
     runner(step)
 
@@ -182,7 +207,7 @@ def side_by_side(cfg, todo, runners, jobs, extends=frozenset()):
         while waiting or running:
             for name in [n for n in waiting if not pending & after[n]][: jobs - len(running)]:
                 step = configs[name]
-                proc = ctx.Process(target=_run_step, args=(runners[step.stage], step, threads), name=name)
+                proc = ctx.Process(target=_run_step, args=(runners[step.stage], step, threads, os.getpid()), name=name)
                 proc.start()
                 running[name] = (proc, step, time.time())
                 waiting.remove(name)

@@ -10,6 +10,7 @@ Every number is measured here on the held-out test split; nothing is copied from
 R1-Zero curve, which is the training log by definition. Plots need the optional matplotlib.
 """
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -33,6 +34,10 @@ def evaluate_step(ckpt, problems, spec, sampled, device):
     """Greedy accuracy (and pass@k / maj@k when `sampled`) of one checkpoint, in its own training template."""
     model, tok, run_cfg = E.load_checkpoint(ckpt, device)
     template = run_cfg.get("data", {}).get("template", "plain")
+    longest = max(len(p) for p in E.encode_prompts(tok, problems, template))
+    if longest + spec["max_new_tokens"] > model.cfg.max_seq_len:
+        raise ValueError(f"[pipeline.report].max_new_tokens = {spec['max_new_tokens']}: with the longest test prompt "
+                         f"({longest} tokens) it exceeds {ckpt}'s max_seq_len {model.cfg.max_seq_len}")
     greedy, _ = E.greedy_eval(model, tok, problems, template, spec["max_new_tokens"], desc=f"greedy {ckpt}")
     row = {"params": model.num_params(), "greedy": greedy["accuracy"], "format_rate": greedy["format_rate"],
            "mean_len": greedy["mean_len"]}
@@ -64,6 +69,29 @@ def init_chain(name, steps):
     while cfgs[chain[-1]].init in by_final:
         chain.append(by_final[cfgs[chain[-1]].init])
     return chain
+
+
+def context_length(name, steps):
+    """The max_seq_len step `name`'s checkpoint will have: that of the model its init chain starts from (the first
+    step's own [model], or an outside checkpoint's config.json); None when it cannot be read yet."""
+    root = dict(steps)[init_chain(name, steps)[-1]]
+    if not root.init:
+        return root.model.max_seq_len
+    try:
+        with open(os.path.join(root.init, "config.json")) as f:
+            return json.load(f).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+
+
+def trained_questions(cfg, steps):
+    """The training questions of the steps whose [data] settings differ from the base config's: the report's test
+    split is the base config's, which only the base config's own training split is sure to leave out."""
+    base, seen = dataclasses.asdict(cfg.data), set()
+    for _, step in steps:
+        if dataclasses.asdict(step.data) != base:
+            seen |= {p["question"] for p in D.load_problems(step.data, "train")}
+    return seen
 
 
 def zero_curve(metrics, points=6):
@@ -165,6 +193,11 @@ def report_spec(cfg, steps):
     zero = spec["zero"]
     if not isinstance(zero, str) or (zero and stage_of.get(zero) != "grpo"):
         raise ValueError(f"[pipeline.report].zero = {zero!r}: must name a grpo step of [pipeline] steps, or be \"\"")
+    for name in dict.fromkeys(spec["rl"] + spec["distill"]):
+        context = context_length(name, steps)
+        if context is not None and spec["max_new_tokens"] >= context:
+            raise ValueError(f"[pipeline.report].max_new_tokens = {spec['max_new_tokens']}: step {name!r}'s model "
+                             f"has max_seq_len {context}, which must hold the prompt too")
     return spec
 
 
@@ -174,9 +207,17 @@ def write_report(cfg, steps):
     stage_of = dict((name, s.stage) for name, s in steps)
     t0, device = time.time(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problems = D.load_problems(cfg.data, "test")[: spec["n_test"]]
+    seen = trained_questions(cfg, steps)  # a step with data settings of its own may have trained on some of them
+    held = [p for p in problems if p["question"] not in seen]
+    if len(held) < len(problems):
+        print(f"report: {len(problems) - len(held)} of the {len(problems)} test problems are training questions of a "
+              "step with [data] settings of its own; they are left out")
+    if not held:
+        raise ValueError("report: every test problem is a training question of some step; change the steps' [data]")
+    problems, n_left_out = held, len(problems) - len(held)
     wall = step_walls(read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")))
     final = lambda name: os.path.join(cfg.out_dir, name, "final")
-    rep = {"n_test": len(problems), "wall_s": wall, "rl": [], "distill": [], "zero": []}
+    rep = {"n_test": len(problems), "left_out": n_left_out, "wall_s": wall, "rl": [], "distill": [], "zero": []}
     todo = [(name, True) for name in spec["rl"]] + [(n, False) for n in spec["distill"] if n not in spec["rl"]]
     jobs = C.positive_int(cfg.pipeline.get("jobs", 1), "[pipeline].jobs") if device.type == "cpu" else 1
     rows = dict(zip([name for name, _ in todo], evaluate_all(
@@ -192,7 +233,8 @@ def write_report(cfg, steps):
 
     ks = [f"{m}@{k}" for m in ("pass", "maj") for k in spec["k"]]
     test_set = f"test problems of {cfg.data.test_file}" if cfg.data.test_file else "synthetic test problems"
-    md = [f"# r1-mini pipeline report\n\nHeld-out {test_set}: {len(problems)}. "
+    left_out = f" ({n_left_out} more left out: training questions of a step)" if n_left_out else ""
+    md = [f"# r1-mini pipeline report\n\nHeld-out {test_set}: {len(problems)}{left_out}. "
           f"Wall time per step (s): {', '.join(f'{k} {v:.0f}' for k, v in wall.items())}; "
           f"this report's evaluations {rep['eval_s']:.0f}.\n"]
     if rep["rl"]:

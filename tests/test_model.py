@@ -533,6 +533,29 @@ def test_sharded_checkpoint_loads(tmp_path):
     tokens = torch.randint(0, 256, (2, 30))
     with torch.no_grad():
         assert (ours(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
+    # saved back into the same folder (fine-tuned): the new single file wins over the stale index, as in transformers
+    with torch.no_grad():
+        ours.layers[0].attention.wqkv.weight.add_(0.5)
+    ours.save_pretrained(tmp_path)
+    again = Transformer.from_pretrained(tmp_path)
+    assert torch.equal(again.layers[0].attention.wqkv.weight, ours.layers[0].attention.wqkv.weight)
+
+
+def test_broken_safetensors_files_are_named(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    for broken, match in ((b"", "is not a complete safetensors file"),
+                          (data[:40], "is not a complete safetensors file"),
+                          (data[:8] + b"[" + data[9:], "header is not valid JSON")):
+        path.write_bytes(broken)
+        with pytest.raises(ValueError, match=match) as e:
+            Transformer.from_pretrained(tmp_path)
+        assert str(path) in str(e.value)
+    path.unlink()
+    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(ValueError, match="model.safetensors.index.json is not a safetensors index"):
+        Transformer.from_pretrained(tmp_path)
 
 
 def test_bad_checkpoint_lists_the_tensors(tmp_path):

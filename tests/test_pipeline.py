@@ -56,6 +56,11 @@ def test_toy_pipeline_produces_every_artifact(tmp_path):
     md = open(os.path.join(out, "report.md")).read()
     assert "| step | greedy | pass@1 | pass@2 | maj@1 | maj@2 |" in md and "| student |" in md
     assert "format_rate" in md and md.startswith("# r1-mini pipeline report\n\nHeld-out synthetic test problems: 3.")
+    # run again without --train.resume: refused before any step runs, so no time is logged for it
+    log = open(os.path.join(out, "pipeline.jsonl")).read()
+    with pytest.raises(FileExistsError, match="pipeline step .pretrain.: .* re-run with --train.resume=true"):
+        T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", out, "--train.eval_n=2"])
+    assert open(os.path.join(out, "pipeline.jsonl")).read() == log
 
 
 def test_side_by_side_matches_one_at_a_time(tmp_path):
@@ -124,6 +129,7 @@ def test_shipped_configs_load():
     ('rl = ["sft", "grop"]', r"\[pipeline\.report\]\.rl names step 'grop', which is not in \[pipeline\] steps"),
     ("distill = [3]", r"\[pipeline\.report\]\.distill = \[3\]: must be a list of step names"),
     ('zero = "sft"', r"\[pipeline\.report\]\.zero = 'sft': must name a grpo step"),
+    ("max_new_tokens = 256", r"\[pipeline\.report\]\.max_new_tokens = 256: step 'sft'.s model has max_seq_len 256"),
 ])
 def test_report_settings_are_checked_before_training(tmp_path, line, match):
     """A report setting the report could not be written with fails at config time, naming the key, not after
@@ -231,3 +237,116 @@ def test_step_walls_add_the_runs_a_resume_finished():
     assert report.step_walls(rows) == {"a": 15.0, "b": 4.0, "c": 2.0, "d": 10.0, "e": 6.0}
     rows.append({"step": "b", "wall_s": 7.0, "finished": True})  # after an old-style (finished) row: a new total
     assert report.step_walls(rows)["b"] == 7.0
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--pipeline.sft=pretrain"], r"\[pipeline\.sft\] must be a table of the step's settings"),
+    (["--pipeline.sft.out_dir=elsewhere"], r"\[pipeline\.sft\]\.out_dir: a step writes to out_dir/sft"),
+])
+def test_step_tables_are_checked(tmp_path, args, match):
+    import pipeline
+    (tmp_path / "toy.toml").write_text(TOY)
+    with pytest.raises(ValueError, match=match):
+        pipeline.pipeline_configs(T.load_config(str(tmp_path / "toy.toml"), args), T.RUNNERS)
+
+
+def test_report_leaves_out_what_a_step_with_its_own_data_trained_on(tmp_path, monkeypatch):
+    """The report tests every checkpoint on the base config's test split; a step whose [data] differs (here a
+    smaller test split, so a larger training draw) can train on some of it: those problems are left out."""
+    import pipeline
+    import report
+    import data as D
+    (tmp_path / "toy.toml").write_text(TOY)
+    cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.sft.data.n_test=2", "--pipeline.report.n_test=20",
+                                                     "--out_dir", str(tmp_path / "o")])
+    steps = pipeline.pipeline_configs(cfg, T.RUNNERS)
+    test = [p["question"] for p in D.load_problems(cfg.data, "test")]
+    seen = report.trained_questions(cfg, steps)
+    assert 0 < len(seen & set(test)) < len(test)
+    assert not report.trained_questions(T.load_config(str(tmp_path / "toy.toml")),
+                                        pipeline.pipeline_configs(T.load_config(str(tmp_path / "toy.toml")),
+                                                                  T.RUNNERS))  # same [data] everywhere: none
+    asked = []
+    monkeypatch.setattr(report, "evaluate_all", lambda calls, jobs: [asked.append(c[1]) or {"greedy": 0.0, "params": 1}
+                                                                     for c in calls])
+    monkeypatch.setattr(report, "plot_curves", lambda *a, **k: False)
+    os.makedirs(cfg.out_dir)
+    rep = report.write_report(cfg, steps)
+    kept = [p["question"] for p in asked[0]]
+    assert kept == [q for q in test if q not in seen] and rep["n_test"] == len(kept)
+    assert rep["left_out"] == len(test) - len(kept) > 0
+
+
+def test_a_resumed_interrupted_step_names_the_keys_that_changed(tmp_path, capsys):
+    import dataclasses
+    import pipeline
+    (tmp_path / "toy.toml").write_text(TOY)
+    (_, ran), = [x for x in pipeline.pipeline_configs(T.load_config(str(tmp_path / "toy.toml")), T.RUNNERS)
+                 if x[0] == "sft"]
+    rows = [{"step": "sft", "finished": False, "config": json.loads(json.dumps(dataclasses.asdict(ran)))}]
+    (_, now), = [x for x in pipeline.pipeline_configs(T.load_config(str(tmp_path / "toy.toml"), ["--model.dim=64"]),
+                                                       T.RUNNERS) if x[0] == "sft"]
+    pipeline.warn_if_changed(rows, "sft", now, finished=False)
+    assert "step 'sft' goes on from its checkpoint" in capsys.readouterr().out
+    pipeline.warn_if_changed(rows, "sft", now)  # finished: only a finished run's config counts
+    assert capsys.readouterr().out == ""
+    pipeline.warn_if_changed(rows, "sft", ran, finished=False)  # unchanged: quiet
+    assert capsys.readouterr().out == ""
+
+
+WORKER = """
+import multiprocessing, os, sys, time
+sys.path.insert(0, {root!r})
+import pipeline
+
+
+def runner(marker):
+    open(marker, "w").close()  # the worker is in its step
+    time.sleep(120)
+
+
+if __name__ == "__main__":
+    proc = multiprocessing.get_context("spawn").Process(target=pipeline._run_step,
+                                                          args=(runner, {marker!r}, 1, os.getpid()))
+    proc.start()
+    print(proc.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_worker_ends_with_its_killed_pipeline(tmp_path):
+    """SIGKILL gives the pipeline process no chance to stop its workers: each ends by itself when its parent is
+    gone, so a resumed pipeline never shares a step folder with an orphan still training there."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    marker = tmp_path / "in_step"
+    (tmp_path / "parent.py").write_text(WORKER.format(root=root, marker=str(marker)))
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists() and alive(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 10
+        while alive(worker) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker)
+    finally:
+        for pid in (parent.pid, worker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
