@@ -43,14 +43,16 @@ Expressions: our own recursive-descent parser (class _Parser) for numbers (decim
 1.5e3), + - * / ^ **, implicit multiplication (2x, 2\\sqrt2, (a+5)(b+2); but two numbers side by side, "3 4",
 are refused), \\frac{a}{b} \\frac12, \\sqrt[n]{x}, \\pi, \\infty, \\cdot \\times \\div, single letters with
 subscripts (i is the imaginary unit, e is Euler's number), greek letters, |x|, n! (n <= 300), \\binom, \\sin
-\\cos \\tan \\cot \\sec \\csc \\arcsin \\arccos \\arctan \\sinh \\cosh \\tanh \\ln \\log \\log_b \\exp and e^x, and
-base-n numerals "52_8" (kept as their own symbol: "52_8" != "42"). It builds sympy objects directly; the
+\\cos \\tan \\cot \\sec \\csc \\arcsin \\arccos \\arctan (also written \\sin^{-1} \\cos^{-1} \\tan^{-1}) \\sinh
+\\cosh \\tanh \\ln \\log \\log_b \\exp and e^x, odd roots of negative numbers as real roots (\\sqrt[3]{-8} = -2),
+and base-n numerals "52_8" (kept as their own symbol: "52_8" != "42"). It builds sympy objects directly; the
 functions are opaque sympy functions (see _F), which evaluate() computes in doubles.
 
 Refused (parse_answer returns None): nesting deeper than MAX_DEPTH, more than MAX_ATOMS atoms or MAX_ITEMS
 elements, number literals over MAX_DIGITS digits, exact numbers over MAX_BITS bits, checked before they are
 built (9^{9^{9^9}}, 2^{100000}), radicals whose total radicand bits times the lcm of their root degrees exceed
-MAX_RADICAL_BITS (sympy factors radicands when it merges them; this also refuses x^{1/3000}), function
+MAX_RADICAL_BITS (sympy factors radicands when it merges them; this also refuses x^{1/3000}), roots and
+non-integer powers of expressions of degree over MAX_DEGREE in their variables (\\sqrt{(x^{1000}+2)^2}), function
 arguments and non-numeric exponents over 1e4 in absolute value at the sample points (sin(e^{e^{e^5}})),
 unknown commands and characters, and anything that evaluates to nan or zoo (1/0).
 
@@ -77,6 +79,7 @@ MAX_ITEMS = 64  # elements of a list, set, tuple or matrix
 MAX_DIGITS = 100  # digits in one number literal
 MAX_BITS = 20_000  # size of any exact integer we let sympy build (about 6,000 decimal digits)
 MAX_RADICAL_BITS = 2048  # (total bits of radicands) x (lcm of root degrees): what sympy may factor
+MAX_DEGREE = 32  # degree in the variables of a base raised to a non-integer power: what sympy may expand
 TIME_BUDGET = 0.3  # seconds per parse and per comparison, checked between sympy operations
 N_POINTS = 4  # random points for expressions with variables
 
@@ -525,7 +528,10 @@ class _Parser:
             if self.eat("["):
                 index = self.expr()
                 self.expect("]")
-            return self.pow(self.arg(), 1 / index)
+            radicand = self.arg()
+            if index.is_Integer and index % 2 == 1 and radicand.is_Number and radicand < 0:
+                return -self.pow(-radicand, 1 / index)  # the real root: \sqrt[3]{-8} = -2, as MATH means it
+            return self.pow(radicand, 1 / index)
         if name == "pi":
             return sympy.pi
         if name == "infty":
@@ -541,6 +547,10 @@ class _Parser:
         power = None
         if self.eat("^"):  # \sin^2 x
             power = self.arg()
+            if power == -1:  # \sin^{-1} x is arcsin x, not 1 / sin x
+                if name not in ("sin", "cos", "tan"):
+                    raise Refuse(f"inverse of \\{name}")
+                name, power = "arc" + name, None
         if self.peek() in ("(", "{"):
             x = self.atom()
         else:  # \sin 2x: the argument is the run of factors up to the next operator or function
@@ -580,7 +590,22 @@ class _Parser:
                     raise Refuse("radicals too large")
         elif not _moderate(e):
             raise Refuse("huge exponent")
+        if not e.is_Integer and base.free_symbols and _degree(base) > MAX_DEGREE:
+            # sympy asks whether such a base is real, expanding re/im of (re x + i im x)^n: minutes at n = 1000
+            raise Refuse("root or power of a high-degree expression")
         return _check(sympy.Pow(base, e))
+
+
+def _degree(v):
+    """A bound on v's degree in its variables: a power's is its base's times |exponent| (1 for a symbolic one),
+    a product's the sum of its factors', anything else's the largest of its arguments'."""
+    if v.is_Symbol:
+        return 1
+    if v.is_Pow:
+        return _degree(v.base) * (abs(v.exp) if v.exp.is_Number else 1)
+    if v.is_Mul:
+        return sum(_degree(a) for a in v.args)
+    return max((_degree(a) for a in v.args), default=0)
 
 
 def _bits(r):
@@ -619,7 +644,11 @@ def sample_points(symbols):
         return [{}]
     rng = random.Random(1234)
     names = sorted(symbols, key=str)
-    return [{x: rng.choice((-1, 1)) * rng.uniform(0.5, 2.5) for x in names} for _ in range(N_POINTS)]
+    points = [{x: rng.choice((-1, 1)) * rng.uniform(0.5, 2.5) for x in names} for _ in range(N_POINTS)]
+    for i, x in enumerate(names):  # a variable of one sign at every point would make |x| = x: flip one point
+        if N_POINTS > 1 and len({points[j][x] > 0 for j in range(N_POINTS)}) == 1:
+            points[i % N_POINTS][x] *= -1
+    return points
 
 
 _CONSTANTS = {sympy.pi: math.pi, sympy.E: math.e, sympy.I: 1j}

@@ -16,7 +16,9 @@ extract_answer, first rule that finds something wins:
     2. the content of the last <answer>...</answer> (x when it reads 'The answer is x', as in rule 4)
     3. GSM8K style: the text after the last '####' (exactly four) whose line contains a digit and does not begin
        with a word, so markdown headings ('#### Step 1: ...', '#### 2. Totals') don't count
-    4. 'The answer is x' / 'The final answer is x' (any case): x runs to the end of the line or a sentence-ending '.'
+    4. 'The answer is x' / 'The final answer is x' (any case), or a line that starts 'Answer: x' / 'Final answer: x'
+       (markdown ** and _ allowed around the words): x is the math of a leading $x$ or \\(x\\), else it runs to
+       the end of the line or a sentence-ending '.', without markdown ** or _ around it
 
 format_reward: 1.0 iff the completion, stripped of surrounding whitespace, is exactly
     <think> ... </think> <whitespace only> <answer> non-empty ... </answer>
@@ -29,9 +31,10 @@ is_equiv(pred, gold), in order:
     1. a \\boxed{} inside an answer is unwrapped; answers over MAX_LEN characters are compared as strings only
     2. both sides go through mathparse.normalize (LaTeX noise, units, thousands separators: the rules are
        there); equal normalized strings, spaces aside (but not between two digits: "1 5" is not "15"), are equal
-    3. text answers (normalize says which) are compared as text: lowercase, letters and digits only
-       ("\\text{(B)}" = "b"); when only one side is text, its content is first read as an answer, so
-       "\\text{-5}" is -5 and never matches 5
+    3. text answers (normalize says which) are compared as text: lowercase, letters and digits only, and a
+       leading minus ("\\text{(B)}" = "b", "-abc" != "abc"); when only one side is text, its content is first
+       read as an answer, so "\\text{-5}" is -5 and never matches 5, and words against math keep signs,
+       operators and commas ("cot x" = "\\cot x", but "-cot x" != "\\cot x" and "x, y, z" != "xyz")
     4. plain decimals and \\frac{int}{int} are compared as exact fractions, without sympy
     5. otherwise both sides go through mathparse.parse_answer and are compared as below. An answer it refuses
        only matches its exact normalized string, so a gold answer that cannot be parsed never gives 1.0 to
@@ -99,8 +102,11 @@ def _the_answer_is(text):
         pass
     if last is None:
         return None
-    line = text[last.end():last.end() + MAX_LEN].split("\n", 1)[0]
-    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip(" \t:$") or None
+    line = text[last.end():last.end() + MAX_LEN].split("\n", 1)[0].lstrip(" \t:*_")
+    math = re.match(r"\$\$?([^$]+)\$|\\\((.+?)\\\)", line)  # $x$, $$x$$ or \(x\): the math is the answer
+    if math:
+        return (math.group(1) or math.group(2)).strip() or None
+    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip(" \t:$*_") or None
 
 
 def is_equiv(pred, gold):
@@ -137,7 +143,8 @@ def format_reward(completion, think_in_prompt=False):
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASHES = re.compile(r"(?<!#)####(?!#)([^\n]*)")
 _HEADING = re.compile(r"\s*(?:[0-9]+\.\s+)?[A-Za-z]{2,}")  # "#### Step 1: ...", "#### 2. Totals"
-_THE_ANSWER = re.compile(r"the[ \t]+(?:final[ \t]+)?answer[ \t]+is", re.IGNORECASE)
+_THE_ANSWER = re.compile(r"the[ \t]+(?:final[ \t]+)?answer[ \t]+is|^[ \t*#_]*(?:final[ \t]+)?answer[ \t*_]*:",
+                         re.IGNORECASE | re.MULTILINE)
 
 
 def _last_boxed(text):
@@ -191,8 +198,10 @@ def _is_equiv(pred, gold):
     if p_text != g_text:  # one side is \text{..}: read its content as an answer ("\text{-5}" is -5, not 5)
         p_text, p = normalize(p) if p_text else (p_text, p)
         g_text, g = normalize(g) if g_text else (g_text, g)
-    if g_text or p_text:  # text answers: "\text{(B)}" = "B", "\text{East}" = "east"
+    if g_text and p_text:  # text answers: "\text{(B)}" = "B", "\text{East}" = "east"
         return _text_key(p) == _text_key(g) != ""
+    if g_text or p_text:  # words against math ("cot x" against "\cot x"): signs, operators and commas count
+        return _signed_key(p) == _signed_key(g) != ""
     fp, fg = _fraction(p), _fraction(g)
     if fp is not None and fg is not None:  # the fast path: plain numbers, no sympy
         return fp == fg
@@ -209,7 +218,14 @@ def _squash(s):
 
 
 def _text_key(s):
-    return re.sub(r"[^a-z0-9]", "", s.lower())
+    """Letters and digits ("(B)" = "b"), and a leading minus sign: "-abc" is not "abc"."""
+    s = s.strip().lower()
+    return ("-" if s.startswith("-") else "") + re.sub(r"[^a-z0-9]", "", s)
+
+
+def _signed_key(s):
+    """Letters, digits, signs, operators and commas: "-cot x" is not "\\cot x", nor "x, y, z" "xyz"."""
+    return re.sub(r"[^a-z0-9+\-*/^=,|<>]", "", s.lower())
 
 
 _NUMBER = re.compile(r"-?(?:[0-9]{1,%d}(?:\.[0-9]{0,%d})?|\.[0-9]{1,%d})" % ((MAX_DIGITS,) * 3))

@@ -392,6 +392,10 @@ HARD = [
     "\\log_{(|\\sqrt[4]{\\theta}^{1!}|^10)}(\\log_{\\frac{\\binom{20}{30}}{10}}(\\sinh(\\log_{i^42+\\theta}(\\log_{2}(0.182)^{\\frac{4}{3}}))))^{8}",
     "\\sqrt{3^{12000}+2}", "\\sin(e^{e^{e^{5}}})", "".join(f"\\sqrt{{{p}}}" for p in range(40001, 40129, 2)),
     "9^{9^{9^9}}+\\sqrt{" * 30 + "2" + "}" * 30, "(" * 5000 + "1" + ")" * 5000,
+    # roots and non-integer powers of high-degree bases: one sympy call asking whether the base is real expanded
+    # (re x + i im x)^1000 for minutes
+    "\\sqrt{(2+x^{1000})^{2}}", "\\sqrt{(x^{1000})^{4/3}}", "\\sqrt{(x^{1000})^{i}}", "\\sqrt{(x^{1000})^{\\pi}}",
+    "\\sqrt[97]{(x^{9999})^{i}}", "\\sqrt{(x^{30}+y^{30})^{30}}",
 ]
 
 
@@ -415,3 +419,33 @@ def test_works_in_a_worker_process():
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         out, seconds = pool.apply_async(_hard_call).get(timeout=60)
     assert out[-1] is True and seconds < 0.5 * len(HARD)
+
+
+@pytest.mark.parametrize("pred, gold, want", [
+    # words against math: a sign, an argument's sign or commas are not noise ("cot x" is fine)
+    ("-cot x", "\\cot x", False), ("cot(-x)", "\\cot x", False), ("\\text{-cot x}", "\\cot x", False),
+    ("sin x", "-\\sin x", False), ("sec x", "-\\sec x", False), ("x, y, z", "xyz", False), ("abc", "-abc", False),
+    ("cot x", "\\cot x", True), ("-cot x", "-\\cot x", True), ("East", "\\text{East}", True),
+    ("\\text{(B)}", "B", True),
+    # \sin^{-1} is arcsin, not 1/sin
+    ("\\tan^{-1} 1", "\\frac{\\pi}{4}", True), ("\\sin^{-1}\\frac12", "\\frac{\\pi}{6}", True),
+    ("\\tan^{-1} x", "\\arctan x", True), ("\\sin^{-1} x", "\\csc x", False), ("\\tan^{-1} x", "\\cot x", False),
+    ("\\sin^2 x", "\\sin x \\cdot \\sin x", True), ("\\sec^{-1} x", "\\cos x", False),
+    # odd roots of negative numbers are the real roots
+    ("\\sqrt[3]{-8}", "-2", True), ("\\sqrt[5]{-32}", "-2", True), ("-\\sqrt[3]{2}", "\\sqrt[3]{-2}", True),
+    ("\\sqrt[3]{-8}", "2", False), ("\\sqrt[4]{16}", "2", True),
+    # every variable takes both signs at the sample points, however many there are
+    ("a+b+|c|", "a+b-c", False), ("a+b+\\sqrt{c^2}", "a+b-c", False),
+    ("5x - 7y + 11\\cdot|z| + 4 = 0", "5x - 7y - 11z + 4 = 0", False), ("|a|+|b|+|c|+|d|", "a+b+c-d", False),
+    ("a+b+c", "c+b+a", True),
+])
+def test_review_q_cases(pred, gold, want):
+    assert is_equiv(pred, gold) is want
+
+
+@pytest.mark.parametrize("completion", [
+    "The answer is **18**.", "The final answer is: **18**", "The answer is $18$, which is even.",
+    "Final Answer: 18", "**Answer:** 18", "Some work.\n### Answer: 18\n", "the answer is \\(18\\) indeed",
+])
+def test_the_answer_is_reads_markdown_and_answer_lines(completion):
+    assert extract_answer(completion) == "18" and accuracy_reward(completion, "18") == 1.0
