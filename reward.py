@@ -16,9 +16,10 @@ extract_answer, first rule that finds something wins:
     2. the content of the last <answer>...</answer> (x when it reads 'The answer is x', as in rule 4)
     3. GSM8K style: the text after the last '####' (exactly four) whose line contains a digit and does not begin
        with a word, so markdown headings ('#### Step 1: ...', '#### 2. Totals') don't count
-    4. 'The answer is x' / 'The final answer is x' (any case), or a line that starts 'Answer: x' / 'Final answer: x'
-       (markdown ** and _ allowed around the words): x is the math of a leading $x$ or \\(x\\), else it runs to
-       the end of the line or a sentence-ending '.', without markdown ** or _ around it
+    4. 'The answer is x' / 'The final answer is x' (any case): x is the math of a leading $x$ or \\(x\\), else it
+       runs to the end of the line or a sentence-ending '.', without markdown ** or _ around it. A bare
+       'Answer: x' line is not read: the plain template's prompt ends in 'Answer:', so such a line in a completion
+       is a question and answer the model made up after its own
 
 format_reward: 1.0 iff the completion, stripped of surrounding whitespace, is exactly
     <think> ... </think> <whitespace only> <answer> non-empty ... </answer>
@@ -143,8 +144,7 @@ def format_reward(completion, think_in_prompt=False):
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASHES = re.compile(r"(?<!#)####(?!#)([^\n]*)")
 _HEADING = re.compile(r"\s*(?:[0-9]+\.\s+)?[A-Za-z]{2,}")  # "#### Step 1: ...", "#### 2. Totals"
-_THE_ANSWER = re.compile(r"the[ \t]+(?:final[ \t]+)?answer[ \t]+is|^[ \t*#_]*(?:final[ \t]+)?answer[ \t*_]*:",
-                         re.IGNORECASE | re.MULTILINE)
+_THE_ANSWER = re.compile(r"the[ \t]+(?:final[ \t]+)?answer[ \t]+is", re.IGNORECASE)
 
 
 def _last_boxed(text):

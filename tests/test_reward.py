@@ -445,7 +445,13 @@ def test_review_q_cases(pred, gold, want):
 
 @pytest.mark.parametrize("completion", [
     "The answer is **18**.", "The final answer is: **18**", "The answer is $18$, which is even.",
-    "Final Answer: 18", "**Answer:** 18", "Some work.\n### Answer: 18\n", "the answer is \\(18\\) indeed",
+    "the answer is \\(18\\) indeed", "The answer is __18__",
 ])
-def test_the_answer_is_reads_markdown_and_answer_lines(completion):
+def test_the_answer_is_reads_markdown_and_inline_math(completion):
     assert extract_answer(completion) == "18" and accuracy_reward(completion, "18") == 1.0
+
+
+def test_a_made_up_answer_line_is_not_read():
+    """The plain template's prompt ends in 'Answer:'; a completion that goes on to a question of its own and
+    answers it has not answered the one asked."""
+    assert extract_answer("I am not sure.\nQuestion: What is 2 + 3?\nAnswer: 5") is None
