@@ -44,10 +44,10 @@ def majority_vote(answers):
     the one seen first. Returns None when no answer is given."""
     given = [a for a in answers if a is not None and a.strip()]
     forms = list(dict.fromkeys(given))  # distinct answers, in order of first appearance
-    written = [given.count(a) for a in forms]  # (m,) how often each was given as written
-    votes = [sum(n for b, n in zip(forms, written) if same_answer(a, b)) for a in forms]  # (m,)
     if not forms:
         return None
+    written = [given.count(a) for a in forms]  # (m,) how often each was given as written
+    votes = [sum(n for b, n in zip(forms, written) if same_answer(a, b)) for a in forms]  # (m,)
     return forms[max(range(len(forms)), key=lambda j: (votes[j], written[j], -j))]
 
 
