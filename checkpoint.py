@@ -103,7 +103,21 @@ class RunLog:
             path = os.path.join(out_dir, name)             # start keeps none: GRPO logs a step 0 again)
             if os.path.exists(path):
                 with open(path) as f:
-                    rows = [r for r in f if r.strip() and start_step and json.loads(r).get("step", 0) <= start_step]
+                    lines = f.readlines() if start_step else []
+                rows = []
+                for lineno, line in enumerate(lines, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        if lineno == len(lines):  # cut off when the run died mid-write: its step was never saved
+                            print(f"warning: {path}: dropping its last line, which was cut off")
+                            continue
+                        raise ValueError(f"{path}, line {lineno}: not a JSON row; fix or remove that line to "
+                                         "resume") from None
+                    if row.get("step", 0) <= start_step:
+                        rows.append(line if line.endswith("\n") else line + "\n")
                 with open(path, "w") as f:
                     f.writelines(rows)
         self.metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a")

@@ -184,8 +184,14 @@ def _train_spm(spm, texts, model_prefix, vocab_size):
 
 
 def load_tokenizer(path):
-    """A tokenizer from a checkpoint folder (tokenizer.model, else tokenizer.json) or a .model file."""
+    """A tokenizer from a checkpoint folder (tokenizer.model, else tokenizer.json), a .model file, or a
+    tokenizer.json file (read with the tokenizer_config.json beside it)."""
     if os.path.isfile(path):
+        if path.endswith(".json"):
+            if os.path.basename(path) != "tokenizer.json":
+                raise ValueError(f"{path}: a Hugging Face tokenizer is read from a folder with tokenizer.json (and "
+                                 "tokenizer_config.json); give that folder")
+            return HFTokenizer(os.path.dirname(path) or ".")
         return Tokenizer(path)
     if os.path.exists(os.path.join(path, "tokenizer.model")):
         return Tokenizer(os.path.join(path, "tokenizer.model"))
@@ -212,6 +218,9 @@ def _read_jsonl(path):
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}, line {lineno}: malformed JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:  # a number of over 4300 digits, nesting too deep to parse
+                raise ValueError(f"{path}, line {lineno}: unreadable JSON ({type(e).__name__}: "
+                                 f"{str(e)[:100]})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row

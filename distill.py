@@ -32,6 +32,7 @@ Conventions, with p = softmax(teacher / T) and q = softmax(student / T), per tok
     (prompt, completion) pairs so prompts the teacher finds easy do not dominate the SFT set (R1 is silent on this).
 """
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -64,13 +65,15 @@ class DistillConfig:
         check_rules("distill", self, [
             ("mode", self.mode in ("logits", "traces"), "logits or traces"),
             ("kind", self.kind in ("forward_kl", "reverse_kl", "jsd"), "forward_kl, reverse_kl or jsd"),
-            ("temperature", self.temperature > 0, "> 0"), ("jsd_beta", 0 < self.jsd_beta < 1, "in (0, 1)"),
+            ("temperature", 0 < self.temperature < math.inf, "finite and > 0"),
+            ("jsd_beta", 0 < self.jsd_beta < 1, "in (0, 1)"),
             ("top_k", self.top_k >= 0, ">= 0 (0: the full vocabulary)"),
             ("ce_weight", 0 <= self.ce_weight <= 1, "in [0, 1]"),
             ("source", self.source in ("teacher", "dataset"), "teacher or dataset"),
             ("samples_per_prompt", self.samples_per_prompt >= 1, "at least 1"),
-            ("sample_temperature", self.sample_temperature >= 0, ">= 0 (0: greedy)"),
-            ("max_new_tokens", self.max_new_tokens >= 1, "at least 1")])
+            ("sample_temperature", 0 <= self.sample_temperature < math.inf, "finite and >= 0 (0: greedy)"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
+            ("traces_file", not os.path.isdir(self.traces_file), "a JSONL file, not a folder")])
 
 
 # -----------------------------------------------------------------------------

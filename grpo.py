@@ -76,7 +76,8 @@ class GRPOConfig:
         rules = [
             ("group_size", self.group_size >= 2, "at least 2: a group of one has advantage 0, so nothing is learned"),
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
-            ("temperature", self.temperature > 0, "> 0: greedy rollouts make every group's samples equal"),
+            ("temperature", 0 < self.temperature < math.inf,
+             "finite and > 0: greedy rollouts make every group's samples equal, infinite ones are uniform noise"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("beta", self.beta >= 0, ">= 0"),
             ("clip_eps", self.clip_eps > 0, "> 0"),

@@ -57,8 +57,8 @@ class TrainConfig:
     warmup_steps: int = 50        # linear warmup, then cosine decay to min_lr_frac * lr
     min_lr_frac: float = 0.1      # final lr as a fraction of the peak
     weight_decay: float = 0.1     # AdamW decay, on matrices only (not norms or biases)
-    beta1: float = 0.9
-    beta2: float = 0.95
+    beta1: float = 0.9            # AdamW's first-moment decay
+    beta2: float = 0.95           # AdamW's second-moment decay
     grad_clip: float = 1.0        # max global grad norm, 0 disables (grpo clips by grpo.max_grad_norm instead)
     log_every: int = 10           # steps between metrics.jsonl rows
     eval_every: int = 200         # steps between held-out evaluations; 0 = only at the end
@@ -80,7 +80,7 @@ class TrainConfig:
     def check(self):
         C.check_rules("train", self, [
             ("max_steps", self.max_steps >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("grad_accum", self.grad_accum >= 1, "at least 1"), ("lr", self.lr >= 0, ">= 0"),
+            ("grad_accum", self.grad_accum >= 1, "at least 1"), ("lr", 0 <= self.lr < math.inf, "finite, >= 0"),
             ("warmup_steps", self.warmup_steps >= 0, ">= 0"), ("min_lr_frac", 0 <= self.min_lr_frac <= 1, "in [0, 1]"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"), ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
             ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"), ("grad_clip", self.grad_clip >= 0, ">= 0 (0: no clipping)"),
@@ -88,6 +88,7 @@ class TrainConfig:
             ("eval_n", self.eval_n >= 0, ">= 0"), ("eval_batch_size", self.eval_batch_size >= 1, "at least 1"),
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"), ("n_samples", self.n_samples >= 0, ">= 0"),
             ("save_every", self.save_every >= 1, "at least 1"), ("keep_last", self.keep_last >= 0, ">= 0"),
+            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
             ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda")])
 
 
@@ -262,9 +263,7 @@ def train_loop(cfg, run, batch_fn, loss_fn=None):
             stats = dict(zip(stats, vals))
         tokens += step_tokens
         if not math.isfinite(loss_sum):
-            last = list_checkpoints(cfg.out_dir)
-            raise FloatingPointError(f"non-finite loss {loss_sum} at step {step}; stopping without saving. "
-                                     f"Last good checkpoint: {last[-1] if last else 'none'}")
+            stop_non_finite(cfg, f"loss {loss_sum}", step + 1)
         grad_norm = dist.clip_grad_norm(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else 1e30)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -287,12 +286,24 @@ def train_loop(cfg, run, batch_fn, loss_fn=None):
     return model
 
 
+def stop_non_finite(cfg, what, done):
+    """Stop the run at step `done` (counted from 1, as checkpoints are): nothing of it is saved, so the newest
+    checkpoint is the last good one."""
+    last = list_checkpoints(cfg.out_dir)
+    raise FloatingPointError(f"non-finite {what} at step {done}; stopping without saving. "
+                             f"Last good checkpoint: {last[-1] if last else 'none'}")
+
+
 def save_on_schedule(cfg, model, tok, opt, done, extra=None):
     """A step checkpoint every save_every steps (keeping the newest keep_last), `final` after the last step.
-    Every rank calls it (FSDP2 gathers the full state); rank 0 writes."""
+    Every rank calls it (FSDP2 gathers the full state); rank 0 writes. Weights that an update made non-finite
+    (the loss before it was finite) are never saved."""
     tc = cfg.train
     if done % tc.save_every and done < tc.max_steps:
         return
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]  # FSDP2: this rank's shard
+    if dist.sum_floats([float(sum(not torch.isfinite(t).all() for t in local))])[0]:  # every rank stops together
+        stop_non_finite(cfg, "weights", done)
     weights, opt_state = dist.full_state(model, opt)
     if dist.is_main():
         state = {"step": done, "optimizer": opt_state, "rng": rng_state(), **(extra or {})}
@@ -539,7 +550,7 @@ def run_grpo(cfg):
                                    reduce=reduce)
         samples = stats.pop("_samples")
         if not math.isfinite(stats["loss"]):
-            raise FloatingPointError(f"non-finite GRPO loss at step {step}; stopping without saving")
+            stop_non_finite(cfg, f"GRPO loss {stats['loss']}", step + 1)
         done = step + 1
         grpo.maybe_update_ref(ref, model, done, gc)
         ema = stats["reward_mean"] if ema is None else 0.9 * ema + 0.1 * stats["reward_mean"]
@@ -616,7 +627,12 @@ def traces_settings(cfg, problems):
     samples, not what they are samples of)."""
     dc = cfg.distill
     questions = hashlib.sha256("\n".join(p["question"] for p in problems).encode()).hexdigest()[:16]
-    return {"teacher": os.path.realpath(dc.teacher), "samples_per_prompt": dc.samples_per_prompt,
+    weights = sorted(f for f in os.listdir(dc.teacher) if f.startswith("model") and ".safetensors" in f)
+    stamps = [(f, os.stat(os.path.join(dc.teacher, f)).st_size, os.stat(os.path.join(dc.teacher, f)).st_mtime_ns)
+              for f in weights]  # a teacher trained on in place (same folder, new weights) samples other traces
+    return {"teacher": os.path.realpath(dc.teacher),
+            "teacher_weights": hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16],
+            "samples_per_prompt": dc.samples_per_prompt,
             "max_new_tokens": dc.max_new_tokens, "sample_temperature": dc.sample_temperature,
             "reward_threshold": dc.reward_threshold, "dedup_traces": dc.dedup_traces, "template": cfg.data.template,
             "problems": f"{len(problems)} questions, sha256 {questions}"}
@@ -666,8 +682,9 @@ def run_distill(cfg):
                          "sources teacher, dataset")
     if not cfg.init and not cfg.data.tokenizer:
         cfg.data.tokenizer = dc.teacher  # a student from scratch takes the teacher's tokenizer
-    with open(os.path.join(dc.teacher, "config.json")) as f:  # a student from scratch: the teacher's embedding rows
-        teacher_vocab = ModelConfig.from_hf(json.load(f)).vocab_size  # (Qwen pads them past the tokenizer's)
+    with open(os.path.join(dc.teacher, "config.json")) as f:
+        teacher_cfg = ModelConfig.from_hf(json.load(f))
+    teacher_vocab = teacher_cfg.vocab_size  # a student from scratch takes the teacher's (Qwen pads past the tokenizer)
     run = start_run(cfg, teacher_vocab)
     if run is None:
         return
@@ -688,6 +705,10 @@ def run_distill(cfg):
         T = max(map(len, prompts)) + dc.max_new_tokens  # the longest row
     else:  # the dataset's worked solutions
         pairs, T = sft_pairs(cfg, run, "distill")
+    if T > teacher_cfg.max_seq_len:  # the teacher reads (and samples) every row the student trains on
+        what = "a prompt plus distill.max_new_tokens" if sampled else "a worked solution's row (data.seq_len)"
+        raise ValueError(f"the longest distillation row, {what}, is {T} tokens: more than the teacher's "
+                         f"max_seq_len {teacher_cfg.max_seq_len}")
     teacher = Transformer.from_pretrained(dc.teacher, dtype=torch.float32).to(device).eval().requires_grad_(False)
     # the teacher samples eval_batch_size (traces) or batch_size (each step) rows at a time
     rows = cfg.train.eval_batch_size if dc.mode == "traces" else cfg.train.batch_size
@@ -751,6 +772,8 @@ def main(argv=None):
             del argv[i: i + (1 if "=" in arg else 2)]
             break
     cfg = load_config(path, argv)
+    if not cfg.out_dir.strip():
+        raise ValueError("out_dir is empty: name the folder for the run's checkpoints and logs")
     if cfg.stage not in RUNNERS:
         raise ValueError(f"unknown stage {cfg.stage!r}; valid: {sorted(RUNNERS)}")
     if cfg.stage == "pipeline":  # every step's settings, before the first one trains

@@ -188,6 +188,12 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     nohash = _write(tmp_path / "nohash.jsonl", [{"question": "a", "answer": "1"}])
     with pytest.raises(ValueError, match=r"line 1: GSM8K answer has no '#### x'"):
         D.load_jsonl(nohash, "gsm8k")
+    for name, line in (("huge.jsonl", '{"question": "a", "answer": ' + "9" * 5000 + "}"),
+                       ("deep.jsonl", "[" * 100_000 + "]" * 100_000)):  # json's own limits, not JSONDecodeError
+        path = tmp_path / name
+        path.write_text('{"question": "a", "answer": "#### 1"}\n' + line + "\n")
+        with pytest.raises(ValueError, match=rf"{name}, line 2: unreadable JSON"):
+            D.load_jsonl(str(path))
 
 
 def test_templates():
@@ -218,6 +224,11 @@ def test_hf_tokenizer_json_loads_through_tokenizers(tmp_path):
     (tmp_path / "copy").mkdir()
     tok.save(str(tmp_path / "copy"))
     assert D.load_tokenizer(str(tmp_path / "copy")).encode("Solve 3x") == tok.encode("Solve 3x")
+    by_file = D.load_tokenizer(str(tmp_path / "tokenizer.json"))  # the file itself: read with its folder
+    assert isinstance(by_file, D.HFTokenizer) and by_file.encode("Solve 3x") == tok.encode("Solve 3x")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="give that folder"):
+        D.load_tokenizer(str(tmp_path / "other.json"))
 
 
 def _hf_tokenizer(folder, specials, config):

@@ -3,11 +3,13 @@ padded vocabularies, and the settings it refuses before anything trains."""
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
 
 import train as T
+from model import Transformer
 from test_train import _read_metrics, pretrained  # noqa: F401 (the module-scoped fixture: a tiny trained teacher)
 
 
@@ -73,7 +75,9 @@ def test_distill_from_a_teacher_with_padded_embeddings(pretrained, tmp_path):
 def test_cached_traces_sampled_with_other_settings_are_refused(pretrained, tmp_path, monkeypatch):
     """traces.jsonl is reused only when it was sampled with the same settings (kept beside it, .meta.json): a
     changed teacher budget or sample count is an error naming the keys, not a silent run on the old traces."""
-    toml, teacher = pretrained
+    toml, shared_teacher = pretrained
+    teacher = str(tmp_path / "teacher")  # a copy of its own: this test trains it on in place
+    shutil.copytree(shared_teacher, teacher)
     monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: float(len(text) % 2))
     traces = str(tmp_path / "shared" / "traces.jsonl")
     args = ["--config", toml, *STUDENT, "--distill.teacher", teacher, "--distill.mode=traces",
@@ -86,6 +90,12 @@ def test_cached_traces_sampled_with_other_settings_are_refused(pretrained, tmp_p
     with pytest.raises(ValueError, match=r"other settings \(samples_per_prompt, max_new_tokens\)"):
         T.main(args + ["--out_dir", str(tmp_path / "c"), "--distill.samples_per_prompt=3",
                        "--distill.max_new_tokens=6"])
+    model = Transformer.from_pretrained(teacher)  # the teacher trained on in the same folder: other weights
+    with torch.no_grad():
+        model.norm.weight.mul_(1.5)
+    model.save_pretrained(teacher)
+    with pytest.raises(ValueError, match=r"other settings \(teacher_weights\)"):
+        T.main(args + ["--out_dir", str(tmp_path / "e")])
     os.remove(str(tmp_path / "shared" / "traces.meta.json"))  # a file made elsewhere, without settings: used as is
     T.main(args + ["--out_dir", str(tmp_path / "d"), "--distill.samples_per_prompt=3"])
     assert open(traces).read() == first
@@ -97,7 +107,11 @@ def test_distill_settings_that_cannot_train_fail_at_the_start(pretrained, tmp_pa
     for extra, match in ((["--distill.max_new_tokens=1000"], r"training .* exceeds model.max_seq_len"),
                          (["--distill.mode=traces", "--distill.max_new_tokens=1000"], r"exceeds model.max_seq_len"),
                          (["--distill.source=dataset", "--data.seq_len=4"], r"every distill prompt is longer"),
-                         (["--distill.top_k=1000"], r"top_k = 1000: more than the 384 logits")):
+                         (["--distill.top_k=1000"], r"top_k = 1000: more than the 384 logits"),
+                         (["--model.max_seq_len=1024", "--distill.max_new_tokens=300"],  # the student fits it
+                          r"prompt plus distill.max_new_tokens, is .* more than the teacher's max_seq_len 256"),
+                         (["--distill.traces_file=" + str(tmp_path)],
+                          r"\[distill\]\.traces_file = .*: must be a JSONL")):
         out = tmp_path / extra[-1].split("=")[0].strip("-")
         with pytest.raises(ValueError, match=match):
             T.main(args + ["--out_dir", str(out), *extra])

@@ -92,7 +92,13 @@ def test_config_errors_name_the_key(tiny_toml, tmp_path):
     ("--data.levels=0,7", r"\[data\]\.levels = '0,7'"), ("--data.flaw_p=2", r"\[data\]\.flaw_p = 2\.0"),
     ("--distill.temperature=0", r"\[distill\]\.temperature"), ("--distill.top_k=-3", r"\[distill\]\.top_k"),
     ("--distill.samples_per_prompt=0", r"\[distill\]\.samples_per_prompt"),
-    ("--grpo.group_size=1", r"\[grpo\]\.group_size")])
+    ("--grpo.group_size=1", r"\[grpo\]\.group_size"),
+    ("--train.seed=-1", r"\[train\]\.seed = -1: must be in \[0, 2\*\*32\)"),  # numpy refused it after setup
+    ("--train.lr=inf", r"\[train\]\.lr = inf"), ("--model.rope_theta=-1", r"\[model\]: rope_theta must be"),
+    ("--model.norm_eps=0", r"\[model\]: norm_eps must be"), ("--out_dir=", "out_dir is empty"),
+    ("--grpo.temperature=inf", r"\[grpo\]\.temperature = inf"),
+    ("--distill.temperature=inf", r"\[distill\]\.temperature"),
+    ("--distill.sample_temperature=inf", r"\[distill\]\.sample_temperature")])
 def test_bad_settings_are_errors_before_anything_runs(tiny_toml, tmp_path, arg, match):
     out = tmp_path / "o"
     with pytest.raises(ValueError, match=match):
@@ -370,10 +376,53 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_toml, tmp_path, mo
         return real(logits, y, mask) * (float("nan") if calls["n"] == 3 else 1.0)
 
     monkeypatch.setattr(T, "lm_loss", poisoned)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 2.*ckpt-0000002"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 3.*ckpt-0000002"):  # as numbered
         T.main(["--config", tiny_toml, "--out_dir", out, "--train.eval_n=0"])
     assert [os.path.basename(c) for c in T.list_checkpoints(out)] == ["ckpt-0000002"]
     assert not os.path.exists(os.path.join(out, "final"))
+
+
+def test_an_update_that_overflows_is_never_saved(tiny_toml, tmp_path, monkeypatch):
+    """The loss before step 4's update is finite, the update is not (an overflow): the step-4 checkpoint it would
+    have written is refused, and the one before stays the last good checkpoint."""
+    out = str(tmp_path / "inf")
+    real = T.build_optimizer
+
+    def overflowing(model, tcfg):
+        opt = real(model, tcfg)
+        step, calls = opt.step, {"n": 0}
+
+        def poisoned_step(*a, **kw):
+            calls["n"] += 1
+            step(*a, **kw)
+            if calls["n"] == 4:
+                with torch.no_grad():
+                    next(model.parameters()).view(-1)[0] = float("inf")
+        opt.step = poisoned_step
+        return opt
+
+    monkeypatch.setattr(T, "build_optimizer", overflowing)
+    with pytest.raises(FloatingPointError, match=r"non-finite weights at step 4.*ckpt-0000002"):
+        T.main(["--config", tiny_toml, "--out_dir", out, "--train.eval_n=0"])
+    assert [os.path.basename(c) for c in T.list_checkpoints(out)] == ["ckpt-0000002"]
+
+
+def test_resume_drops_a_metrics_row_cut_off_by_a_crash(tiny_toml, tmp_path):
+    out = str(tmp_path / "cut")
+    T.main(["--config", tiny_toml, "--out_dir", out, "--train.eval_n=0", "--train.max_steps=4"])
+    shutil.rmtree(os.path.join(out, "final"))
+    metrics = os.path.join(out, "metrics.jsonl")
+    whole = open(metrics).read()
+    with open(metrics, "w") as f:  # step 4's row cut off mid-write
+        f.write(whole[: whole.rindex('{"step": 4') + 20])
+    T.main(["--config", tiny_toml, "--out_dir", out, "--train.eval_n=0", "--train.max_steps=4", "--train.resume=true"])
+    assert [json.loads(r)["step"] for r in open(metrics)] == [1, 2, 3, 4]
+    with open(metrics, "w") as f:  # a broken row that is not the last is named, not guessed at
+        f.write('{"step": 1}\n{"step": 2\n{"step": 3}\n')
+    shutil.rmtree(os.path.join(out, "final"))
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON row"):
+        T.main(["--config", tiny_toml, "--out_dir", out, "--train.eval_n=0", "--train.max_steps=4",
+                "--train.resume=true"])
 
 
 def _run(args, **kw):
