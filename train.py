@@ -627,9 +627,10 @@ def traces_settings(cfg, problems):
     samples, not what they are samples of)."""
     dc = cfg.distill
     questions = hashlib.sha256("\n".join(p["question"] for p in problems).encode()).hexdigest()[:16]
-    weights = sorted(f for f in os.listdir(dc.teacher) if f.startswith("model") and ".safetensors" in f)
-    stamps = [(f, os.stat(os.path.join(dc.teacher, f)).st_size, os.stat(os.path.join(dc.teacher, f)).st_mtime_ns)
-              for f in weights]  # a teacher trained on in place (same folder, new weights) samples other traces
+    stamps = []  # the teacher's weight files: one trained on in place (same folder, new weights) samples other traces
+    for name in sorted(f for f in os.listdir(dc.teacher) if f.startswith("model") and ".safetensors" in f):
+        st = os.stat(os.path.join(dc.teacher, name))
+        stamps.append((name, st.st_size, st.st_mtime_ns))
     return {"teacher": os.path.realpath(dc.teacher),
             "teacher_weights": hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16],
             "samples_per_prompt": dc.samples_per_prompt,
