@@ -627,7 +627,7 @@ def traces_settings(cfg, problems):
     samples, not what they are samples of)."""
     dc = cfg.distill
     questions = hashlib.sha256("\n".join(p["question"] for p in problems).encode()).hexdigest()[:16]
-    stamps = []  # the teacher's weight files: one trained on in place (same folder, new weights) samples other traces
+    stamps = []  # of the teacher's weight files: one trained on in place (same folder, new weights) differs
     for name in sorted(f for f in os.listdir(dc.teacher) if f.startswith("model") and ".safetensors" in f):
         st = os.stat(os.path.join(dc.teacher, name))
         stamps.append((name, st.st_size, st.st_mtime_ns))
