@@ -21,6 +21,7 @@ import torch
 import config as C
 import data as D
 import eval as E
+from model import ModelConfig
 
 
 def read_jsonl(path):
@@ -79,8 +80,8 @@ def context_length(name, steps):
         return root.model.max_seq_len
     try:
         with open(os.path.join(root.init, "config.json")) as f:
-            return json.load(f).get("max_position_embeddings")
-    except (OSError, ValueError):
+            return ModelConfig.from_hf(json.load(f)).max_seq_len  # HF's keys and defaults, as the stage reads them
+    except (OSError, ValueError, KeyError, TypeError):  # not readable yet: the stage itself will say why
         return None
 
 

@@ -104,9 +104,9 @@ def _the_answer_is(text):
     if last is None:
         return None
     line = text[last.end():last.end() + MAX_LEN].split("\n", 1)[0].lstrip(" \t:*_")
-    math = re.match(r"\$\$?([^$]+)\$|\\\((.+?)\\\)", line)  # $x$, $$x$$ or \(x\): the math is the answer
-    if math:
-        return (math.group(1) or math.group(2)).strip() or None
+    inline = re.match(r"\$\$?([^$]+)\$|\\\((.+?)\\\)", line)  # $x$, $$x$$ or \(x\): the math is the answer
+    if inline:
+        return (inline.group(1) or inline.group(2)).strip() or None
     return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip(" \t:$*_") or None
 
 
