@@ -13,7 +13,9 @@ solution follows the mistake (so the stated answer is wrong). The demo uses it: 
 demonstrations, and a verifiable reward lets GRPO correct it. The gold `answer` is always the true one.
 """
 
+import collections
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -57,7 +59,12 @@ class DataConfig:
             ("n_train", self.n_train >= 1, ">= 1"), ("n_test", self.n_test >= 0, ">= 0"),
             ("flaw_p", 0 <= self.flaw_p <= 1, "in [0, 1]"), ("chat_frac", 0 <= self.chat_frac <= 1, "in [0, 1]"),
             ("format", self.format in ("auto", "gsm8k", "math", "generic"), "auto, gsm8k, math or generic"),
-            ("vocab_size", self.vocab_size >= 1, "at least 1"), ("seq_len", self.seq_len >= 2, "at least 2")])
+            ("vocab_size", self.vocab_size >= 1, "at least 1"), ("seq_len", self.seq_len >= 2, "at least 2"),
+            ("train_file", not self.train_file or os.path.isfile(self.train_file), "an existing JSONL file, or empty"),
+            ("test_file", not self.test_file or os.path.isfile(self.test_file), "an existing JSONL file, or empty"),
+            # only the synthetic add/sub/mul demonstrations have carries to drop
+            ("flaw_p", not self.flaw_p or (not self.train_file and {"add", "sub", "mul"} & set(families)),
+             "0 unless synthetic training problems of add, sub or mul are made (no train_file)")])
 
 
 # -----------------------------------------------------------------------------
@@ -166,20 +173,33 @@ class HFTokenizer:
 def train_tokenizer(texts, model_prefix, vocab_size=512):
     """Train a sentencepiece BPE model on `texts`; writes model_prefix + '.model' and returns a Tokenizer."""
     import sentencepiece as spm
+    texts = list(texts)  # read twice when the first try fails
     try:
         _train_spm(spm, texts, model_prefix, vocab_size)
-    except RuntimeError as e:  # e.g. fewer pieces than the 256 byte-fallback pieces + characters + specials
-        raise ValueError(f"cannot train a tokenizer with vocab_size={vocab_size}: {e}") from None
+    except RuntimeError:  # more distinct characters than pieces: the rarest ones go to byte pieces instead
+        n_chars = vocab_size - 4 - len(SPECIAL_TOKENS) - 256 - 16  # less unk/bos/eos/pad, specials, bytes, a margin
+        counts = sorted(collections.Counter(c for t in texts for c in t).values(), reverse=True)
+        # sentencepiece keeps the most frequent characters until they cover this share of the text (n_chars of
+        # them), and takes no share below 0.98
+        coverage = max(0.98, (sum(counts[:max(n_chars, 0)]) - 0.5) / sum(counts))
+        try:
+            _train_spm(spm, texts, model_prefix, vocab_size, character_coverage=coverage)
+        except RuntimeError as e:
+            raise ValueError(f"cannot train a tokenizer with data.vocab_size={vocab_size} on text of {len(counts)} "
+                             f"distinct characters (besides them it needs 256 byte pieces and "
+                             f"{4 + len(SPECIAL_TOKENS)} special ones): raise data.vocab_size ({e})") from None
     return Tokenizer(model_prefix + ".model")
 
 
-def _train_spm(spm, texts, model_prefix, vocab_size):
+def _train_spm(spm, texts, model_prefix, vocab_size, character_coverage=1.0):
+    """character_coverage 1.0: every character of the corpus gets a piece; below it, the rarest characters are
+    written as bytes (byte_fallback), which decode back to the same text."""
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_prefix=model_prefix, vocab_size=vocab_size, model_type="bpe",
         split_digits=True, byte_fallback=True, user_defined_symbols=SPECIAL_TOKENS,
         # identity normalization and no dummy prefix: decode(encode(text)) == text for ASCII math text
         normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        split_by_whitespace=True, character_coverage=1.0, max_sentence_length=1 << 16,
+        split_by_whitespace=True, character_coverage=character_coverage, max_sentence_length=1 << 16,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=2, minloglevel=2)
 
 
@@ -233,6 +253,8 @@ def _need(row, key, path, lineno, number=False, empty=False):
     if v is None:
         raise ValueError(f"{path}, line {lineno}: missing string field {key!r} (has {sorted(row)})")
     if number and isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v):  # json reads NaN and Infinity: no gold answer a model could write
+            raise ValueError(f"{path}, line {lineno}: {key!r} must be a finite number, got {v}")
         v = str(v)
     if not isinstance(v, str):
         want = "a string or a number" if number else "a string"
@@ -259,6 +281,7 @@ def _row_kinds(path, rows):
     gen = [lineno for (lineno, _), k in zip(rows, kinds) if k == "generic"]
     if gsm and gen:  # name the first row of the minority kind (ties: the generic one)
         if len(gen) <= len(gsm):
+            _need(dict(rows)[gen[0]], "answer", path, gen[0])  # a row with no answer at all: say that first
             raise ValueError(f"{path}, line {gen[0]}: GSM8K answer has no '#### x' final answer "
                              f"({_lines(gsm)} {'have' if len(gsm) > 1 else 'has'} one)")
         raise ValueError(f"{path}, line {gsm[0]}: answer holds a GSM8K '####' but {_lines(gen)} "

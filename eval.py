@@ -207,7 +207,8 @@ def parse_args(argv):
     ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1 for the n "
                     "samples; --prompt answers greedily unless it is given)")
     ap.add_argument("--top_p", type=float, default=1.0)
-    ap.add_argument("--max_new_tokens", type=int, default=256)
+    ap.add_argument("--max_new_tokens", type=int, default=None, help="completion budget (default: the run's "
+                    "train.max_new_tokens for our checkpoints, else 256)")
     ap.add_argument("--template", default=None, help="plain, r1, qwen, deepseek-r1 or chat (the tokenizer's "
                     "own); default: the checkpoint's training template")
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0: all)")
@@ -231,7 +232,7 @@ def parse_args(argv):
     for name, ok, want in [("n", args.n >= 0, ">= 0 (0: greedy only)"), ("limit", args.limit >= 0, ">= 0 (0: all)"),
                            ("n_test", args.n_test is None or args.n_test >= 1, "at least 1"),
                            ("batch_size", args.batch_size >= 1, "at least 1"),
-                           ("max_new_tokens", args.max_new_tokens >= 1, "at least 1"),
+                           ("max_new_tokens", args.max_new_tokens is None or args.max_new_tokens >= 1, "at least 1"),
                            ("temperature", args.temperature is None or 0 <= args.temperature < math.inf,
                             ">= 0 (0: greedy)"),
                            ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
@@ -286,6 +287,8 @@ def main(argv=None):
     problems = None if args.prompt else held_out(args.data, args.n_test, read_run_config(args.ckpt), jsonl)  # early
     model, tok, run_cfg = load_checkpoint(args.ckpt, device)
     template = D.resolve_template(args.template or run_cfg.get("data", {}).get("template", "plain"), tok)
+    if args.max_new_tokens is None:  # the budget the run evaluated with (it fits the model's context)
+        args.max_new_tokens = run_cfg.get("train", {}).get("max_new_tokens", 256)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if args.prompt:
         ids = tok.encode(D.format_prompt(args.prompt, template), bos=True)
@@ -302,11 +305,13 @@ def main(argv=None):
     fits = [len(p) + args.max_new_tokens <= model.cfg.max_seq_len for p in encode_prompts(tok, problems, template)]
     if not all(fits) and not args.skip_long:
         raise ValueError(f"{fits.count(False)} of {len(problems)} prompts + max_new_tokens {args.max_new_tokens} "
-                         f"exceed the model's max_seq_len {model.cfg.max_seq_len}; pass --skip_long to drop them")
+                         f"exceed the model's max_seq_len {model.cfg.max_seq_len}; pass --skip_long to drop them, "
+                         "or lower --max_new_tokens")
     skipped = fits.count(False)
     problems = [p for p, ok in zip(problems, fits) if ok]
     if not problems:
-        raise ValueError(f"no prompt fits max_seq_len {model.cfg.max_seq_len} with max_new_tokens {args.max_new_tokens}")
+        raise ValueError(f"no prompt fits max_seq_len {model.cfg.max_seq_len} with max_new_tokens "
+                         f"{args.max_new_tokens}: lower --max_new_tokens")
     temperature = 1.0 if args.temperature is None else args.temperature  # the n samples' temperature
     t0 = time.time()
     greedy, greedy_samples = greedy_eval(model, tok, problems, template, args.max_new_tokens, args.batch_size,

@@ -17,13 +17,17 @@ Conventions and departures, each a switch in GRPOConfig (the defaults are DeepSe
  1. std is the population std (unbiased=False) plus eps=1e-4; a group whose rewards are all equal gets A = 0
     exactly (the paper leaves std = 0 undefined; TRL uses the sample std).
  2. agg="token-mean" (DAPO): sum over all tokens of the batch / number of tokens, not a per-sequence mean.
- 3. agg="dr-grpo" (Dr. GRPO): sum over all tokens / (B * max_new_tokens), a constant: no 1/|o_i| length bias.
+ 3. agg="dr-grpo" (Dr. GRPO): sum over all tokens / (B * max_new_tokens), no 1/|o_i| length bias (B counts the
+    completions in the loss: constant unless the filters of 6 and 7 drop some).
  4. scale_rewards=False (Dr. GRPO): A_i = r_i - mean(r), no division by the group std.
  5. clip_eps_high (DAPO clip-higher): the clip range is [1 - clip_eps, 1 + clip_eps_high].
- 6. mask_truncated (DAPO overlong filtering): completions that hit max_new_tokens without eos leave the loss;
+ 6. mask_truncated (DAPO overlong filtering): completions that hit max_new_tokens without eos leave the loss,
+    and B (TRL instead keeps them in B with an all-zero mask, so its seq-mean and dr-grpo losses are smaller);
     their rewards still count in their group's baseline.
  7. skip_zero_std_groups (DAPO dynamic sampling, without re-sampling): groups whose raw accuracies are all
-    equal leave the loss (with beta = 0 their A = 0 gives no gradient anyway; they only dilute the mean).
+    equal leave the loss. Where the reward is the accuracy and beta = 0, their A = 0 gives no gradient anyway
+    and they only dilute the mean; with a format reward (train.py) such a group can still have A != 0 from the
+    format term, and that signal is dropped too.
  8. max_grad_norm: we clip the gradient's global L2 norm before each optimizer step (not in the paper).
  9. num_iterations (mu) > 1: each iteration is one optimizer step on the whole rollout batch.
 10. log-probs (ratio, KL) are those of the sampling distribution softmax(logits / temperature), as in TRL and

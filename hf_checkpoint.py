@@ -9,6 +9,7 @@ The safetensors format: 8 bytes little-endian header length, a JSON header {name
 then the raw little-endian tensor data. A sharded folder lists its files in model.safetensors.index.json.
 """
 import json
+import math
 import os
 from contextlib import ExitStack
 
@@ -43,11 +44,20 @@ def config_from_hf(hf):
     for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"):
         if hf.get(key):
             raise ValueError(f"mixture-of-experts config ({key!r}) is not supported")
+    sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    for key in sizes + ("num_key_value_heads", "max_position_embeddings", "head_dim"):  # the last three may be absent
+        v = hf.get(key)
+        if (key in sizes or v is not None) and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise ValueError(f"{key!r} must be a positive integer, got {v!r}")
+    if not isinstance(hf.get("tie_word_embeddings", False), bool):
+        raise ValueError(f"'tie_word_embeddings' must be true or false, got {hf['tie_word_embeddings']!r}")
     layer_types = set(hf.get("layer_types") or ["full_attention"])
     if hf.get("use_sliding_window") or layer_types != {"full_attention"}:
         raise ValueError("sliding-window attention ('use_sliding_window' / 'layer_types') is not supported")
     for key in ("rope_parameters", "rope_scaling"):  # transformers 5 writes the first; either may scale RoPE
         rope = hf.get(key) or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"{key!r} must be an object (or null), got {rope!r}")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise ValueError(f"{key!r} type {rope_type!r} is not supported (only plain RoPE)")
@@ -61,7 +71,7 @@ def config_from_hf(hf):
         raise ValueError(f"'head_dim' {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
     return dict(vocab_size=hf["vocab_size"], dim=dim, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
                 n_kv_heads=hf.get("num_key_value_heads") or n_heads, hidden_dim=hf["intermediate_size"],
-                max_seq_len=hf.get("max_position_embeddings", 2048),
+                max_seq_len=hf.get("max_position_embeddings") or (32768 if arch == "qwen2" else 2048),  # HF's defaults
                 rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
                 norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=hf.get("tie_word_embeddings", False),
                 attn_bias=arch == "qwen2")
@@ -85,7 +95,10 @@ def read_hf_state(path, cfg, dtype=None, device="cpu"):
                                  f"{e!r}") from None
     found = {}  # HF tensor name -> (shard, dtype, shape, byte offset, byte length)
     for shard in shards:
-        found.update({n: (shard, *info) for n, info in read_safetensors_header(os.path.join(path, shard)).items()})
+        for n, info in read_safetensors_header(os.path.join(path, shard)).items():
+            if n in found:
+                raise ValueError(f"checkpoint {path}: tensor {n} is in both {found[n][0]} and {shard}")
+            found[n] = (shard, *info)
     layout = hf_layout(cfg)
     expected = {name: shape for _, parts in layout for name, shape in parts}
     # old Llama files carry RoPE buffers (dropped); some tied files also store the output matrix (checked below)
@@ -159,6 +172,10 @@ def read_safetensors_header(path):
             raise ValueError(f"{path}: tensor {name} has no dtype, shape and data_offsets in the header") from None
         if dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        count = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        if not all(isinstance(v, int) for v in (begin, end, *shape)) or not 0 <= begin <= end or end - begin != count:
+            raise ValueError(f"{path}: tensor {name}'s data_offsets {[begin, end]} do not hold its {dtype} "
+                             f"{list(shape)}")
         out[name] = (dtype, shape, 8 + n + begin, end - begin)  # offsets count from the data start
     return out
 

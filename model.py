@@ -65,8 +65,12 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("tie_embeddings", "attn_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -74,7 +78,8 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ValueError(f"head dim {self.head_dim} (dim / n_heads) must be even for RoPE")
         for name in ("rope_theta", "norm_eps"):
-            if not 0 < getattr(self, name) < math.inf:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
 
     @property
@@ -89,6 +94,16 @@ class ModelConfig:
     def from_hf(cls, hf):
         """Read a Hugging Face Llama / Qwen2 config dict; refuse features model.py does not implement."""
         return cls(**config_from_hf(hf))
+
+    @classmethod
+    def load_hf(cls, path):
+        """from_hf of folder `path`'s config.json; a problem with the file is a ValueError naming it."""
+        file = os.path.join(path, "config.json")
+        with open(file) as f:
+            try:
+                return cls.from_hf(json.load(f))
+            except ValueError as e:  # bad JSON included
+                raise ValueError(f"{file}: {e}") from None
 
 
 def rope_tables(pos, head_dim, theta):
@@ -449,8 +464,7 @@ class Transformer(nn.Module):
         Lean: the model is built on the meta device (no random init) and takes the tensors read_hf_state makes,
         so peak memory stays near the checkpoint's size. dtype=None keeps the file's dtype.
         """
-        with open(os.path.join(path, "config.json")) as f:
-            cfg = ModelConfig.from_hf(json.load(f))
+        cfg = ModelConfig.load_hf(path)
         state = read_hf_state(path, cfg, dtype, device)
         with torch.device("meta"):
             model = cls(cfg)
@@ -486,8 +500,8 @@ def sample(logits, temperature, top_p, generator=None):
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float().contiguous()  # (B, V) rows: the decode step hands over a transposed view
-    if temperature != 1.0:
-        logits = logits / temperature
+    if temperature != 1.0:  # the max first: z / T would overflow to inf at a tiny T (and softmax give nan)
+        logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     probs = torch.softmax(logits, dim=-1)  # (B, V)
     order = None
     if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted tokens whose mass reaches top_p

@@ -79,9 +79,8 @@ def context_length(name, steps):
     if not root.init:
         return root.model.max_seq_len
     try:
-        with open(os.path.join(root.init, "config.json")) as f:
-            return ModelConfig.from_hf(json.load(f)).max_seq_len  # HF's keys and defaults, as the stage reads them
-    except (OSError, ValueError, KeyError, TypeError):  # not readable yet: the stage itself will say why
+        return ModelConfig.load_hf(root.init).max_seq_len  # HF's keys and defaults, as the stage reads them
+    except (OSError, ValueError):  # not readable yet: the stage itself will say why
         return None
 
 

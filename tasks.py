@@ -18,7 +18,8 @@ def _digits(n, rng):
 
 def _column_steps(a, b, op, rng, flaw_p):
     """Right-to-left column addition ('+') or subtraction ('-', a >= b) with the carry/borrow written out.
-    With prob. flaw_p a carry/borrow is announced but then forgotten in the next column (the demo's flaw)."""
+    With prob. flaw_p a carry/borrow is announced but then forgotten in the next column (the demo's flaw); a
+    dropped carry out of the last column writes no leading digit ("So 73 + 56 = 29.")."""
     da, db = str(a)[::-1], str(b)[::-1].ljust(len(str(a)), "0")
     lines, digits, carry = [], [], 0
     for i, (x, y) in enumerate(zip(da, db)):
@@ -67,7 +68,7 @@ def gen_mul(rng, level, flaw_p=0.0):
         digits.append(p % 10)
         carry = p // 10
         if rng.random() < flaw_p:
-            carry = 0  # the flaw, as in _column_steps
+            carry = 0  # the flaw, as in _column_steps (after the last digit: no "Lead with carry" line)
     if carry:
         lines.append(f"Lead with carry {carry}.")
         digits.extend(int(c) for c in str(carry)[::-1])

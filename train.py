@@ -72,7 +72,8 @@ class TrainConfig:
     device: str = "auto"          # auto (cuda if present), cpu or cuda; bf16 autocast on cuda
     resume: bool = False          # continue from the newest checkpoint in out_dir
     bf16: bool = True             # bf16 autocast on CUDA (log-probs, ratios, KL, losses stay fp32); CPU is fp32
-    fsdp: bool = False            # FSDP2 under torchrun: shard weights, grads, optimizer state (not for grpo)
+    fsdp: bool = False            # FSDP2 under torchrun: shard weights, grads, optimizer state (not for grpo);
+                                  # no held-out eval during training then (run eval.py on final)
     check_memory: bool = True     # refuse a run whose memory plan (memory.py, printed at start) exceeds the device
     activation_checkpointing: bool = False  # recompute each block in backward: activations ~L x smaller, ~1.3x time
     compile: bool = False         # torch.compile the training forward (not sampling); first steps slow
@@ -95,7 +96,7 @@ class TrainConfig:
 @dataclass
 class RewardConfig:
     accuracy_weight: float = 1.0  # GRPO reward = accuracy_weight * accuracy + format_weight * format
-    format_weight: float = 0.0    # R1-Zero format reward weight (one <think>..</think> then <answer>..</answer>)
+    format_weight: float = 0.0    # R1-Zero format reward weight (<think>..</think><answer>..</answer>): r1 template
 
     def check(self):
         a, f = self.accuracy_weight, self.format_weight
@@ -357,6 +358,9 @@ def start_run(cfg, vocab_size=None):
         if not torch.distributed.is_initialized():  # fully_shard would fail deep in torch, asking for RANK
             raise ValueError("train.fsdp shards over torchrun's processes: launch with torchrun, or drop train.fsdp")
         dist.shard(model, device)
+        if cfg.train.eval_n and dist.is_main():  # see train_loop
+            print("train.fsdp: no held-out evaluation during training (train.eval_n is not used); "
+                  "run eval.py on the final checkpoint", flush=True)
     opt = build_optimizer(model, cfg.train)
     start_step, state = 0, {}
     if resume_from:
@@ -683,8 +687,7 @@ def run_distill(cfg):
                          "sources teacher, dataset")
     if not cfg.init and not cfg.data.tokenizer:
         cfg.data.tokenizer = dc.teacher  # a student from scratch takes the teacher's tokenizer
-    with open(os.path.join(dc.teacher, "config.json")) as f:
-        teacher_cfg = ModelConfig.from_hf(json.load(f))
+    teacher_cfg = ModelConfig.load_hf(dc.teacher)
     teacher_vocab = teacher_cfg.vocab_size  # a student from scratch takes the teacher's (Qwen pads past the tokenizer)
     run = start_run(cfg, teacher_vocab)
     if run is None:
@@ -738,6 +741,11 @@ def check_config(cfg):
     (the model's shapes are checked as the config is read), and those that depend on torchrun's WORLD_SIZE."""
     for section in (cfg.train, cfg.data, cfg.grpo, cfg.distill, cfg.reward):
         section.check()
+    if cfg.stage == "grpo" and cfg.reward.format_weight and cfg.data.template != "r1":
+        raise ValueError(f"[reward].format_weight = {cfg.reward.format_weight} with [data].template = "
+                         f"{cfg.data.template!r}: "
+                         "the format reward pays R1-Zero's <think>..</think><answer>..</answer>, which only the r1 "
+                         "template asks for; set format_weight = 0 or template = \"r1\"")
     check_world(cfg, int(os.environ.get("WORLD_SIZE", 1)))
 
 

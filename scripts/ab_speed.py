@@ -91,7 +91,7 @@ def make_runner(model_mod, grpo_mod, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     p.add_argument("--old", required=True, help="git revision of the old version")
     p.add_argument("--new", default=None, help="git revision of the new version (default: the files on disk)")
     p.add_argument("--what", choices=["generate", "grpo_update", "train"], default="generate")

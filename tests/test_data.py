@@ -418,6 +418,8 @@ def test_non_utf8_file_names_file_and_line(tmp_path):
 def test_data_config_check_names_the_bad_key():
     D.DataConfig(families=" add, linear ", template="chat").check()
     D.DataConfig(template="qwen").check()  # a resolved "chat", as a finished run records it
+    with pytest.raises(ValueError, match=r"\[data\]\.test_file = 'nope/test.jsonl': must be an existing JSONL file"):
+        D.DataConfig(test_file="nope/test.jsonl").check()  # named before anything loads or trains
     for kw, msg in [({"n_train": 0}, "[data].n_train = 0: must be >= 1"),
                     ({"families": ""}, "[data].families = '': must be a comma list of add, sub, mul, linear, "
                                        "quadratic, fraction (at least one)"),
@@ -440,6 +442,43 @@ def test_default_splits_hold_no_commuted_twin_of_a_fraction_question():
     assert not {twin(q) for q in test_q} & train_q - test_q  # a self-twin (1/2 + 1/2) is no leak
     assert not {twin(q) for q in train_q} & test_q - train_q
     assert not {twin(q) for q in train_q if twin(q) != q} & train_q  # one order per pair, within a split too
+
+
+def test_non_finite_gold_numbers_and_rows_missing_their_answer_are_named(tmp_path):
+    for v in ("NaN", "Infinity", "-Infinity"):  # json reads them; "\\boxed{nan}" must not be a right answer
+        path = tmp_path / "inf.jsonl"
+        path.write_text('{"question": "q", "answer": 1}\n{"question": "q2", "answer": %s}\n' % v)
+        with pytest.raises(ValueError) as e:
+            D.load_jsonl(str(path))
+        assert str(e.value).startswith(f"{path}, line 2: 'answer' must be a finite number, got ")
+    # auto format, a GSM8K file with one row whose answer is missing: not "no '#### x'", but the missing field
+    gsm = _write(tmp_path / "gsm.jsonl", [{"question": "a", "answer": "s #### 1"},
+                                          {"question": "b", "answr": "s #### 2"},
+                                          {"question": "c", "answer": "s #### 3"}])
+    with pytest.raises(ValueError) as e:
+        D.load_jsonl(gsm)
+    assert str(e.value) == f"{gsm}, line 2: missing string field 'answer' (has ['answr', 'question'])"
+
+
+def test_flaw_p_needs_synthetic_arithmetic(tmp_path):
+    D.DataConfig(flaw_p=0.5, families="mul,linear").check()
+    train = _write(tmp_path / "train.jsonl", [{"question": "q", "answer": "1"}])
+    for kw in ({"families": "linear,fraction"}, {"train_file": train}):
+        with pytest.raises(ValueError, match=r"\[data\]\.flaw_p = 0\.5: must be 0 unless synthetic training problems "
+                                             r"of add, sub or mul"):
+            D.DataConfig(flaw_p=0.5, **kw).check()
+
+
+def test_tokenizer_trains_on_more_distinct_characters_than_pieces(tmp_path):
+    # byte fallback: the rarest characters become byte pieces instead of failing the training
+    texts = [f"Compute {i} + {2 * i}: the sum is {3 * i}." for i in range(600)] + [chr(0x4E00 + i) for i in range(400)]
+    tok = D.train_tokenizer(texts, str(tmp_path / "tok"), vocab_size=512)  # 400 characters of 1.6% of the text
+    assert all(tok.decode(tok.encode(t)) == t for t in texts)
+    as_bytes = sum(len(tok.encode(chr(0x4E00 + i))) == 3 for i in range(400))  # UTF-8: 3 byte pieces
+    assert 100 < as_bytes < 400 and len(tok.encode("Compute")) < 7, as_bytes  # the rest have pieces; merges learned
+    uniform = [chr(0x4E00 + i) * 20 for i in range(400)]  # no 98% of the text fits 512 pieces: name the key
+    with pytest.raises(ValueError, match="data.vocab_size=512 on text of 400 distinct characters .* raise data.vocab"):
+        D.train_tokenizer(uniform, str(tmp_path / "tok2"), vocab_size=512)
 
 
 def test_generic_missing_key_lists_only_the_rows_fields(tmp_path):

@@ -45,7 +45,7 @@ SFT = ["--stage", "sft", "--train.max_steps=3"]
 GRPO = ["--stage", "grpo", "--train.max_steps=4", "--train.batch_size=4", "--train.eval_n=0", "--grpo.group_size=3",
         "--train.n_samples=5",
         "--grpo.max_new_tokens=6", "--grpo.agg=token-mean", "--grpo.micro_batch_size=4", "--grpo.rollout_prompts=1",
-        "--reward.format_weight=0.5", "--grpo.skip_zero_std_groups=true"]
+        "--grpo.skip_zero_std_groups=true"]
 
 
 DISTILL = ["--stage", "distill", "--model.dim=16", "--model.n_heads=2", "--model.n_kv_heads=1", "--model.hidden_dim=32",

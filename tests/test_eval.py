@@ -111,15 +111,20 @@ def test_end_to_end_report(tmp_path):
         E.main(args)
     rep = E.main(args + ["--skip_long"])
     assert rep["n_problems"] == 1 and rep["skipped_long"] == 1 and "sampled" not in rep
+    # without --max_new_tokens: the budget the run evaluated with (train.max_new_tokens = 12), which fits its context
+    rep = E.main(args[:6] + args[8:] + ["--skip_long"])
+    assert rep["args"]["max_new_tokens"] == 12 and rep["greedy"]["mean_len"] <= 12
+    with pytest.raises(ValueError, match="no prompt fits max_seq_len 256 with max_new_tokens 250: lower --max_new"):
+        E.main(args[:6] + ["--max_new_tokens", "250", "--skip_long"] + args[8:])
 
 
 def test_ask_one_question(tmp_path, capsys):
-    """--prompt with the default max_new_tokens (256) on a model whose context is 256: the answer takes the room
-    the context leaves instead of failing; the printout ends with the extracted answer."""
+    """--prompt with max_new_tokens 256 on a model whose context is 256: the answer takes the room the context
+    leaves instead of failing; the printout ends with the extracted answer."""
     (tmp_path / "t.toml").write_text(TINY)
     out = str(tmp_path / "run")
     T.main(["--config", str(tmp_path / "t.toml"), "--out_dir", out, "--train.max_steps=1", "--train.eval_n=0"])
-    E.main(["--ckpt", os.path.join(out, "final"), "--prompt", "Compute 478 + 356."])
+    E.main(["--ckpt", os.path.join(out, "final"), "--prompt", "Compute 478 + 356.", "--max_new_tokens", "256"])
     printed = capsys.readouterr().out
     assert "extracted answer:" in printed.splitlines()[-1]
     with pytest.raises(ValueError, match="the prompt is .* tokens; the model's max_seq_len is 256"):

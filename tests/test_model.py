@@ -473,6 +473,8 @@ def test_sampler_follows_probabilities_and_top_p():
     # the smallest set that holds top_p: at an exact tie (0.5 reached by the first token) nothing more is kept
     tie = torch.tensor([0.5, 0.25, 0.25]).log().expand(2000, 3)
     assert sample(tie, 1.0, 0.5, g).eq(0).all()
+    # a tiny temperature is greedy, not an overflow to inf (softmax nan, the last id)
+    assert sample(torch.tensor([[1.0, 3.0, 2.0, 0.0]]), 1e-40, 1.0, g).tolist() == [1]
 
 
 @pytest.mark.parametrize("call,msg", [
@@ -604,6 +606,61 @@ def test_tied_config_with_a_different_stored_lm_head_is_an_error(tmp_path):
     tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1.0  # would be dropped without a word
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="different lm_head.weight"):
+        Transformer.from_pretrained(tmp_path)
+
+
+def test_bad_config_json_is_named(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    file = tmp_path / "config.json"
+    cfg = json.loads(file.read_text())
+    for change, msg in [({"num_attention_heads": 0}, "'num_attention_heads' must be a positive integer, got 0"),
+                        ({"vocab_size": None}, "'vocab_size' must be a positive integer, got None"),
+                        ({"hidden_size": 16.0}, "'hidden_size' must be a positive integer, got 16.0"),
+                        ({"num_hidden_layers": True}, "'num_hidden_layers' must be a positive integer, got True"),
+                        ({"num_key_value_heads": 0}, "'num_key_value_heads' must be a positive integer, got 0"),
+                        ({"tie_word_embeddings": "false"}, "'tie_word_embeddings' must be true or false"),
+                        ({"rope_scaling": "linear"}, "'rope_scaling' must be an object (or null)")]:
+        file.write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ValueError) as e:
+            Transformer.from_pretrained(tmp_path)
+        assert str(e.value).startswith(f"{file}: {msg}"), change
+    file.write_text(json.dumps(cfg)[:-10])  # cut off
+    with pytest.raises(ValueError) as e:
+        Transformer.from_pretrained(tmp_path)
+    assert str(e.value).startswith(f"{file}: ") and "line 1 column" in str(e.value)
+    # an absent context length takes the architecture's default in transformers
+    short = {k: v for k, v in cfg.items() if k != "max_position_embeddings"}
+    assert ModelConfig.from_hf(short).max_seq_len == 2048
+    assert ModelConfig.from_hf({**short, "model_type": "qwen2"}).max_seq_len == 32768
+    with pytest.raises(ValueError, match="tie_embeddings must be True or False"):
+        ModelConfig(tie_embeddings="false")
+    with pytest.raises(ValueError, match="dim must be a positive integer, got 16.0"):
+        ModelConfig(dim=16.0)
+
+
+def test_safetensors_offsets_must_hold_the_tensor_and_names_one_shard(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    name = "model.norm.weight"
+    for change in ({"dtype": "F16"}, {"data_offsets": header[name]["data_offsets"][::-1]}):
+        h = json.dumps({**header, name: {**header[name], **change}}, separators=(",", ":")).encode()
+        assert len(h) <= n
+        h = h.ljust(n)
+        path.write_bytes(data[:8] + h + data[8 + n:])
+        with pytest.raises(ValueError, match=f"{path}: tensor {name}'s data_offsets"):
+            Transformer.from_pretrained(tmp_path)
+    # a tensor in two shards of an index: which one holds the weights is not for us to guess
+    path.write_bytes(data)
+    tensors = load_file(path)
+    save_file(tensors, tmp_path / "a.safetensors", metadata={"format": "pt"})
+    save_file({name: tensors[name]}, tmp_path / "b.safetensors", metadata={"format": "pt"})
+    path.unlink()
+    weight_map = {k: "a.safetensors" for k in tensors} | {"extra": "b.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError, match=f"tensor {name} is in both a.safetensors and b.safetensors"):
         Transformer.from_pretrained(tmp_path)
 
 

@@ -82,9 +82,21 @@ def test_config_errors_name_the_key(tiny_toml, tmp_path):
         T.load_config(str(bad))
 
 
+def test_format_reward_needs_the_r1_template():
+    # the format reward pays <think>..</think><answer>..</answer>: no other template asks for it (deepseek-r1's
+    # prompt even opens <think> itself, so a completion that follows it would score 0 and a nested one 1)
+    for template in ("plain", "qwen", "deepseek-r1", "chat"):
+        cfg = T.load_config(None, ["--stage=grpo", "--reward.format_weight=0.5", f"--data.template={template}"])
+        with pytest.raises(ValueError, match=rf"\[reward\]\.format_weight = 0\.5 with \[data\]\.template = "
+                                             rf"'{template}'"):
+            T.check_config(cfg)
+    T.check_config(T.load_config(None, ["--stage=grpo", "--reward.format_weight=0.5", "--data.template=r1"]))
+    T.check_config(T.load_config(None, ["--stage=sft", "--reward.format_weight=0.5"]))  # only grpo reads it
+
+
 @pytest.mark.parametrize("arg,match", [
     ("--model.n_heads=3", r"\[model\]: dim 32 is not divisible by n_heads 3"),  # set after the dataclass was built
-    ("--model.n_kv_heads=0", r"\[model\]: n_kv_heads must be positive"),
+    ("--model.n_kv_heads=0", r"\[model\]: n_kv_heads must be a positive integer"),
     ("--train.grad_accum=0", r"\[train\]\.grad_accum = 0: must be at least 1"),  # trained nothing, then "finished"
     ("--train.max_new_tokens=0", r"\[train\]\.max_new_tokens"),  # failed at the first evaluation, unsaved
     ("--train.eval_batch_size=0", r"\[train\]\.eval_batch_size"),
@@ -467,7 +479,8 @@ def pretrained(tmp_path_factory):
 
 GRPO_ARGS = ["--stage", "grpo", "--train.max_steps=4", "--train.batch_size=2", "--train.lr=1e-3",
              "--train.save_every=2", "--train.eval_every=2", "--train.eval_n=2", "--grpo.group_size=4",
-             "--grpo.max_new_tokens=8", "--grpo.ref_update_every=3", "--reward.format_weight=0.5"]
+             "--grpo.max_new_tokens=8", "--grpo.ref_update_every=3", "--reward.format_weight=0.5",
+             "--data.template=r1"]
 
 
 def test_grpo_stage_logs_and_resumes_exactly(pretrained, tmp_path, monkeypatch):
