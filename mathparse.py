@@ -34,7 +34,8 @@ parse_answer(s) returns one of these tagged tuples (e: a sympy expression):
     ("union", (seq, ...))         A \\cup B ..., every part a seq
     ("matrix", ((e, ...), ...))   pmatrix / bmatrix / vmatrix / matrix, rows of one length
     ("eq", a - b)                 an equation a = b
-    ("named", "x", parsed)        "x = 5", "x \\in [1,2]": a one-variable left side, kept as a name
+    ("named", "x", parsed)        "x = 5", "x \\in [1,2]", "f(x) = 2x": a one-variable (or function) left side,
+                                  kept as a name
 A one-variable left side is taken off when the variable does not occur on the right ("x = 2x - 5" stays an
 equation); in a list, item by item, and the name goes to the list's names. "a \\pm b" is the list
 (a+b, a-b); an integer then \\frac of integers is a mixed number (1\\frac{4}{5} = 9/5).
@@ -182,7 +183,8 @@ def _close_of(s, i, opens="{", closes="}"):
 
 # ---- structure: lists, sets, tuples, intervals, unions, matrices, equations
 
-_VAR_PREFIX = re.compile(r"\s*(\{?[A-Za-z](?:_\{?[A-Za-z0-9]{1,4}\}?)?\}?)?\s*(?:=|\\in(?![A-Za-z]))")
+_VAR_PREFIX = re.compile(r"\s*(\{?[A-Za-z](?:_\{?[A-Za-z0-9]{1,4}\}?)?\}?|[A-Za-z]\(\s*[A-Za-z]\s*\))?\s*"
+                         r"(?:=|\\in(?![A-Za-z]))")  # x, x_1, or a function f(x)
 _MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
 
 
@@ -392,6 +394,8 @@ class _Parser:
             else:
                 break
         self.depth -= 1
+        if sum(_max_bits(t) for t in terms) > MAX_BITS:  # sympy brings fractions to one denominator
+            raise Refuse("sum too large")
         return _check(sympy.Add(*terms))  # one Add: folding them one by one is quadratic in sympy
 
     def term(self):

@@ -102,7 +102,7 @@ class ModelConfig:
         with open(file) as f:
             try:
                 return cls.from_hf(json.load(f))
-            except ValueError as e:  # bad JSON included
+            except (ValueError, TypeError) as e:  # bad JSON, or a value of a type the key never has
                 raise ValueError(f"{file}: {e}") from None
 
 

@@ -44,12 +44,13 @@ Parsed answers (the gold's kind decides):
     - bare comma lists ("2, 3", "x=2 \\text{ or } x=3") and sets \\{..\\} are unordered multisets; a one-element
       list or set also equals its element
     - (..), [..], (..], [..) with commas are ordered sequences whose brackets must match: tuples and intervals
-      (open/closed ends matter); a gold "(a, b)" also accepts a bare "a, b" in the same order
+      (open/closed ends matter); a gold "(a, b)" also accepts a bare "a, b" in the same order, unless a name
+      repeats ("x = a, x = b" are two solutions) or the gold holds \\infty (an interval, not a pair)
     - A \\cup B ... is an unordered collection of intervals
     - pmatrix / bmatrix / vmatrix / matrix: same shape, cell by cell; a one-row or one-column matrix also
       equals the tuple "(..)" of its entries
-    - "x = 5" is its value with a name: it equals "5", and "x = 5" but not "y = 5"; in lists and sets too,
-      a named element matches only an unnamed one or one of the same name ("x=2, y=3" is not "x=3, y=2")
+    - "x = 5" (or "f(x) = 2x") is its value with a name: it equals "5", and "x = 5" but not "y = 5"; in lists and
+      sets too, a named element matches only an unnamed one or one of the same name ("x=2, y=3" is not "x=3, y=2")
     - two equations a1 = b1 and a2 = b2 are equal when a1 - b1 = k (a2 - b2) for a constant k != 0; a named
       value is the equation name = value when it meets an equation or a value of another name
       ("y = 2x + 3" is "2x - y + 3 = 0" and "x = y/2" is "y = 2x", but still not "x = 2x + 3")
@@ -104,7 +105,7 @@ def _the_answer_is(text):
     if last is None:
         return None
     line = text[last.end():last.end() + MAX_LEN].split("\n", 1)[0].lstrip(" \t:*_")
-    inline = re.match(r"\$\$?([^$]+)\$|\\\((.+?)\\\)", line)  # $x$, $$x$$ or \(x\): the math is the answer
+    inline = re.match(r"\$\$?((?:\\\$|[^$])+)\$|\\\((.+?)\\\)", line)  # $x$, $$x$$, \(x\) ($\$5$ too): the answer
     if inline:
         return (inline.group(1) or inline.group(2)).strip() or None
     return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip(" \t:$*_") or None
@@ -270,6 +271,10 @@ def _same(p, g, deadline):
             return p[1] == g[1] and _all_eq(p[2], g[2])
         if g[1] != "()":  # an interval needs its brackets
             return False
+        if kp == "list":  # "2, 3" for the pair (2, 3); but "x = -1, x = 1" lists two solutions, and "2, \infty"
+            names = [n for n in p[2] if n is not None]  # is no pair: (2, \infty) is an interval
+            if len(set(names)) < len(names) or any(e.has(sympy.oo, -sympy.oo) for e in g[2]):
+                return False
         items = p[1] if kp == "list" else _vector(p) if kp == "matrix" else None
         return items is not None and _all_eq(items, g[2])
     if kg == "union":

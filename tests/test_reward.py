@@ -396,6 +396,10 @@ HARD = [
     # (re x + i im x)^1000 for minutes
     "\\sqrt{(2+x^{1000})^{2}}", "\\sqrt{(x^{1000})^{4/3}}", "\\sqrt{(x^{1000})^{i}}", "\\sqrt{(x^{1000})^{\\pi}}",
     "\\sqrt[97]{(x^{9999})^{i}}", "\\sqrt{(x^{30}+y^{30})^{30}}",
+    # a sum of fractions, each within the caps, whose common denominator is not (tens of seconds in one Add)
+    "+".join(f"{p}^{{-{20000 // p.bit_length()}}}" for p in [p for p in range(3, 200) if all(p % d for d in
+                                                                                          range(2, p))][:40]),
+    "1 + 3^{-10000}x + 5^{-6666}x + 7^{-6666}x + 11^{-5000}x + 13^{-5000}x",
 ]
 
 
@@ -438,6 +442,12 @@ def test_works_in_a_worker_process():
     ("a+b+|c|", "a+b-c", False), ("a+b+\\sqrt{c^2}", "a+b-c", False),
     ("5x - 7y + 11\\cdot|z| + 4 = 0", "5x - 7y - 11z + 4 = 0", False), ("|a|+|b|+|c|+|d|", "a+b+c-d", False),
     ("a+b+c", "c+b+a", True),
+    # review Z: a list answers a pair, but not an interval's ends nor two solutions of one variable
+    ("x = -\\sqrt{3}, x = \\sqrt{3}", "(-\\sqrt{3}, \\sqrt{3})", False), ("2, \\infty", "(2,\\infty)", False),
+    ("x=-\\sqrt3 \\text{ or } x=\\sqrt3", "(-\\sqrt{3}, \\sqrt{3})", False), ("x=2, y=3", "(2,3)", True),
+    # a function's left side is a name, as a variable's is
+    ("p(x) = x^3+3x-6", "x^3+3x-6", True), ("f(x)=2x+1", "2x+1", True), ("f(x)=2x+1", "2x+2", False),
+    ("f(x) = 2x+1", "g(x) = 2x+1", False),
 ])
 def test_review_q_cases(pred, gold, want):
     assert is_equiv(pred, gold) is want
@@ -449,6 +459,8 @@ def test_review_q_cases(pred, gold, want):
 ])
 def test_the_answer_is_reads_markdown_and_inline_math(completion):
     assert extract_answer(completion) == "18" and accuracy_reward(completion, "18") == 1.0
+    dollars = completion.replace("18", "\\$18")  # an escaped dollar sign inside $..$ does not end it
+    assert extract_answer(dollars) == "\\$18" and accuracy_reward(dollars, "18") == 1.0
 
 
 def test_a_made_up_answer_line_is_not_read():
