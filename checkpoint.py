@@ -28,6 +28,17 @@ def list_checkpoints(out_dir):
     paths = glob.glob(os.path.join(out_dir, "ckpt-*", "train_state.pt"))
     return sorted(os.path.dirname(p) for p in paths)
 
+
+def prune_checkpoints(out_dir, keep_last):
+    """Delete all but the newest keep_last step checkpoints, and any folder a crash left half deleted. Each loses
+    its train_state.pt first, so that it stops counting as a checkpoint before the rest of it goes."""
+    ckpts = list_checkpoints(out_dir)
+    for old in ckpts[: max(0, len(ckpts) - keep_last)]:  # ([:-0] would keep them all)
+        os.remove(os.path.join(old, "train_state.pt"))
+    for folder in glob.glob(os.path.join(out_dir, "ckpt-*")):
+        if not os.path.exists(os.path.join(folder, "train_state.pt")):  # save_checkpoint renames whole folders
+            shutil.rmtree(folder)
+
 def save_checkpoint(folder, model, tok, cfg, train_state=None, weights=None):
     """Write the checkpoint to a temporary sibling folder, then rename it into place. weights: the model's full
     state dict when the model itself holds only a shard of it (FSDP2); None = model.state_dict()."""
@@ -118,8 +129,9 @@ class RunLog:
                                          "resume") from None
                     if row.get("step", 0) <= start_step:
                         rows.append(line if line.endswith("\n") else line + "\n")
-                with open(path, "w") as f:
+                with open(path + ".tmp", "w") as f:  # a crash now leaves the old file whole
                     f.writelines(rows)
+                os.replace(path + ".tmp", path)
         self.metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a")
         self.samples = open(os.path.join(out_dir, "samples.jsonl"), "a")
 

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -40,7 +39,8 @@ import eval as E
 import grpo
 import memory
 import pipeline
-from checkpoint import RunLog, list_checkpoints, prepare_out_dir, rng_state, save_checkpoint, set_rng_state
+from checkpoint import (RunLog, list_checkpoints, prepare_out_dir, prune_checkpoints, rng_state, save_checkpoint,
+                        set_rng_state)
 from distill import DistillConfig
 from grpo import GRPOConfig
 from model import ModelConfig, Transformer
@@ -67,7 +67,8 @@ class TrainConfig:
     max_new_tokens: int = 192     # generation budget during evaluation
     n_samples: int = 4            # decoded samples per evaluation written to samples.jsonl
     save_every: int = 500         # steps between checkpoints
-    keep_last: int = 2            # step checkpoints kept in out_dir (the final one always stays)
+    keep_last: int = 2            # step checkpoints kept in out_dir (the final one always stays; 0 keeps none,
+                                  # and a killed run then starts over)
     seed: int = 0                 # seeds init, batches and sampling
     device: str = "auto"          # auto (cuda if present), cpu or cuda; bf16 autocast on cuda
     resume: bool = False          # continue from the newest checkpoint in out_dir
@@ -312,9 +313,7 @@ def save_on_schedule(cfg, model, tok, opt, done, extra=None):
             save_checkpoint(os.path.join(cfg.out_dir, "final"), model, tok, cfg, state, weights)
         else:
             save_checkpoint(os.path.join(cfg.out_dir, f"ckpt-{done:07d}"), model, tok, cfg, state, weights)
-            ckpts = list_checkpoints(cfg.out_dir)
-            for old in ckpts[: max(0, len(ckpts) - tc.keep_last)]:  # ([:-0] would keep them all)
-                shutil.rmtree(old)
+            prune_checkpoints(cfg.out_dir, tc.keep_last)
     dist.barrier()  # no rank runs ahead while the checkpoint is written
 
 
@@ -630,7 +629,8 @@ def traces_settings(cfg, problems):
     """What decides which teacher traces are sampled and kept (not the seed or the batching: those change which
     samples, not what they are samples of)."""
     dc = cfg.distill
-    questions = hashlib.sha256("\n".join(p["question"] for p in problems).encode()).hexdigest()[:16]
+    # the gold answers too: which traces are kept depends on them
+    questions = hashlib.sha256("\n".join(f"{p['question']}\t{p['answer']}" for p in problems).encode()).hexdigest()[:16]
     stamps = []  # of the teacher's weight files: one trained on in place (same folder, new weights) differs
     for name in sorted(f for f in os.listdir(dc.teacher) if f.startswith("model") and ".safetensors" in f):
         st = os.stat(os.path.join(dc.teacher, name))
@@ -640,7 +640,7 @@ def traces_settings(cfg, problems):
             "samples_per_prompt": dc.samples_per_prompt,
             "max_new_tokens": dc.max_new_tokens, "sample_temperature": dc.sample_temperature,
             "reward_threshold": dc.reward_threshold, "dedup_traces": dc.dedup_traces, "template": cfg.data.template,
-            "problems": f"{len(problems)} questions, sha256 {questions}"}
+            "problems": f"{len(problems)} questions and answers, sha256 {questions}"}
 
 
 def logit_matching_loss(teacher, dc):

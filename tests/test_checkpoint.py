@@ -1,0 +1,75 @@
+"""checkpoint.py and the distill traces cache key: what a crash at a bad moment leaves behind."""
+import json
+import os
+
+import pytest
+
+import checkpoint
+import train as T
+
+
+def _ckpt(out, step):
+    folder = out / f"ckpt-{step:07d}"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "train_state.pt").write_bytes(b"state")
+    return str(folder)
+
+
+def test_pruning_takes_train_state_first_and_clears_what_a_crash_left(tmp_path, monkeypatch):
+    old, mid, new = (_ckpt(tmp_path, s) for s in (1, 2, 3))
+
+    def killed(path, *a, **kw):  # the process dies as the first folder's files are being deleted
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.prune_checkpoints(str(tmp_path), keep_last=1)
+    # neither old folder still counts as a checkpoint: a resume never starts from one that lost its weights
+    assert checkpoint.list_checkpoints(str(tmp_path)) == [new]
+    assert os.path.exists(os.path.join(old, "model.safetensors"))  # left behind by the crash...
+    monkeypatch.undo()
+    checkpoint.prune_checkpoints(str(tmp_path), keep_last=1)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-0000003"]  # ...and cleared at the next save
+    checkpoint.prune_checkpoints(str(tmp_path), keep_last=0)
+    assert os.listdir(tmp_path) == []
+    assert not os.path.exists(mid)
+
+
+def test_a_crash_while_resuming_keeps_the_logged_rows(tmp_path, monkeypatch):
+    rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 7)]
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = (tmp_path / "metrics.jsonl").read_text()
+
+    class Dying:  # a file whose writes never happen: the process is killed after opening it
+        def __init__(self, path, mode="r", *a, **kw):
+            self.f = open(path, mode, *a, **kw)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def readlines(self):
+            return self.f.readlines()
+
+        def writelines(self, lines):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "open", Dying, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.RunLog(str(tmp_path), start_step=4)
+    assert (tmp_path / "metrics.jsonl").read_text() == before  # not emptied: the next resume still has them
+    monkeypatch.undo()
+    log = checkpoint.RunLog(str(tmp_path), start_step=4)
+    log.close()
+    assert [json.loads(r)["step"] for r in open(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_traces_cache_key_holds_the_gold_answers(tmp_path):
+    # which traces are kept depends on the golds: corrected answers to the same questions must not reuse them
+    cfg = T.load_config(None, [f"--distill.teacher={tmp_path}"])
+    problems = [{"question": "Compute 2 + 3.", "answer": "5"}, {"question": "Compute 4 + 4.", "answer": "8"}]
+    fixed = [problems[0], {**problems[1], "answer": "9"}]
+    assert T.traces_settings(cfg, problems)["problems"] != T.traces_settings(cfg, fixed)["problems"]
+    assert T.traces_settings(cfg, problems) == T.traces_settings(cfg, [dict(p) for p in problems])
