@@ -73,3 +73,14 @@ def test_traces_cache_key_holds_the_gold_answers(tmp_path):
     fixed = [problems[0], {**problems[1], "answer": "9"}]
     assert T.traces_settings(cfg, problems)["problems"] != T.traces_settings(cfg, fixed)["problems"]
     assert T.traces_settings(cfg, problems) == T.traces_settings(cfg, [dict(p) for p in problems])
+
+
+def test_list_checkpoints_oldest_first_and_complete_only(tmp_path):
+    for step, complete in ((10, True), (2, True), (30, False)):  # 30: save_checkpoint's rename never happened
+        d = tmp_path / f"ckpt-{step:07d}"
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        if complete:
+            (d / "train_state.pt").write_bytes(b"x")
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path))] == ["ckpt-0000002",
+                                                                                         "ckpt-0000010"]

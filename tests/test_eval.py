@@ -243,3 +243,29 @@ def test_eval_reads_the_runs_own_jsonl_with_the_runs_field_names(tmp_path):
     other = tmp_path / "other.jsonl"  # not the run's file: load_jsonl's own defaults
     other.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
     assert golds(E.held_out(str(other), 500, run)) == ["2"]
+
+
+def test_majority_vote_pools_answers_only_when_they_are_equal_both_ways():
+    assert is_equiv("(2,1)", "1, 2") and not is_equiv("1, 2", "(2,1)")  # a pair answers a list, not back
+    # "7" x2 against "(2,1)" x2, a tie that the first seen wins; "1, 2" pooled one way would give "(2,1)" 3 votes
+    assert E.majority_vote(["7", "7", "1, 2", "(2,1)", "(2,1)"]) == "7"
+
+
+def test_breakdown_means_each_group_over_its_own_problems():
+    recs = [{"family": "a", "pass@1": 1.0}, {"family": "a", "pass@1": 0.0}, {"family": "b", "pass@1": 1.0}]
+    assert E.breakdown(recs, ["pass@1"]) == {"family": {"a": {"n": 2, "pass@1": 0.5}, "b": {"n": 1, "pass@1": 1.0}}}
+
+
+def test_maj_at_k_votes_over_the_first_k_samples(monkeypatch):
+    class Tok:
+        eos_id, stop_ids = 0, [0]
+
+        def encode(self, text, bos=False):
+            return [1, 2]
+
+        def decode(self, ids):
+            return f"The answer is {ids[0]}."
+    answers = iter([[3], [9], [9], [9]])  # sample 1 is right, samples 2-4 agree on a wrong answer
+    monkeypatch.setattr(E, "complete", lambda model, flat, *a, **kw: [next(answers) for _ in flat])
+    m, _ = E.sampled_eval(None, Tok(), [{"question": "q", "answer": "3"}], "plain", 4, [1, 4], 8)
+    assert m["maj@1"] == 1.0 and m["maj@4"] == 0.0 and m["pass@1"] == 0.25 and m["pass@4"] == 1.0

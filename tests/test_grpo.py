@@ -471,3 +471,57 @@ def test_rollout_ends_at_any_stop_id():
 
     roll = rollout(Stub(), [[3]], lambda p, c: 0.0, GRPOConfig(group_size=4, max_new_tokens=4), eos_id=[1, 2])
     assert roll["truncated"].tolist() == [False, False, False, True]
+
+
+# -----------------------------------------------------------------------------
+# statistics and switches that a wrong line would change without breaking the loss tests above (review M)
+
+
+def test_seq_mean_counts_a_row_without_tokens_in_B():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    loss, _ = grpo_loss(logp, None, None, torch.tensor([1.0, 1.0]), torch.tensor([[1.0, 1.0], [0.0, 0.0]]), beta=0.0)
+    assert loss.item() == pytest.approx(-0.5)  # row 0: -(1 + 1) / 2 = -1; row 1: 0 (not nan); mean over B = 2
+
+
+def test_clip_fractions_count_only_tokens_the_clip_acts_on():
+    old = torch.zeros(2, 1)
+    logp = torch.tensor([[math.log(1.5)], [math.log(0.5)]])  # ratios 1.5 and 0.5, both outside [0.8, 1.2]
+    _, st = grpo_loss(logp, old, None, torch.zeros(2), torch.ones(2, 1), clip_eps=0.2)
+    assert st["clip_frac_high"] == 0.0 and st["clip_frac_low"] == 0.0  # A = 0: min() has nothing to clip
+    logp = torch.tensor([[math.log(0.75)]])  # exactly at the lower bound 1 - 0.25: not clipped
+    _, st = grpo_loss(logp, torch.zeros(1, 1), None, torch.tensor([-1.0]), torch.ones(1, 1), clip_eps=0.25)
+    assert st["clip_frac_low"] == 0.0
+
+
+def _update(mu, lr=0.0, **kw):
+    g = torch.Generator().manual_seed(0)
+    prompts = [PROMPTS[i % 3] for i in range(5)]
+    comps = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (4, 1, 3, 2, 4)]
+    adv = torch.randn(5, generator=g)
+    cfg = GRPOConfig(max_new_tokens=4, beta=0.04, max_grad_norm=0.0, micro_batch_size=2, num_iterations=mu, **kw)
+    ref = tiny_model(seed=1).eval().requires_grad_(False)
+    policy = tiny_model(seed=0)
+    return grpo_update(policy, ref, torch.optim.SGD(policy.parameters(), lr=lr), prompts, comps, adv, cfg), policy
+
+
+def test_update_statistics_are_means_over_the_iterations():
+    one, _ = _update(1)
+    two, _ = _update(2)  # lr 0: both iterations see the same policy, so each mean equals the one-iteration value
+    for k in ("loss", "kl", "entropy", "grad_norm", "ratio_mean"):
+        assert two[k] == pytest.approx(one[k], rel=1e-5), k
+
+
+def test_clip_eps_high_zero_means_the_symmetric_clip():
+    a, pa = _update(2, lr=0.5)  # the second iteration's ratios leave [0.8, 1.2]: the upper bound acts
+    b, pb = _update(2, lr=0.5, clip_eps_high=0.2)
+    assert a["clip_frac_high"] > 0 and a["clip_frac_high"] == b["clip_frac_high"] and a["loss"] == b["loss"]
+    assert all(torch.equal(p, q) for p, q in zip(pa.parameters(), pb.parameters()))
+
+
+def test_reward_std_is_the_population_std():
+    policy = tiny_model()
+    cfg = GRPOConfig(group_size=4, max_new_tokens=5, beta=0.0)
+    st = grpo_step(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), PROMPTS, low_token_reward, cfg,
+                   generator=torch.Generator().manual_seed(0))
+    r = torch.tensor([s["reward"] for s in st["_samples"]])
+    assert r.std() > 0 and st["reward_std"] == pytest.approx(r.std(unbiased=False).item())

@@ -467,3 +467,8 @@ def test_a_made_up_answer_line_is_not_read():
     """The plain template's prompt ends in 'Answer:'; a completion that goes on to a question of its own and
     answers it has not answered the one asked."""
     assert extract_answer("I am not sure.\nQuestion: What is 2 + 3?\nAnswer: 5") is None
+
+
+def test_the_last_hashes_and_a_decimal_after_the_answer_is():
+    assert extract_answer("#### 3\nlater\n#### 5") == "5"
+    assert extract_answer("The answer is 3.5") == "3.5" and extract_answer("The answer is 3.5. Done") == "3.5"
