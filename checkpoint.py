@@ -39,6 +39,7 @@ def prune_checkpoints(out_dir, keep_last):
         if not os.path.exists(os.path.join(folder, "train_state.pt")):  # save_checkpoint renames whole folders
             shutil.rmtree(folder)
 
+
 def save_checkpoint(folder, model, tok, cfg, train_state=None, weights=None):
     """Write the checkpoint to a temporary sibling folder, then rename it into place. weights: the model's full
     state dict when the model itself holds only a shard of it (FSDP2); None = model.state_dict()."""

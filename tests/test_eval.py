@@ -208,22 +208,24 @@ def test_records_go_beside_the_report_under_a_name_of_their_own():
     assert E.records_path("runs/T0.5") == "runs/T0.5.jsonl" != E.records_path("runs/T0.7")
 
 
+class AnswerTok:
+    """A stand-in tokenizer: a completion [n] reads "The answer is n."."""
+    eos_id, stop_ids = 0, [0]
+
+    def encode(self, text, bos=False):
+        return [1, 2]
+
+    def decode(self, ids):
+        return f"The answer is {ids[0]}."
+
+
 def test_sampled_means_are_exact_and_a_repeated_k_counts_once(monkeypatch):
     """Every sample right on 10 problems: pass@k and maj@k are exactly 1.0 (a running sum of x / 10 gives
     0.9999999999999999), and a k given twice is one metric, not a sum of two."""
-    class Tok:
-        eos_id, stop_ids = 0, [0]
-
-        def encode(self, text, bos=False):
-            return [1, 2]
-
-        def decode(self, ids):
-            return f"The answer is {ids[0]}."
-
     problems = [{"question": f"q{i}", "answer": str(i + 3)} for i in range(10)]
     answers = iter([[i + 3] for i in range(10) for _ in range(4)])  # the 4 samples of problem i answer i + 3
     monkeypatch.setattr(E, "complete", lambda model, flat, *a, **kw: [next(answers) for _ in flat])
-    metrics, records = E.sampled_eval(None, Tok(), problems, "plain", 4, [1, 1, 2, 4], 8)
+    metrics, records = E.sampled_eval(None, AnswerTok(), problems, "plain", 4, [1, 1, 2, 4], 8)
     assert metrics == {"pass@1": 1.0, "pass@2": 1.0, "pass@4": 1.0, "maj@1": 1.0, "maj@2": 1.0, "maj@4": 1.0}
     assert all(r["correct"] == 4 for r in records)
 
@@ -257,15 +259,7 @@ def test_breakdown_means_each_group_over_its_own_problems():
 
 
 def test_maj_at_k_votes_over_the_first_k_samples(monkeypatch):
-    class Tok:
-        eos_id, stop_ids = 0, [0]
-
-        def encode(self, text, bos=False):
-            return [1, 2]
-
-        def decode(self, ids):
-            return f"The answer is {ids[0]}."
     answers = iter([[3], [9], [9], [9]])  # sample 1 is right, samples 2-4 agree on a wrong answer
     monkeypatch.setattr(E, "complete", lambda model, flat, *a, **kw: [next(answers) for _ in flat])
-    m, _ = E.sampled_eval(None, Tok(), [{"question": "q", "answer": "3"}], "plain", 4, [1, 4], 8)
+    m, _ = E.sampled_eval(None, AnswerTok(), [{"question": "q", "answer": "3"}], "plain", 4, [1, 4], 8)
     assert m["maj@1"] == 1.0 and m["maj@4"] == 0.0 and m["pass@1"] == 0.25 and m["pass@4"] == 1.0
