@@ -84,3 +84,27 @@ def test_list_checkpoints_oldest_first_and_complete_only(tmp_path):
             (d / "train_state.pt").write_bytes(b"x")
     assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path))] == ["ckpt-0000002",
                                                                                          "ckpt-0000010"]
+
+
+def test_a_save_starts_from_an_empty_temporary_folder(tmp_path):
+    # a crashed save left .tmp-ckpt-N with a train_state.pt: the next save of that step must not carry it over
+    from dataclasses import dataclass
+
+    from model import ModelConfig, Transformer
+
+    @dataclass
+    class Cfg:
+        x: int = 1
+
+    class Tok:
+        bos_id, eos_id, pad_id, stop_ids = 1, 2, 0, [2]
+
+        def save(self, folder):
+            (tmp_path / folder / "tokenizer.json").write_text("{}")
+    stale = tmp_path / ".tmp-ckpt-0000005"
+    stale.mkdir()
+    (stale / "train_state.pt").write_bytes(b"half written by a crashed save")
+    model = Transformer(ModelConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=24))
+    checkpoint.save_checkpoint(str(tmp_path / "ckpt-0000005"), model, Tok(), Cfg())  # no train_state this time
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-0000005"]
+    assert not (tmp_path / "ckpt-0000005" / "train_state.pt").exists()
