@@ -1,6 +1,5 @@
 """data.py: tokenizer round trip, synthetic tasks checked by independent arithmetic, splits, loaders, batching."""
 import json
-import random
 import re
 from fractions import Fraction
 
@@ -502,3 +501,74 @@ def test_packed_batch_draws_every_window_including_the_last():
     assert starts == set(range(24))  # 400 draws: every start, the last (y ends on the stream's last token) too
     with pytest.raises(ValueError, match="fewer than seq_len"):
         D.packed_batch(torch.arange(seq_len), 2, seq_len, g)
+
+
+# edges that mutation testing found unpinned (review M2)
+
+
+class _CharTok:
+    """A character-level stand-in: bos 1, eos 2, a character its code point."""
+    bos_id, eos_id = 1, 2
+
+    def encode(self, text, bos=False, eos=False):
+        return ([1] if bos else []) + [ord(c) for c in text] + ([2] if eos else [])
+
+
+def test_pack_documents_is_bos_doc_eos_each():
+    assert D.pack_documents(_CharTok(), ["ab", "c"]).tolist() == [1, 97, 98, 2, 1, 99, 2]
+
+
+def test_encode_sft_truncates_to_seq_len_plus_one_tokens():  # D29, D30
+    p = {"question": "Q", "solution": "s", "answer": "5"}
+    tok = _CharTok()
+    prompt, full = D.encode_sft(tok, p, "plain")
+    n = len(prompt) + len(full)  # untruncated: bos + prompt, completion + eos
+    # exactly seq_len + 1 tokens fit (x and y are each seq_len long): no cut
+    assert D.encode_sft(tok, p, "plain", seq_len=n - 1) == (prompt, full)
+    # one fewer: the completion loses its last token, the prompt stays whole
+    assert D.encode_sft(tok, p, "plain", seq_len=n - 2) == (prompt, full[:-1])
+    # a prompt longer than the window: empty completion, never a negative slice
+    assert D.encode_sft(tok, p, "plain", seq_len=3) == (prompt, [])
+
+
+def test_synthetic_spec_names():  # D18, D19
+    assert D.is_synthetic_spec("synthetic") and D.is_synthetic_spec("synthetic:add")
+    assert not D.is_synthetic_spec("synthetic_gsm.jsonl")  # a file, as the docstring promises
+    assert "no file synthetic_gsm.jsonl" in D.check_data_spec("synthetic_gsm.jsonl")
+    assert D.check_data_spec("synthetic:add, linear") is None
+    assert "names no family" in D.check_data_spec("synthetic:")
+    assert "names no family" in D.check_data_spec("synthetic: , ")
+    assert "unknown families ['nope']" in D.check_data_spec("synthetic:add,nope")
+
+
+def test_loader_edge_rows(tmp_path):  # D12, D14
+    g = tmp_path / "g.jsonl"
+    g.write_text(json.dumps({"question": "q", "answer": "a #### b\n#### 5"}) + "\n")
+    assert D.load_jsonl(str(g)) == [{"question": "q", "solution": "a #### b", "answer": "5"}]
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text(json.dumps({"q": "what?", "a": "7", "s": ""}) + "\n")
+    assert D.load_jsonl(str(gen), "generic", "q", "a", "s") == [{"question": "what?", "answer": "7", "solution": ""}]
+
+
+def test_data_config_bounds():  # D34, D36
+    D.DataConfig(n_test=0).check()
+    D.DataConfig(seq_len=2).check()
+    with pytest.raises(ValueError, match=r"\[data\]\.seq_len = 1: must be at least 2"):
+        D.DataConfig(seq_len=1).check()
+
+
+def test_hf_tokenizer_adds_bos_only_when_asked(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(["Compute 12 + 7."] * 20,
+                          trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    t.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    tok = D.load_tokenizer(str(tmp_path))
+    plain = t.encode("Compute 12", add_special_tokens=False).ids
+    assert tok.encode("Compute 12") == plain
+    assert tok.encode("Compute 12", eos=True) == plain + [2]
+    assert tok.encode("Compute 12", bos=True) == [1] + plain

@@ -1,0 +1,84 @@
+"""mathparse.py's grammar and its caps (what it refuses, and where the bound falls), at their edges."""
+import os
+import subprocess
+import sys
+
+import sympy
+
+import mathparse as MP
+
+P = MP.parse_answer
+
+
+def test_power_is_right_associative_and_takes_a_signed_exponent():
+    assert P("2^3^2") == ("expr", 512)          # 2^(3^2), not (2^3)^2 = 64
+    assert P("2^-1") == ("expr", sympy.Rational(1, 2))
+    assert P("-2^2") == ("expr", -4)            # unary minus binds looser than ^
+
+
+def test_cdot_does_not_match_cdots():
+    assert P("3 \\cdot 5") == ("expr", 15)
+    assert P("3 \\cdots") is None               # not 3*s
+
+
+def test_degree_cap_counts_a_products_factors():  # M15, M15b
+    x, y = sympy.symbols("x y")
+    assert P("\\sqrt{x^{16}y^{16}}") == ("expr", sympy.sqrt(x ** 16 * y ** 16))  # degree 32: allowed
+    assert P("\\sqrt{x^{17}y^{16}}") is None    # degree 33 > MAX_DEGREE
+    assert P("\\sqrt{x^{32}}") == ("expr", sympy.sqrt(x ** 32))
+    assert P("\\sqrt{x^{33}}") is None
+
+
+def test_radical_cap_is_bits_times_root_degree():  # M16, M17
+    # 3 * 2^1000 has 1002 bits: x2 (square root) = 2004 <= 2048; 3 * 2^1100: 2204 > 2048
+    assert P("\\sqrt{3 \\cdot 2^{1000}}") == ("expr", 2 ** 500 * sympy.sqrt(3))
+    assert P("\\sqrt{3 \\cdot 2^{1100}}") is None
+    # nested: sqrt(sqrt(N)) is a 4th root of N: (599 + 300 + 2 + 2 bits) * 4 > 2048, though each sqrt alone fits
+    assert P("\\sqrt{2 \\cdot 10^{180}}") is not None
+    assert P("\\sqrt{\\sqrt{2 \\cdot 10^{180}}}") is None
+
+
+def test_binomial_cap():
+    assert P("\\binom{1000}{1}") == ("expr", 1000)
+    assert P("\\binom{1001}{1}") is None
+
+
+def test_factorial_cap_is_inclusive():
+    assert P("300!") == ("expr", sympy.factorial(300))
+    assert P("301!") is None
+
+
+def test_digit_cap_counts_decimals():
+    assert P("0." + "1" * 99) == ("expr", sympy.Rational(int("1" * 99), 10 ** 99))
+    assert P("0." + "1" * 100) is None
+    assert P("1" * 101) is None
+
+
+def test_item_cap_is_inclusive():
+    items = ", ".join(str(i) for i in range(64))
+    assert P(items) == ("list", tuple(sympy.Integer(i) for i in range(64)), (None,) * 64)
+    assert P(items + ", 64") is None
+
+
+def test_ragged_matrix_is_refused():
+    assert P("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}") == ("matrix", ((1, 2), (3, 4)))
+    assert P("\\begin{pmatrix}1&2\\\\3\\end{pmatrix}") is None
+
+
+def test_bare_equals_sign_prefix():
+    assert P("= 5") == ("expr", 5)
+
+
+def test_thousands_groups_are_at_most_three_digits_first():
+    assert MP.normalize("1,234,567") == (False, "1234567")
+    assert MP.normalize("1234,567") == (False, "1234,567")  # a list of two numbers, not 1234567
+
+
+def test_sample_points_do_not_depend_on_hash_seed():
+    code = ("import sys; sys.path.insert(0, %r); import sympy, mathparse as MP; "
+            "pts = MP.sample_points(set(sympy.symbols('x y z a b'))); "
+            "print(sorted((str(k), round(v, 12)) for p in pts for k, v in p.items()))"
+            % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout for seed in range(3)}
+    assert len(outs) == 1
