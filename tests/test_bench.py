@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import bench
+from model import ModelConfig, Transformer
 
 
 def test_bench_prints_train_sample_and_grpo(capsys):
@@ -73,3 +74,26 @@ def test_ab_speed_loads_the_named_revision_beside_the_files_on_disk(capsys):
     finally:
         torch.set_num_threads(n)
     assert capsys.readouterr().out.count("ratio old/new") == 2
+
+
+def test_bench_arithmetic(monkeypatch, capsys):
+    """tokens/s, the matmul peak and MFU from fixed timings: matmul 1e6 s (5 reps), training 1 s (1 rep: --steps),
+    sampling 0.5 s (2 reps: --gen-reps)."""
+    monkeypatch.setattr(bench, "timed", lambda fn, device, reps, warmup: {5: 1e6, 1: 1.0, 2: 0.5}[reps])
+    monkeypatch.setattr(bench, "bench_grpo", lambda *a, **k: (1.0, 0.5, 0.5))
+    n = torch.get_num_threads()
+    dims = dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=48, vocab_size=64)
+    try:
+        bench.main([x for k, v in dims.items() for x in (f"--{k}", str(v))] +
+                   ["--threads", "1", "--batch", "4", "--seq", "16", "--steps", "1", "--gen-batch", "3",
+                    "--gen-new", "5", "--gen-reps", "2", "--skip", "grpo"])
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr().out
+    peak = 2 * 2048 ** 3 / 1e6  # FLOP/s: an n^3 matmul is 2 n^3 FLOPs
+    assert float(re.search(r"matmul peak ([\d.]+) GFLOP/s", out).group(1)) == pytest.approx(peak / 1e9, abs=0.05)
+    tok_s, mfu = re.search(r"train  b4x16: (\d+) tok/s, MFU ([\d.]+)%", out).groups()
+    assert int(tok_s) == 4 * 16  # 64 tokens in 1 s
+    fpt = Transformer(ModelConfig(**dims, max_seq_len=256)).flops_per_token(16)
+    assert float(mfu) == pytest.approx(100 * 64 * fpt / peak, abs=0.06)
+    assert int(re.search(r"sample 3x5 .*: (\d+) new tok/s", out).group(1)) == 3 * 5 / 0.5

@@ -140,9 +140,10 @@ def _assert_same_run(a, b, atol):
     ra, rb = _metrics(a), _metrics(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
     for x, y in zip(ra, rb):  # the logged numbers are global: loss scale and gradient norm must agree too
-        for k in ("loss", "grad_norm", "reward_mean", "accuracy_mean", "kl", "entropy", "completion_len"):
+        for k in ("loss", "grad_norm", "reward_mean", "accuracy_mean", "kl", "entropy", "completion_len",
+                  "format_rate", "len_correct", "len_wrong"):
             if k in x:
-                assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), (k, x["step"], x[k], y[k])
+                assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6, nan_ok=True), (k, x["step"], x[k], y[k])
 
 
 def test_ddp_sft_equals_one_process(runs):

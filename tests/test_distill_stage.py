@@ -140,3 +140,26 @@ def test_distill_refuses_a_different_tokenizer(pretrained, tmp_path):
     with pytest.raises(ValueError, match="differs from the teacher"):
         T.main(["--config", toml, *STUDENT, "--out_dir", str(tmp_path / "s"), "--distill.teacher", teacher,
                 "--init", os.path.join(other, "final")])
+
+
+@pytest.mark.parametrize("change, key", [(lambda c, p: setattr(c.data, "template", "r1"), "template"),
+                                         (lambda c, p: setattr(c.distill, "reward_threshold", 0.25), "reward_threshold"),
+                                         (lambda c, p: setattr(c.distill, "dedup_traces", not c.distill.dedup_traces),
+                                          "dedup_traces"),
+                                         (lambda c, p: p[0].update(answer="99"), "problems"),
+                                         (lambda c, p: setattr(c.distill, "sample_temperature", 0.5),
+                                          "sample_temperature")])
+def test_cached_traces_check_every_setting(tmp_path, change, key):
+    """teacher_traces refuses a cached file whose .meta.json differs in any one setting (read before sampling)."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"x")
+    cfg = T.Config(stage="distill", out_dir=str(tmp_path / "o"))
+    cfg.distill.teacher, cfg.distill.traces_file, cfg.data.template = str(teacher), str(tmp_path / "t.jsonl"), "plain"
+    problems = [{"question": "1+1", "answer": "2"}, {"question": "2+2", "answer": "4"}]
+    (tmp_path / "t.jsonl").write_text(json.dumps({"prompt_ids": [1], "completion_ids": [2, 3]}) + "\n")
+    (tmp_path / "t.meta.json").write_text(json.dumps(T.traces_settings(cfg, problems)))
+    assert T.teacher_traces(cfg, None, None, problems, None, "cpu") == [([1], [2, 3])]  # same settings: reused
+    change(cfg, problems)
+    with pytest.raises(ValueError, match=rf"other settings \({key}\)"):
+        T.teacher_traces(cfg, None, None, problems, None, "cpu")

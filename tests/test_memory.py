@@ -158,3 +158,10 @@ def test_stages_plan_their_real_shapes(pretrained, tmp_path, monkeypatch):  # no
         else:
             assert kw["kv_caches"] == [] and tokens == cfg.train.batch_size * longest
         assert kw["loss_logits"] == (0 if mode == "traces" else 7) and kw["frozen_params"] > 0
+
+
+def test_memory_check_keeps_5_percent_headroom():
+    est = dict(weights=96, gradients=0, optimizer=0, frozen=0, kv_cache=0, activations=0, logits=0)
+    assert "peak ~" in memory.check(est, 102)  # 96 <= 0.95 * 102 = 96.9
+    with pytest.raises(MemoryError):
+        memory.check(est, 100)  # 96 > 0.95 * 100, though it is below the device's 100

@@ -350,3 +350,14 @@ def test_a_worker_ends_with_its_killed_pipeline(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_zero_curve_spans_the_run_evenly():
+    import report
+    rows = [{"step": 0, "eval/accuracy": 0.0}] + [  # an eval-only row (no reward_mean) is skipped
+        {"step": s, "reward_mean": 0.1, "accuracy_mean": s / 100, "format_rate": s / 200, "completion_len": s}
+        for s in range(1, 12)]
+    curve = report.zero_curve(rows)  # 11 GRPO rows, 6 points: every second row, first and last included
+    assert [c["step"] for c in curve] == [1, 3, 5, 7, 9, 11]
+    assert curve[-1] == {"step": 11, "accuracy": 0.11, "format_rate": 0.055, "completion_len": 11}
+    assert [c["step"] for c in report.zero_curve(rows[:3])] == [1, 2]  # fewer rows than points: each once
