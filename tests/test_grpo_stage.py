@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import train as T
 from reward import accuracy_reward, format_reward
-from test_train import GRPO_ARGS, _read_metrics, pretrained  # noqa: F401 (the module-scoped fixture)
+from test_train import GRPO_ARGS, _read_metrics, cut_and_resume_grpo, pretrained  # noqa: F401 (pretrained: fixture)
 
 
 class TextTok:
@@ -64,20 +64,8 @@ def test_grpo_reward_ema_and_a_resume_after_a_ref_reset(pretrained, tmp_path, mo
         ema = r["reward_mean"] if ema is None else 0.9 * ema + 0.1 * r["reward_mean"]
         assert r["reward_ema"] == pytest.approx(ema)
     assert len({r["reward_mean"] for r in rows}) > 1  # the rewards move, so a wrong weighting shows
-    out = str(tmp_path / "cut")
-    real, calls = T.grpo.grpo_step, {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the third step, after the step-2 checkpoint (whose reference was just reset)
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T.grpo, "grpo_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        T.main(["--config", toml, "--init", init, "--out_dir", out, *args])
-    monkeypatch.setattr(T.grpo, "grpo_step", real)
-    T.main(["--config", toml, "--init", init, "--out_dir", out, *args, "--train.resume=true"])
+    out = str(tmp_path / "cut")  # killed at step 3, after the step-2 checkpoint (whose reference was just reset)
+    cut_and_resume_grpo(monkeypatch, ["--config", toml, "--init", init, "--out_dir", out, *args], at=3)
     a = load_file(os.path.join(ref, "final", "model.safetensors"))
     b = load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

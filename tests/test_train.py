@@ -477,6 +477,23 @@ def pretrained(tmp_path_factory):
     return str(d / "tiny.toml"), str(d / "out" / "final")
 
 
+def cut_and_resume_grpo(monkeypatch, argv, at):
+    """Run a grpo stage killed (KeyboardInterrupt) as its step `at` starts, then resume it to the end."""
+    real, calls = T.grpo.grpo_step, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T.grpo, "grpo_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.main(argv)
+    monkeypatch.setattr(T.grpo, "grpo_step", real)
+    T.main(argv + ["--train.resume=true"])
+
+
 GRPO_ARGS = ["--stage", "grpo", "--train.max_steps=4", "--train.batch_size=2", "--train.lr=1e-3",
              "--train.save_every=2", "--train.eval_every=2", "--train.eval_n=2", "--grpo.group_size=4",
              "--grpo.max_new_tokens=8", "--grpo.ref_update_every=3", "--reward.format_weight=0.5",
@@ -499,19 +516,7 @@ def test_grpo_stage_logs_and_resumes_exactly(pretrained, tmp_path, monkeypatch):
 
     # interrupt at the 4th step (after the step-2 checkpoint), resume, and land on the same weights
     out = str(tmp_path / "cut")
-    real, calls = T.grpo.grpo_step, {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T.grpo, "grpo_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        T.main(["--config", toml, "--init", init, "--out_dir", out, *GRPO_ARGS])
-    monkeypatch.setattr(T.grpo, "grpo_step", real)
-    T.main(["--config", toml, "--init", init, "--out_dir", out, *GRPO_ARGS, "--train.resume=true"])
+    cut_and_resume_grpo(monkeypatch, ["--config", toml, "--init", init, "--out_dir", out, *GRPO_ARGS], at=4)
     a = load_file(os.path.join(ref, "final", "model.safetensors"))
     b = load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
