@@ -134,7 +134,14 @@ def main(argv=None):
     if not 1 <= args.prompt_len[0] <= args.prompt_len[1]:
         p.error(f"--prompt-len MIN MAX needs 1 <= MIN <= MAX, got {args.prompt_len[0]} {args.prompt_len[1]}")
 
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device!r}: not a device (cpu | cuda)")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device {args.device!r}: bench.py runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device here (torch.cuda.is_available() is False)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dims = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in SIZES[args.size].items()}

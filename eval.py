@@ -6,10 +6,13 @@ Evaluation for r1-mini: greedy pass@1, sampled pass@k and maj@k on the same samp
 pass@k is the unbiased estimator of Chen et al. 2021 (Codex paper): with n samples of which c are correct,
 pass@k = 1 - C(n-c, k) / C(n, k). maj@k (self-consistency, Wang et al. 2022) is the accuracy of the most frequent
 final answer among k samples, where answers that reward.is_equiv calls equal vote together.
-train.py calls greedy_eval, so the accuracy in metrics.jsonl means the same as the one in a report.
+train.py calls greedy_eval, so the accuracy in metrics.jsonl means the same as the one in a report: on CUDA both
+decode under bf16 autocast when the run trained with train.bf16 (eval.py's --bf16 auto), since greedy decodes
+change with the precision; on CPU everything is fp32.
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -21,6 +24,19 @@ from tqdm import tqdm
 
 import data as D
 from reward import accuracy_reward, extract_answer, format_reward, is_equiv
+
+
+def autocast(device, enabled=True):
+    """bf16 autocast on CUDA when enabled (train.py's train.bf16); CPU runs fp32 either way."""
+    return torch.autocast("cuda", torch.bfloat16) if enabled and device.type == "cuda" else contextlib.nullcontext()
+
+
+def run_bf16(run_cfg, flag="auto"):
+    """Whether to evaluate a checkpoint under bf16 autocast (on CUDA): "on", "off", or "auto": as its run trained
+    and evaluated (train.bf16, default true), fp32 for a checkpoint made elsewhere (no run config)."""
+    if flag == "auto":
+        return bool(run_cfg.get("train", {}).get("bf16", True)) if run_cfg else False
+    return flag == "on"
 
 
 def pass_at_k(n, c, k):
@@ -139,6 +155,9 @@ def breakdown(records, keys):
 
 def check_checkpoint(path):
     """Fail before any sampling when the folder cannot be a checkpoint, naming what is missing."""
+    if os.path.isfile(path):
+        raise NotADirectoryError(f"checkpoint {path} is a file: pass the folder that holds it "
+                                 f"({os.path.dirname(path) or '.'})")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
     missing = [name for name, alts in {"config": ["config.json"],
@@ -217,6 +236,8 @@ def parse_args(argv):
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--bf16", default="auto", choices=["auto", "on", "off"], help="bf16 autocast on CUDA (CPU is "
+                    "always fp32); auto: as the run trained (train.bf16), fp32 for a checkpoint from elsewhere")
     ap.add_argument("--skip_long", action="store_true",
                     help="drop problems whose prompt + max_new_tokens exceed the model's max_seq_len")
     ap.add_argument("--format", default=None, choices=["auto", "gsm8k", "math", "generic"], help="JSONL format "
@@ -290,6 +311,12 @@ def main(argv=None):
     if args.max_new_tokens is None:  # the budget the run evaluated with (it fits the model's context)
         args.max_new_tokens = run_cfg.get("train", {}).get("max_new_tokens", 256)
     gen = torch.Generator(device=device).manual_seed(args.seed)
+    with autocast(device, run_bf16(run_cfg, args.bf16)):
+        return run_eval(args, model, tok, run_cfg, template, problems, gen)
+
+
+def run_eval(args, model, tok, run_cfg, template, problems, gen):
+    """main() after loading: one question (--prompt), or the report on the problems."""
     if args.prompt:
         ids = tok.encode(D.format_prompt(args.prompt, template), bos=True)
         room = model.cfg.max_seq_len - len(ids)  # one question: answer in whatever room the context leaves

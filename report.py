@@ -25,10 +25,25 @@ from model import ModelConfig
 
 
 def read_jsonl(path):
+    """The rows of a log this project appends to (pipeline.jsonl, metrics.jsonl); [] when there is none. A last line
+    cut short (a process killed mid-write: no newline at its end) is dropped with a warning; any other line that is
+    not JSON is a ValueError naming the file and line."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.readlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) and not line.endswith("\n"):
+                print(f"warning: {path} line {i} was cut short (a killed write?); it is left out")
+                break
+            raise ValueError(f"{path} line {i}: not JSON ({e})") from None
+    return rows
 
 
 def evaluate_step(ckpt, problems, spec, sampled, device):
@@ -39,14 +54,15 @@ def evaluate_step(ckpt, problems, spec, sampled, device):
     if longest + spec["max_new_tokens"] > model.cfg.max_seq_len:
         raise ValueError(f"[pipeline.report].max_new_tokens = {spec['max_new_tokens']}: with the longest test prompt "
                          f"({longest} tokens) it exceeds {ckpt}'s max_seq_len {model.cfg.max_seq_len}")
-    greedy, _ = E.greedy_eval(model, tok, problems, template, spec["max_new_tokens"], desc=f"greedy {ckpt}")
-    row = {"params": model.num_params(), "greedy": greedy["accuracy"], "format_rate": greedy["format_rate"],
-           "mean_len": greedy["mean_len"]}
-    if sampled:
-        gen = torch.Generator(device=device).manual_seed(0)
-        metrics, _ = E.sampled_eval(model, tok, problems, template, spec["n"], spec["k"], spec["max_new_tokens"],
-                                    generator=gen)
-        row.update(metrics)
+    with E.autocast(device, E.run_bf16(run_cfg)):  # the run's precision, as its metrics.jsonl evaluations used
+        greedy, _ = E.greedy_eval(model, tok, problems, template, spec["max_new_tokens"], desc=f"greedy {ckpt}")
+        row = {"params": model.num_params(), "greedy": greedy["accuracy"], "format_rate": greedy["format_rate"],
+               "mean_len": greedy["mean_len"]}
+        if sampled:
+            gen = torch.Generator(device=device).manual_seed(0)
+            metrics, _ = E.sampled_eval(model, tok, problems, template, spec["n"], spec["k"],
+                                        spec["max_new_tokens"], generator=gen)
+            row.update(metrics)
     return row
 
 
@@ -216,6 +232,16 @@ def write_report(cfg, steps):
         raise ValueError("report: every test problem is a training question of some step; change the steps' [data]")
     problems, n_left_out = held, len(problems) - len(held)
     wall = step_walls(read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")))
+    for name in spec["distill"]:
+        if name not in wall:
+            print(f"report: {os.path.join(cfg.out_dir, 'pipeline.jsonl')} has no wall time for step {name!r}; "
+                  "its wall_s is nan")
+    zero_rows = []  # read before the evaluations, so that a bad log fails fast
+    if spec["zero"]:
+        zero_log = os.path.join(cfg.out_dir, spec["zero"], "metrics.jsonl")
+        zero_rows = read_jsonl(zero_log)
+        if not zero_rows:
+            print(f"report: {zero_log} has no rows; the R1-Zero section is left out")
     final = lambda name: os.path.join(cfg.out_dir, name, "final")
     rep = {"n_test": len(problems), "left_out": n_left_out, "wall_s": wall, "rl": [], "distill": [], "zero": []}
     todo = [(name, True) for name in spec["rl"]] + [(n, False) for n in spec["distill"] if n not in spec["rl"]]
@@ -227,8 +253,8 @@ def write_report(cfg, steps):
         rep["distill"].append({"step": name, **rows[name], "wall_s": wall.get(name, float("nan")),
                                "with_init_s": sum(wall.get(n, float("nan")) for n in init_chain(name, steps))})
     rep["eval_s"] = time.time() - t0
-    if spec["zero"]:
-        rep["zero"] = zero_curve(read_jsonl(os.path.join(cfg.out_dir, spec["zero"], "metrics.jsonl")))
+    if zero_rows:
+        rep["zero"] = zero_curve(zero_rows)
     D.write_atomic(os.path.join(cfg.out_dir, "report.json"), json.dumps(rep, indent=2).encode())
 
     ks = [f"{m}@{k}" for m in ("pass", "maj") for k in spec["k"]]

@@ -23,7 +23,6 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,8 +136,7 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def autocast(device, enabled=True):
-    return torch.autocast("cuda", torch.bfloat16) if enabled and device.type == "cuda" else nullcontext()
+autocast = E.autocast  # bf16 on CUDA when train.bf16; eval.py evaluates a run's checkpoints the same way
 
 
 def seed_everything(seed):

@@ -29,19 +29,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench import GRPO_SHAPE, SIZES  # noqa: E402
 
-FILES = ("model.py", "hf_checkpoint.py", "grpo.py")
+FILES = ("model.py", "hf_checkpoint.py", "grpo.py", "config.py")
+BY_NAME = ("hf_checkpoint", "config", "model")  # modules the versioned files import by name
 
 
 def load_version(rev, tag):
-    """(model, grpo) modules of revision rev (None: the files on disk), imported under names ending in tag."""
+    """(model, grpo) modules of revision rev (None: the files on disk), imported under names ending in tag.
+    While they load, the plain names model.py and grpo.py import (hf_checkpoint, config, model) are this version's."""
     folder = ROOT
     if rev is not None:
         folder = tempfile.mkdtemp(prefix=f"ab_{tag}_")
         for name in FILES:
-            text = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{name}"], check=True, capture_output=True).stdout
+            r = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{name}"], capture_output=True)
+            if r.returncode != 0:
+                raise SystemExit(f"ab_speed.py: cannot read {name} at revision {rev!r}: {r.stderr.decode().strip()}")
             with open(os.path.join(folder, name), "wb") as f:
-                f.write(text)
-    sys.modules.pop("hf_checkpoint", None)  # model.py imports it by name: take this version's
+                f.write(r.stdout)
+    saved = {name: sys.modules.pop(name) for name in BY_NAME if name in sys.modules}
     sys.path.insert(0, folder)
     try:
         mods = []
@@ -49,10 +53,13 @@ def load_version(rev, tag):
             spec = importlib.util.spec_from_file_location(f"{name}_{tag}", os.path.join(folder, f"{name}.py"))
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
+            sys.modules[name] = mod  # grpo.py's `from model import ...` gets this version's model
             mods.append(mod)
     finally:
         sys.path.remove(folder)
-        sys.modules.pop("hf_checkpoint", None)
+        for name in BY_NAME:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
     return mods
 
 
@@ -102,6 +109,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    for flag in ("reps", "batch", "new_tokens", "threads"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     torch.set_num_threads(args.threads)
     runners = {side: make_runner(*load_version(rev, side), args) for side, rev in (("old", args.old), ("new", args.new))}
     for run in runners.values():  # warm-up

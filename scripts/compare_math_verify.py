@@ -24,7 +24,10 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 from check_reward_real import gsm8k_different, gsm8k_number, load_jsonl, pairs_for  # noqa: E402
 from reward import accuracy_reward, is_equiv  # noqa: E402
 
-from math_verify import parse, verify  # noqa: E402
+try:
+    from math_verify import parse, verify
+except ImportError:  # --help still works; main() says how to install it
+    parse = verify = None
 
 
 def mv_equiv(pred, gold, wrap_pred):
@@ -90,6 +93,11 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=os.path.join(REPO, "..", "shared", "data"))
     ap.add_argument("--shifts", type=int, default=5, help="negatives per row: rows i+1..i+shifts")
     args = ap.parse_args(argv)
+    if parse is None:
+        print("math_verify is not installed here; run this script from its own environment:\n"
+              "    python3 -m venv /tmp/mv && /tmp/mv/bin/pip install math-verify sympy pytest\n"
+              "    /tmp/mv/bin/python scripts/compare_math_verify.py")
+        return 2
     compare_table()
     math_path = os.path.join(args.data_dir, "math500_test.jsonl")
     gsm_path = os.path.join(args.data_dir, "gsm8k_test.jsonl")

@@ -263,3 +263,26 @@ def test_maj_at_k_votes_over_the_first_k_samples(monkeypatch):
     monkeypatch.setattr(E, "complete", lambda model, flat, *a, **kw: [next(answers) for _ in flat])
     m, _ = E.sampled_eval(None, AnswerTok(), [{"question": "q", "answer": "3"}], "plain", 4, [1, 4], 8)
     assert m["maj@1"] == 1.0 and m["maj@4"] == 0.0 and m["pass@1"] == 0.25 and m["pass@4"] == 1.0
+
+
+def test_eval_runs_in_the_runs_precision(tmp_path, monkeypatch):
+    """On CUDA, train.py evaluates under bf16 autocast when train.bf16 is set, and greedy decodes change with the
+    precision: eval.py's --bf16 auto follows the run (fp32 for a checkpoint made elsewhere), on/off override it.
+    The decision is checked here through the autocast call eval.py makes (CPU runs fp32 either way)."""
+    assert E.run_bf16({"train": {"bf16": True}}) and not E.run_bf16({"train": {"bf16": False}})
+    assert E.run_bf16({"train": {}}) and not E.run_bf16({})  # the run's default is true; an outside folder fp32
+    assert E.run_bf16({}, "on") and not E.run_bf16({"train": {"bf16": True}}, "off")
+    (tmp_path / "t.toml").write_text(TINY)
+    out = str(tmp_path / "run")
+    T.main(["--config", str(tmp_path / "t.toml"), "--out_dir", out, "--train.max_steps=1", "--train.eval_n=0",
+            "--train.bf16=false"])
+    seen = []
+    real = E.autocast
+    monkeypatch.setattr(E, "autocast", lambda device, enabled=True: seen.append(enabled) or real(device, enabled))
+    args = ["--ckpt", os.path.join(out, "final"), "--n", "0", "--limit", "1", "--max_new_tokens", "2",
+            "--out", str(tmp_path / "r.json")]
+    for flag, want in (("auto", False), ("on", True), ("off", False)):
+        E.main(args + ["--bf16", flag])
+        assert seen.pop() is want
+    with pytest.raises(NotADirectoryError, match="is a file: pass the folder that holds it"):
+        E.main(["--ckpt", os.path.join(out, "final", "config.json")])
