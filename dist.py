@@ -24,6 +24,7 @@ Rank 0 alone writes checkpoints, metrics and samples, and evaluates; every rank 
 """
 
 import datetime
+import json
 import os
 from contextlib import contextmanager, nullcontext
 
@@ -95,6 +96,24 @@ def gather_objects(obj):
     out = [None] * world()
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_same_config(config):
+    """Refuse ranks started with different settings (config: a dict of plain values, the run's config): their
+    updates would differ and their weights drift apart without an error. Every rank raises, so none waits."""
+    texts = gather_objects(json.dumps(config, sort_keys=True, default=str))
+    if len(set(texts)) == 1:
+        return
+
+    def flat(d, prefix=""):
+        return {k: v for key, val in d.items()
+                for k, v in (flat(val, f"{prefix}{key}.").items() if isinstance(val, dict) else [(prefix + key, val)])}
+    ranks = [flat(json.loads(t)) for t in texts]
+    r = next(i for i, t in enumerate(texts) if t != texts[0])
+    keys = sorted(k for k in ranks[0].keys() | ranks[r].keys() if ranks[0].get(k) != ranks[r].get(k))
+    raise ValueError(f"the ranks were started with different configs: rank {r} differs from rank 0 in "
+                     + ", ".join(f"{k} ({ranks[0].get(k)!r} vs {ranks[r].get(k)!r})" for k in keys[:5])
+                     + ("" if len(keys) <= 5 else f" and {len(keys) - 5} more"))
 
 
 # -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Checkpoints and logs: see checkpoint.py. Batches and rollouts draw from generato
 (seed, step), so `--train.resume=true` continues bitwise from the newest checkpoint in out_dir.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -792,6 +793,7 @@ def main(argv=None):
     else:
         check_config(cfg)
     dist.setup(resolve_device(cfg.train.device))  # under torchrun: join the process group before any stage
+    dist.check_same_config(dataclasses.asdict(cfg))
     RUNNERS[cfg.stage](cfg)
     return cfg
 

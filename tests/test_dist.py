@@ -187,3 +187,24 @@ def test_resumed_two_rank_run_matches_uninterrupted(runs):
     a, b = _weights(runs["grpo2"]), _weights(runs["cut2"])
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in _metrics(runs["cut2"])] == [1, 2, 3, 4]
+
+
+def _different_lr_worker(rank, world, port, argv):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        T.main(argv + (["--train.lr=0.01", "--train.seed=5"] if rank == 1 else []))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_started_with_different_settings_are_refused(tmp_path):
+    """A rank whose config differs (a per-node config file, another checkout) would train on other settings and
+    drift apart from rank 0 without an error: every rank refuses at startup, naming the keys."""
+    (tmp_path / "tiny.toml").write_text(TINY)
+    argv = ["--config", str(tmp_path / "tiny.toml"), *SFT, "--out_dir", str(tmp_path / "out")]
+    with pytest.raises(mp.ProcessRaisedException,
+                       match=r"rank 1 differs from rank 0 in train.lr \(0.001 vs 0.01\), train.seed \(0 vs 5\)"):
+        mp.spawn(_different_lr_worker, args=(2, _free_port(), argv), nprocs=2, join=True)
+    assert not os.path.exists(tmp_path / "out" / "final")
