@@ -43,7 +43,7 @@ def apply_table(obj, updates, section, cli=False):
         if f.type is dict:  # a free-form table (the pipeline's steps), merged and checked when it is used
             if not isinstance(value, dict):
                 raise TypeError(f"{name}: expected a table, got {value!r}")
-            setattr(obj, key, _merge(getattr(obj, key), value))
+            setattr(obj, key, merge_tables(getattr(obj, key), value))
         elif dataclasses.is_dataclass(f.type):
             if not isinstance(value, dict):
                 raise TypeError(f"{name}: expected a [{key}] section, got {value!r}")
@@ -73,15 +73,18 @@ def positive_int(value, key):
     return value
 
 
-def _merge(base, updates):
+def merge_tables(base, updates):
+    """base's keys with updates' over them, nested tables merged key by key (neither is changed)."""
     out = dict(base)
     for k, v in updates.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_tables(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
 def parse_overrides(args):
-    """['--train.lr=1e-3', '--init', 'ckpt'] -> {'train': {'lr': '1e-3'}, 'init': 'ckpt'} (values as strings)."""
+    """['--train.lr=1e-3', '--init', 'ckpt'] -> {'train': {'lr': '1e-3'}, 'init': 'ckpt'} (values as strings).
+    A key given twice takes its last value (as argparse does); one given both a value and keys of its own
+    (--train.lr=1 --train.lr.x=2) is an error."""
     out, i = {}, 0
     while i < len(args):
         arg = args[i]
@@ -89,15 +92,19 @@ def parse_overrides(args):
             raise ValueError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
-        elif i + 1 < len(args):
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
             key, value = arg[2:], args[i + 1]
             i += 1
         else:
-            raise ValueError(f"{arg} needs a value")
+            raise ValueError(f"{arg} needs a value (--{arg[2:]}=VALUE)")
         node = out
         *parents, leaf = key.split(".")
-        for p in parents:
+        for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--{key}: {'.'.join(parents[:depth + 1])} was given a value, so it has no keys")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"--{key}: the command line also gives keys of {key} (--{key}.KEY=...)")
         node[leaf] = value
         i += 1
     return out
@@ -112,6 +119,11 @@ def load_config(cls, path=None, overrides=()):
                 toml = tomllib.load(f)
             except tomllib.TOMLDecodeError as e:
                 raise ValueError(f"{path}: {e}") from None
-        apply_table(cfg, toml, "")
-    apply_table(cfg, parse_overrides(list(overrides)), "", cli=True)
+        try:
+            apply_table(cfg, toml, "")
+        except (KeyError, TypeError, ValueError) as e:
+            raise type(e)(f"{path}: {e.args[0]}") from None
+    cli = parse_overrides(list(overrides))
+    apply_table(cfg, cli, "", cli=True)
+    cfg.cli_overrides = cli  # not a field: a pipeline re-applies the command line over each step's table
     return cfg

@@ -11,6 +11,10 @@ step from that step's final checkpoint.
     init = "sft"
     train = {max_steps = 200, lr = 1e-4}
 
+Settings, weakest first: the file's top level, the step's table, the command line's top-level keys (so
+`--train.max_steps=5` shortens every step), the command line's --pipeline.NAME.* keys. An `init` or
+`distill.teacher` on the command line does not replace a step's own (an error): set it per step.
+
 A step depends on the steps its `init` and `distill.teacher` name. With jobs = N > 1 each step runs in its own
 process as soon as the steps it depends on are done (earlier in `steps` first), with cores / N threads. On the
 2-core machine the demo's teacher trains ~1.8x slower on one thread than on two, but the demo's seven steps, whose
@@ -31,7 +35,7 @@ import torch
 
 import report
 from checkpoint import final_step, prepare_out_dir, recover_final
-from config import apply_table, positive_int
+from config import apply_table, merge_tables, positive_int
 
 
 def pipeline_configs(cfg, runners):
@@ -61,6 +65,9 @@ def pipeline_configs(cfg, runners):
         step.stage = name  # a step named after a stage needs no `stage` key
         try:
             apply_table(step, table, "", cli=True)
+            # the command line beats the config file: its top-level keys apply over the step's table (so
+            # --train.max_steps=5 shortens every step), and its --pipeline.NAME.* keys over those
+            apply_table(step, cli_over_step(cfg, name, table), "", cli=True)
         except (KeyError, TypeError, ValueError) as e:
             raise type(e)(f"[pipeline.{name}]: {e.args[0]}") from None
         if step.stage not in runners or step.stage == "pipeline":
@@ -78,6 +85,23 @@ def pipeline_configs(cfg, runners):
     if "report" in cfg.pipeline:
         report.report_spec(cfg, out)
     return out
+
+
+def cli_over_step(cfg, name, table):
+    """The command line's settings for step `name`, to apply over its table (the step's settings from the file):
+    the top-level overrides, then the step's own --pipeline.NAME.* ones. Not carried over: stage and out_dir (the
+    pipeline's own), and an init or distill.teacher that the step's table sets (an error: it would rewire the
+    pipeline, so it is set per step)."""
+    cli = getattr(cfg, "cli_overrides", {})  # config.load_config's parse of the command line
+    top = {k: v for k, v in cli.items() if k not in ("pipeline", "stage", "out_dir")}
+    for key, mine in (("init", table.get("init")), ("distill.teacher", (table.get("distill") or {}).get("teacher"))):
+        section, _, leaf = key.rpartition(".")
+        given = (top.get(section) or {}).get(leaf) if section else top.get(leaf)
+        if given is not None and mine is not None:
+            raise ValueError(f"--{key}={given} on the command line would replace the step's own {key} = {mine!r}; "
+                             f"set it for this step alone: --pipeline.{name}.{key}=...")
+    own = cli.get("pipeline", {}).get(name, {})
+    return merge_tables(top, own if isinstance(own, dict) else {})
 
 
 def _exit(signum, frame):
@@ -127,6 +151,8 @@ def run_pipeline(cfg, runners, writer=True):
         else:
             for name, step in todo:
                 t0 = time.time()
+                if writer:
+                    log_step(cfg, name, step, t0, False, name in extends, started=True)
                 try:
                     runners[step.stage](copy.deepcopy(step))  # a stage fills in its config (model, tokenizer)
                 except BaseException:
@@ -147,12 +173,14 @@ def dependencies(steps):
     return {name: {final[p] for p in (step.init, step.distill.teacher) if p in final} for name, step in steps}
 
 
-def log_step(cfg, name, step, t0, finished=True, extends=False):
+def log_step(cfg, name, step, t0, finished=True, extends=False, started=False):
     """A row of pipeline.jsonl: a step that stopped (failed, killed with SIGTERM) logs its time unfinished, and
     report.step_walls adds it to the time of the run that resumes and finishes it; so it does for the time of a
-    run that `extends` a finished step (train.max_steps raised)."""
-    row = {"step": name, "stage": step.stage, "wall_s": time.time() - t0, "start": t0, "end": time.time(),
-           "finished": finished, **({"extends": True} if extends else {})}
+    run that `extends` a finished step (train.max_steps raised). started: the row a run writes as it begins, so
+    that a run killed with SIGKILL (no row of its end) still leaves its config for warn_if_changed."""
+    row = {"step": name, "stage": step.stage, "wall_s": 0.0 if started else time.time() - t0, "start": t0,
+           "end": time.time(), "finished": finished, **({"extends": True} if extends else {}),
+           **({"started": True} if started else {})}
     row["config"] = dataclasses.asdict(step)  # what a resumed pipeline compares before it skips or goes on
     with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -161,7 +189,10 @@ def log_step(cfg, name, step, t0, finished=True, extends=False):
 def warn_if_changed(rows, name, step, finished=True):
     """A resumed pipeline skips a finished step, and continues an interrupted one from its checkpoint (model and
     all), even when the step's config has changed since it ran (rows: pipeline.jsonl): say which keys."""
-    ran = [r["config"] for r in rows if r.get("step") == name and "config" in r and (r.get("finished") or not finished)]
+    ran = [r for r in rows if r.get("step") == name and "config" in r]
+    # a finished step: the config of the run that finished it; with no such row (killed between writing `final` and
+    # its end row), the newest run's, which wrote that `final`
+    ran = [r["config"] for r in ([r for r in ran if r.get("finished")] if finished else []) or ran]
     if ran:
         keys = changed_keys(ran[-1], json.loads(json.dumps(dataclasses.asdict(step))))
         if keys:
@@ -210,6 +241,7 @@ def side_by_side(cfg, todo, runners, jobs, extends=frozenset()):
                 proc = ctx.Process(target=_run_step, args=(runners[step.stage], step, threads, os.getpid()), name=name)
                 proc.start()
                 running[name] = (proc, step, time.time())
+                log_step(cfg, name, step, running[name][2], False, name in extends, started=True)
                 waiting.remove(name)
             multiprocessing.connection.wait([proc.sentinel for proc, _, _ in running.values()])
             for name, (proc, step, t0) in list(running.items()):

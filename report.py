@@ -162,11 +162,17 @@ def plot_curves(out_dir, steps, path):
 def step_walls(rows):
     """{step: seconds} from pipeline.jsonl's rows: a finished run plus the unfinished runs it resumed and the runs
     that extended it (a row without "finished" is a finished run of an earlier version). A step run again from
-    scratch (its folder removed) starts a new total."""
+    scratch (its folder removed) starts a new total. A run killed with SIGKILL left only its "started" row: its
+    time is not known, and a step with no other row has none (the report shows nan)."""
     wall, done = {}, {}
     for r in rows:
         name = r["step"]
         goes_on = not done.get(name, True) or r.get("extends", False)
+        if r.get("started"):  # a run began (pipeline.log_step): it goes on with the unfinished total or starts anew
+            if not goes_on:
+                wall.pop(name, None)
+            done[name] = False
+            continue
         wall[name] = (wall.get(name, 0.0) if goes_on else 0.0) + r["wall_s"]
         done[name] = r.get("finished", True)
     return wall

@@ -39,6 +39,7 @@ import eval as E
 import grpo
 import memory
 import pipeline
+import report
 from checkpoint import (RunLog, list_checkpoints, prepare_out_dir, prune_checkpoints, rng_state, save_checkpoint,
                         set_rng_state)
 from distill import DistillConfig
@@ -746,6 +747,10 @@ def check_config(cfg):
                          "the format reward pays R1-Zero's <think>..</think><answer>..</answer>, which only the r1 "
                          "template asks for; set format_weight = 0 or template = \"r1\"")
     check_world(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    if cfg.stage == "grpo" and not cfg.init:
+        raise ValueError("the grpo stage starts from a checkpoint: set init = \"DIR\" or pass --init DIR")
+    if cfg.stage == "distill" and not cfg.distill.teacher:
+        raise ValueError("the distill stage needs [distill].teacher = \"TEACHER_CHECKPOINT_DIR\"")
 
 
 def check_world(cfg, W):
@@ -785,11 +790,19 @@ def main(argv=None):
     if cfg.stage not in RUNNERS:
         raise ValueError(f"unknown stage {cfg.stage!r}; valid: {sorted(RUNNERS)}")
     if cfg.stage == "pipeline":  # every step's settings, before the first one trains
-        for name, step in pipeline.pipeline_configs(cfg, RUNNERS):
+        steps = pipeline.pipeline_configs(cfg, RUNNERS)
+        for name, step in steps:
             try:
                 check_config(step)
+                context = report.context_length(name, steps)  # its model's, when it can be read before training
+                if context is not None and step.train.max_new_tokens >= context:
+                    raise ValueError(f"train.max_new_tokens = {step.train.max_new_tokens} leaves no room for a "
+                                     f"prompt in the model's max_seq_len {context}")
             except ValueError as e:
                 raise ValueError(f"[pipeline.{name}]: {e}") from None
+    elif cfg.pipeline:
+        raise ValueError(f"[pipeline] settings ({', '.join(sorted(cfg.pipeline))}) only apply with stage = "
+                         f"\"pipeline\"; this run's stage is {cfg.stage!r}, which would ignore them")
     else:
         check_config(cfg)
     dist.setup(resolve_device(cfg.train.device))  # under torchrun: join the process group before any stage

@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 from bench import GRPO_SHAPE, SIZES  # noqa: E402
 
 FILES = ("model.py", "hf_checkpoint.py", "grpo.py", "config.py")
-BY_NAME = ("hf_checkpoint", "config", "model")  # modules the versioned files import by name
+BY_NAME = ("hf_checkpoint", "config", "model", "grpo")  # names the versioned files import by, restored after
 
 
 def load_version(rev, tag):
@@ -53,7 +53,8 @@ def load_version(rev, tag):
             spec = importlib.util.spec_from_file_location(f"{name}_{tag}", os.path.join(folder, f"{name}.py"))
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
-            sys.modules[name] = mod  # grpo.py's `from model import ...` gets this version's model
+            if name == "model":
+                sys.modules[name] = mod  # grpo.py's `from model import ...` gets this version's model
             mods.append(mod)
     finally:
         sys.path.remove(folder)

@@ -93,7 +93,9 @@ def test_side_by_side_matches_one_at_a_time(tmp_path):
     T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", outs[2], "--train.eval_n=0", "--pipeline.jobs=2",
             "--train.resume=true", "--pipeline.other.train.max_steps=3"])  # extend one step, in a worker
     rows = [json.loads(line) for line in open(os.path.join(outs[2], "pipeline.jsonl"))]
-    assert [r["step"] for r in rows if r.get("extends")] == ["other"] and rows[-1]["step"] == "other"
+    assert [(r["step"], r.get("started", False)) for r in rows if r.get("extends")] == [("other", True),
+                                                                                       ("other", False)]
+    assert rows[-1]["step"] == "other" and rows[-1]["finished"]
 
 
 def test_side_by_side_failure_names_the_step(tmp_path):
@@ -214,7 +216,9 @@ train = {max_steps = 100000, eval_n = 0, log_every = 1}
         time.sleep(3)  # a worker left alive would still be logging a step every few ms
         assert [p.stat().st_size for p in logs] == sizes
         rows = [json.loads(r) for r in open(tmp_path / "out" / "pipeline.jsonl")]  # their time is kept
-        assert sorted(r["step"] for r in rows) == ["a", "b"] and not any(r["finished"] for r in rows)
+        ends = [r for r in rows if not r.get("started")]
+        assert sorted(r["step"] for r in rows if r.get("started")) == ["a", "b"]
+        assert sorted(r["step"] for r in ends) == ["a", "b"] and not any(r["finished"] for r in ends)
     finally:  # never leave a worker behind, whatever failed
         for pid in [proc.pid, *workers, *_children(proc.pid)]:
             try:
@@ -288,8 +292,13 @@ def test_a_resumed_interrupted_step_names_the_keys_that_changed(tmp_path, capsys
                                                        T.RUNNERS) if x[0] == "sft"]
     pipeline.warn_if_changed(rows, "sft", now, finished=False)
     assert "step 'sft' goes on from its checkpoint" in capsys.readouterr().out
-    pipeline.warn_if_changed(rows, "sft", now)  # finished: only a finished run's config counts
-    assert capsys.readouterr().out == ""
+    pipeline.warn_if_changed([{"step": "sft", "finished": True, "config": rows[0]["config"] | {"init": "x"}}] + rows,
+                             "sft", ran)  # finished: the run that finished it counts, not a newer unfinished one
+    assert "is finished, so the resumed pipeline skips it, but its config has changed since it ran (init)" \
+        in capsys.readouterr().out
+    pipeline.warn_if_changed(rows, "sft", now)  # no finished row (killed after `final`): the newest run's config
+    assert "is finished, so the resumed pipeline skips it, but its config has changed since it ran (model.dim)" \
+        in capsys.readouterr().out
     pipeline.warn_if_changed(rows, "sft", ran, finished=False)  # unchanged: quiet
     assert capsys.readouterr().out == ""
 

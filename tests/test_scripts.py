@@ -56,6 +56,7 @@ def test_ab_speed_loads_each_revisions_own_imports(capsys):
     ones already imported from disk; a bad revision or --reps 0 is a one-line error."""
     import ab_speed
     import config
+    import grpo
     import model
     old_model, old_grpo = ab_speed.load_version("HEAD", "test_imports")
     folder = os.path.dirname(old_model.__file__)
@@ -63,6 +64,7 @@ def test_ab_speed_loads_each_revisions_own_imports(capsys):
     assert os.path.dirname(old_grpo.stop_ids.__code__.co_filename) == folder
     assert os.path.dirname(old_grpo.check_rules.__code__.co_filename) == folder
     assert sys.modules["model"] is model and sys.modules["config"] is config  # restored for everyone else
+    assert sys.modules["grpo"] is grpo
     with pytest.raises(SystemExit, match="no-such-revision"):
         ab_speed.load_version("no-such-revision", "test_bad")
     with pytest.raises(SystemExit):

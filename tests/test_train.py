@@ -86,11 +86,13 @@ def test_format_reward_needs_the_r1_template():
     # the format reward pays <think>..</think><answer>..</answer>: no other template asks for it (deepseek-r1's
     # prompt even opens <think> itself, so a completion that follows it would score 0 and a nested one 1)
     for template in ("plain", "qwen", "deepseek-r1", "chat"):
-        cfg = T.load_config(None, ["--stage=grpo", "--reward.format_weight=0.5", f"--data.template={template}"])
+        cfg = T.load_config(None, ["--stage=grpo", "--init=x", "--reward.format_weight=0.5",
+                                   f"--data.template={template}"])
         with pytest.raises(ValueError, match=rf"\[reward\]\.format_weight = 0\.5 with \[data\]\.template = "
                                              rf"'{template}'"):
             T.check_config(cfg)
-    T.check_config(T.load_config(None, ["--stage=grpo", "--reward.format_weight=0.5", "--data.template=r1"]))
+    T.check_config(T.load_config(None, ["--stage=grpo", "--init=x", "--reward.format_weight=0.5",
+                                        "--data.template=r1"]))
     T.check_config(T.load_config(None, ["--stage=sft", "--reward.format_weight=0.5"]))  # only grpo reads it
 
 
@@ -625,7 +627,8 @@ def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkey
     assert [r["step"] for r in _read_metrics(os.path.join(out, "rl")) if r["step"]][-1] == 3
     rows = [json.loads(line) for line in open(os.path.join(out, "pipeline.jsonl"))]
     rl = [r for r in rows if r["step"] == "rl"]
-    assert rl[-1]["extends"] and not any(r.get("extends") for r in rl[:-1])
+    assert rl[-1]["extends"] and rl[-2]["extends"] and rl[-2]["started"]  # the extending run's end and start rows
+    assert not any(r.get("extends") for r in rl[:-2])
     import report
     assert report.step_walls(rows)["rl"] == pytest.approx(sum(r["wall_s"] for r in rl))  # its runs add up
 

@@ -1,0 +1,131 @@
+"""How a pipeline's steps get their settings (command line over config file, a step's own over the top level), and
+what is refused before the first step trains."""
+import json
+import os
+
+import pytest
+
+import config as C
+import pipeline
+import report
+import train as T
+from test_pipeline import TOY
+
+
+@pytest.fixture
+def toy(tmp_path):
+    (tmp_path / "toy.toml").write_text(TOY)
+    return str(tmp_path / "toy.toml")
+
+
+def steps_of(toy, argv):
+    return dict(pipeline.pipeline_configs(T.load_config(toy, argv), T.RUNNERS))
+
+
+def test_the_command_line_beats_the_steps_tables(toy):
+    """Every step's table sets train.max_steps = 2: --train.max_steps=5 used to be dropped for all of them."""
+    steps = steps_of(toy, ["--train.max_steps=5"])
+    assert {name: s.train.max_steps for name, s in steps.items()} == dict.fromkeys(steps, 5)
+    steps = steps_of(toy, ["--train.max_steps=5", "--pipeline.sft.train.max_steps=7"])  # a step's own beats it
+    assert [s.train.max_steps for s in steps.values()] == [5, 7, 5, 5]
+    steps = steps_of(toy, ["--grpo.group_size=4", "--train.lr=0.01"])  # a section the grpo table also sets
+    assert steps["grpo"].grpo.group_size == 4 and steps["grpo"].grpo.max_new_tokens == 6  # its other keys stay
+    assert all(s.train.lr == 0.01 for s in steps.values())
+    assert steps_of(toy, [])["grpo"].grpo.group_size == 2  # no command line: the tables as written
+    # the keys that wire steps together are not replaced behind a step's back
+    folder = os.path.dirname(toy)  # a folder: for pretrain, which has no init of its own, it is a valid start
+    with pytest.raises(ValueError, match=r"\[pipeline.sft\]: --init=.* on the command line would replace "
+                                         r"the step's own init = 'pretrain'; .*--pipeline.sft.init="):
+        steps_of(toy, [f"--init={folder}"])
+    with pytest.raises(ValueError, match=r"\[pipeline.student\]: --distill.teacher=.* would replace the step's own "
+                                         r"distill.teacher = 'grpo'; .*--pipeline.student.distill.teacher="):
+        steps_of(toy, [f"--distill.teacher={folder}"])
+    out = steps_of(toy, ["--out_dir=/tmp/x"])  # the pipeline's out_dir: each step's folder under it
+    assert out["sft"].out_dir == os.path.join("/tmp/x", "sft") and out["sft"].init == "/tmp/x/pretrain/final"
+
+
+def test_pipeline_settings_on_a_single_stage_are_refused(tmp_path):
+    from test_train import TINY
+    (tmp_path / "t.toml").write_text(TINY)
+    for extra in (["--pipeline.steps=a"], ["--pipeline.jobs=2"]):
+        with pytest.raises(ValueError, match=r"\[pipeline\] settings \(.*\) only apply with stage = \"pipeline\""):
+            T.main(["--config", str(tmp_path / "t.toml"), "--out_dir", str(tmp_path / "o"), *extra])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("table,match", [
+    ('stage = "grpo"', r"\[pipeline.rl\]: the grpo stage starts from a checkpoint"),
+    ('stage = "distill"', r"\[pipeline.rl\]: the distill stage needs \[distill\].teacher"),
+    ('stage = "sft"\ninit = "pretrain"\ntrain = {max_new_tokens = 256}',
+     r"\[pipeline.rl\]: train.max_new_tokens = 256 leaves no room for a prompt in the model's max_seq_len 256"),
+])
+def test_a_later_steps_missing_settings_fail_before_the_first_step_trains(tmp_path, table, match):
+    from test_train import TINY
+    toml = TINY.replace('stage = "pretrain"', 'stage = "pipeline"') + f"""
+[pipeline]
+steps = ["pretrain", "rl"]
+[pipeline.pretrain]
+train = {{max_steps = 1}}
+[pipeline.rl]
+{table}
+"""
+    (tmp_path / "p.toml").write_text(toml)
+    with pytest.raises(ValueError, match=match):
+        T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o" / "pretrain").exists()
+
+
+def test_a_step_killed_without_its_end_row_still_warns_of_a_changed_config(tmp_path, monkeypatch, capsys):
+    """SIGKILL (the OOM killer) leaves no row of a run's end; the row written as the step starts holds its config,
+    so a resume with other settings still says which keys changed. Here pretrain finishes but its end row is lost,
+    as when the kill comes between `final` and the log."""
+    real = pipeline.log_step
+    monkeypatch.setattr(pipeline, "log_step", lambda *a, **k: real(*a, **k) if k.get("started") else None)
+    from test_train import TINY
+    (tmp_path / "p.toml").write_text(TINY.replace('stage = "pretrain"', 'stage = "pipeline"') +
+                                     '[pipeline]\nsteps = ["pretrain"]\n[pipeline.pretrain]\ntrain = {max_steps = 1}\n')
+    out = str(tmp_path / "o")
+    args = ["--config", str(tmp_path / "p.toml"), "--out_dir", out, "--train.eval_n=0"]
+    T.main(args)
+    monkeypatch.setattr(pipeline, "log_step", real)
+    rows = report.read_jsonl(os.path.join(out, "pipeline.jsonl"))
+    assert [r["started"] for r in rows] == [True]
+    assert report.step_walls(rows) == {}  # its time is unknown: the report shows nan, not 0
+    capsys.readouterr()
+    T.main(args + ["--train.resume=true", "--pipeline.pretrain.train.lr=0.01"])
+    assert "warning: pipeline step 'pretrain' is finished, so the resumed pipeline skips it, but its config has " \
+           "changed since it ran (train.lr)" in capsys.readouterr().out
+
+
+def test_step_walls_with_the_rows_runs_write_as_they_start():
+    rows = [{"step": "a", "started": True, "wall_s": 0.0, "finished": False},
+            {"step": "a", "wall_s": 5.0, "finished": False},  # SIGTERM
+            {"step": "a", "started": True, "wall_s": 0.0, "finished": False},  # resumed
+            {"step": "a", "wall_s": 2.0, "finished": True},
+            {"step": "b", "started": True, "wall_s": 0.0, "finished": False},  # SIGKILL: nothing known
+            {"step": "c", "wall_s": 4.0, "finished": True},
+            {"step": "c", "started": True, "wall_s": 0.0, "finished": False, "extends": True},
+            {"step": "c", "wall_s": 1.0, "finished": True, "extends": True},
+            {"step": "d", "wall_s": 4.0, "finished": True},
+            {"step": "d", "started": True, "wall_s": 0.0, "finished": False},  # redone from scratch
+            {"step": "d", "wall_s": 3.0, "finished": True}]
+    assert report.step_walls(rows) == {"a": 7.0, "c": 5.0, "d": 3.0}
+
+
+def test_toml_content_errors_name_the_file(tmp_path):
+    for body, err, match in (('[trian]\nlr = 1.0\n', KeyError, "unknown key trian"),
+                             ('[train]\nmax_steps = "ten"\n', TypeError, "train.*max_steps: expected int"),
+                             ('[model]\nn_heads = 3\n', ValueError, "not divisible")):
+        (tmp_path / "bad.toml").write_text(body)
+        with pytest.raises(err, match=rf"bad.toml: .*{match}"):
+            T.load_config(str(tmp_path / "bad.toml"))
+
+
+def test_ambiguous_command_lines_are_refused():
+    assert C.parse_overrides(["--train.lr=1", "--train.lr=2"]) == {"train": {"lr": "2"}}  # the last one, as argparse
+    for args, match in ((["--out_dir", "--train.max_steps=3"], "--out_dir needs a value"),
+                        (["--train.lr=1", "--train.lr.x=2"], "train.lr was given a value"),
+                        (["--train.lr.x=2", "--train.lr=1"], "also gives keys of train.lr")):
+        with pytest.raises(ValueError, match=match):
+            C.parse_overrides(args)
+    assert json.dumps(C.parse_overrides(["--init", "-x"])) == '{"init": "-x"}'  # a value may start with one dash
