@@ -248,3 +248,16 @@ def test_filter_traces_dedup_per_prompt():
     assert kept == [samples[0], samples[2], samples[3]] and rate == 1.0
     kept, _ = filter_traces(samples, [1, 1, 1, 1], dedup=False)
     assert kept == samples
+
+
+def test_distill_config_defaults_are_the_documented_ones():
+    """D17-D19: the defaults R1's recipe relies on: T = 1, keep only correct traces (reward >= 1), dedup on."""
+    c = DistillConfig()
+    assert (c.temperature, c.reward_threshold, c.dedup_traces, c.kind) == (1.0, 1.0, True, "forward_kl")
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_distill_config_refuses_jsd_beta_at_the_ends(beta):
+    """D20: jsd_beta 0 or 1 is refused by check() (before any model loads), not at the first loss."""
+    with pytest.raises(ValueError, match="jsd_beta"):
+        DistillConfig(kind="jsd", jsd_beta=beta).check()

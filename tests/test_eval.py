@@ -286,3 +286,77 @@ def test_eval_runs_in_the_runs_precision(tmp_path, monkeypatch):
         assert seen.pop() is want
     with pytest.raises(NotADirectoryError, match="is a file: pass the folder that holds it"):
         E.main(["--ckpt", os.path.join(out, "final", "config.json")])
+
+
+class _Tok:
+    stop_ids = [0]
+
+    def __init__(self, texts=None):
+        self.texts = texts or {}
+
+    def encode(self, s, bos=True):
+        return [1, 2]
+
+    def decode(self, ids):
+        return self.texts[ids[0]]
+
+
+def test_pass_at_k_refuses_k_zero():
+    """E17: k must be >= 1."""
+    with pytest.raises(ValueError):
+        E.pass_at_k(4, 1, 0)
+
+
+def test_greedy_eval_format_rate_counts_the_format_not_the_reward(monkeypatch):
+    """E07: a well-formatted wrong answer: format_rate 1, accuracy 0; and generation stops at the tokenizer's stop ids
+    (E15)."""
+    seen = {}
+
+    def complete(model, prompts, max_new_tokens, eos_id, *a, **kw):
+        seen["eos"] = eos_id
+        return [[7] for _ in prompts]
+    monkeypatch.setattr(E, "complete", complete)
+    tok = _Tok({7: "<think>add</think> <answer>4</answer>"})
+    metrics, _ = E.greedy_eval(None, tok, [{"question": "1+2?", "answer": "3"}], "plain", 8)
+    assert metrics["format_rate"] == 1.0 and metrics["accuracy"] == 0.0
+    assert seen["eos"] == [0]
+
+
+def test_maj_at_k_reads_the_vote_against_the_gold_as_gold(monkeypatch):
+    """E13: every sample answers '(2, 1)'; the gold '1, 2' (an unordered list) accepts it: pass@1 and maj@1 are 1."""
+    monkeypatch.setattr(E, "complete", lambda model, flat, *a, **kw: [[7] for _ in flat])
+    tok = _Tok({7: "The answer is $(2, 1)$"})
+    metrics, _ = E.sampled_eval(None, tok, [{"question": "q", "answer": "1, 2"}], "plain", 2, [1, 2], 8)
+    assert metrics == {"pass@1": 1.0, "pass@2": 1.0, "maj@1": 1.0, "maj@2": 1.0}
+
+
+def _stub_main(monkeypatch, tmp_path, max_seq_len):
+    seen = {}
+
+    class M:
+        cfg = type("C", (), {"max_seq_len": max_seq_len})()
+    monkeypatch.setattr(E, "check_checkpoint", lambda p: None)
+    monkeypatch.setattr(E, "read_run_config", lambda p: {})
+    monkeypatch.setattr(E, "held_out", lambda *a: [{"question": "q", "answer": "3"}])
+    monkeypatch.setattr(E, "load_checkpoint", lambda p, d: (M(), _Tok(), {}))
+    monkeypatch.setattr(E.D, "resolve_template", lambda t, tok: "plain")
+    monkeypatch.setattr(E, "greedy_eval", lambda *a, **kw: ({"accuracy": 0.0}, [
+        {"question": "q", "gold": "3", "reward": 0.0, "length": 1}]))
+
+    def sampled(model, tok, problems, template, n, ks, max_new_tokens, temperature, *a):
+        seen["temperature"] = temperature
+        return {}, [{} for _ in problems]
+    monkeypatch.setattr(E, "sampled_eval", sampled)
+    E.main(["--ckpt", str(tmp_path), "--n", "2", "--k", "1", "--max_new_tokens", "4", "--out",
+            str(tmp_path / "r.json")])
+    return seen
+
+
+def test_eval_samples_at_temperature_1_by_default(monkeypatch, tmp_path):
+    """E08: without --temperature the n samples of pass@k / maj@k are drawn at T = 1, not greedily."""
+    assert _stub_main(monkeypatch, tmp_path, 64)["temperature"] == 1.0
+
+
+def test_a_prompt_that_exactly_fits_the_context_is_evaluated(monkeypatch, tmp_path):
+    """E10: prompt (2 tokens) + max_new_tokens (4) == max_seq_len (6) fits: no error, nothing skipped."""
+    assert _stub_main(monkeypatch, tmp_path, 6)["temperature"] == 1.0

@@ -1,0 +1,46 @@
+"""Answer extraction and equivalence rules of reward.py that a policy could otherwise game or that decide which
+string is the gold: lists are multisets, the gold's kind decides, numbers compare tightly, long answers only match
+exactly."""
+from reward import accuracy_reward, extract_answer, is_equiv
+
+
+def test_a_hashes_line_without_a_digit_is_not_the_answer():
+    """R04: '#### **Conclusion**' (no digit, not caught by _HEADING) must not be read as the answer."""
+    assert extract_answer("#### **Conclusion**\nThe answer is 18.") == "18"
+    assert accuracy_reward("#### **Conclusion**\nThe answer is 18.", "18") == 1.0
+
+
+def test_numeric_comparison_is_tight():
+    """R14: REL_TOL 1e-10: a coefficient off by 1e-5 is a different answer."""
+    assert not is_equiv("1.00001x", "x")
+
+
+def test_lists_are_multisets():
+    """R17: each gold element needs its own matching element: '1, 2, 2' is not '1, 1, 2'."""
+    assert not is_equiv("1, 2, 2", "1, 1, 2")
+    assert is_equiv("2, 1, 1", "1, 1, 2")
+
+
+def test_accuracy_reward_reads_its_second_argument_as_the_gold():
+    """R22: the gold's kind decides: a gold list '1, 2' accepts the tuple '(2, 1)', a gold tuple '(1, 2)' does not
+    accept '2, 1' out of order."""
+    assert accuracy_reward("\\boxed{(2, 1)}", "1, 2") == 1.0
+    assert accuracy_reward("\\boxed{2, 1}", "(1, 2)") == 0.0
+
+
+def test_text_answers_without_letters_or_digits_never_match():
+    """R29: '\\text{?}' and '\\text{!}' both have an empty text key: not equal."""
+    assert not is_equiv("\\text{?}", "\\text{!}")
+
+
+def test_answers_over_max_len_are_compared_as_strings():
+    """R30: a prediction over MAX_LEN characters is not normalized (bounded work): only an exact match counts."""
+    from mathparse import MAX_LEN
+    assert not is_equiv("5" + "\\," * MAX_LEN, "5")
+
+
+def test_a_list_does_not_answer_a_single_value():
+    """R31: only a one-element list or set answers a single gold value; '3, 4' (or {3, 4}) is not '3'."""
+    assert not is_equiv("3, 4", "3")
+    assert not is_equiv("\\{3, 4\\}", "3")
+    assert is_equiv("\\{3\\}", "3")

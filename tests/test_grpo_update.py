@@ -1,0 +1,132 @@
+"""grpo_update, grpo_step and rollout wiring: every log-prob tempered, the gradient clipped, the Dr. GRPO switches
+reaching the math, the right samples filtered, rollout chunks covering every prompt."""
+import copy
+
+import pytest
+import torch
+
+import grpo
+from grpo import GRPOConfig, build_batch, grpo_loss, grpo_step, grpo_update, rollout, token_logprobs
+from model import ModelConfig, Transformer
+
+def _grpo_tiny(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
+                                   max_seq_len=128))
+
+
+PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+
+
+def _batch(n=5, lens=(4, 1, 3, 2, 4)):
+    g = torch.Generator().manual_seed(0)
+    prompts = [PROMPTS[i % 3] for i in range(n)]
+    comps = [torch.randint(0, 256, (k,), generator=g).tolist() for k in lens]
+    return prompts, comps, torch.randn(n, generator=g)
+
+
+def test_update_log_probs_are_all_tempered():
+    """G13-G15 (convention 10): at temperature 2 the policy, pi_old and pi_ref log-probs are all those of
+    softmax(logits / 2). mu = 2 at lr 0: pi_old == pi_theta, so the ratio is exactly 1 and loss and KL equal
+    grpo_loss on full tempered forwards."""
+    prompts, comps, adv = _batch()
+    cfg = GRPOConfig(max_new_tokens=4, beta=0.04, max_grad_norm=0.0, micro_batch_size=2, num_iterations=2,
+                     temperature=2.0)
+    ref, policy = _grpo_tiny(1).eval().requires_grad_(False), _grpo_tiny(0)
+    plain = copy.deepcopy(policy)
+    st = grpo_update(policy, ref, torch.optim.SGD(policy.parameters(), lr=0.0), prompts, comps, adv, cfg)
+    tokens, mask = build_batch(prompts, comps)
+    logp = token_logprobs(plain(tokens[:, :-1]) / 2, tokens[:, 1:])
+    with torch.no_grad():
+        ref_logp = token_logprobs(ref(tokens[:, :-1]) / 2, tokens[:, 1:])
+    loss, want = grpo_loss(logp, logp.detach(), ref_logp, adv, mask, beta=0.04)
+    assert st["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert st["kl"] == pytest.approx(want["kl"], rel=1e-4) and st["loss"] == pytest.approx(loss.item(), rel=1e-4)
+
+
+def test_update_clips_the_gradient_norm():
+    """G16: max_grad_norm clips the global gradient norm before the step: with SGD at lr 1 the parameters move by
+    exactly max_grad_norm (the gradient is much larger), and grad_norm reports the norm before clipping."""
+    prompts, comps, adv = _batch()
+    policy = _grpo_tiny(0)
+    before = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    cfg = GRPOConfig(max_new_tokens=4, beta=0.0, max_grad_norm=1e-3, micro_batch_size=2)
+    st = grpo_update(policy, None, torch.optim.SGD(policy.parameters(), lr=1.0), prompts, comps, adv, cfg)
+    after = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    assert st["grad_norm"] > 1e-2
+    assert (after - before).norm().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_dr_grpo_divides_by_max_new_tokens_not_the_batch_width():
+    """G19: agg='dr-grpo' uses the constant max_new_tokens (10 here), not the longest completion in the batch (4)."""
+    prompts, comps, adv = _batch()
+    cfg = GRPOConfig(max_new_tokens=10, beta=0.0, max_grad_norm=0.0, micro_batch_size=5, agg="dr-grpo")
+    policy = _grpo_tiny(0)
+    plain = copy.deepcopy(policy)
+    st = grpo_update(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), prompts, comps, adv, cfg)
+    tokens, mask = build_batch(prompts, comps)
+    logp = token_logprobs(plain(tokens[:, :-1]), tokens[:, 1:])
+    loss, _ = grpo_loss(logp, None, None, adv, mask, beta=0.0, agg="dr-grpo", max_len=10)
+    assert st["loss"] == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_grpo_step_without_reward_scaling_uses_r_minus_mean():
+    """G18: scale_rewards=False (Dr. GRPO): each sample's advantage is its reward minus its group's mean."""
+    policy = _grpo_tiny(0)
+    cfg = GRPOConfig(group_size=4, max_new_tokens=4, beta=0.0, scale_rewards=False)
+    st = grpo_step(policy, None, torch.optim.SGD(policy.parameters(), lr=0.0), PROMPTS,
+                   lambda p, c: float(c[0] % 3), cfg, generator=torch.Generator().manual_seed(0))
+    r = torch.tensor([s["reward"] for s in st["_samples"]]).view(3, 4)
+    adv = torch.tensor([s["advantage"] for s in st["_samples"]]).view(3, 4)
+    assert r.std(-1).max() > 0
+    assert torch.allclose(adv, r - r.mean(-1, keepdim=True), atol=1e-6)
+
+
+def test_skip_zero_std_groups_drops_the_flat_groups_own_samples(monkeypatch):
+    """G29: the samples left out are those of the all-equal-accuracy group (prompt 0), G of them, not an interleaved
+    pick: the update sees each other group's prompt four times and prompt 0 never."""
+    seen = {}
+
+    def update(policy, ref, opt, prompt_ids, completion_ids, adv, cfg, reduce=None):
+        seen["prompts"] = prompt_ids
+        return dict.fromkeys(grpo.UPDATE_KEYS, 0.0)
+    monkeypatch.setattr(grpo, "grpo_update", update)
+
+    def reward_fn(p, c):
+        acc = 0.0 if p == PROMPTS[0] else float(c[0] % 2)
+        return acc, acc
+    cfg = GRPOConfig(group_size=4, max_new_tokens=4, beta=0.0, skip_zero_std_groups=True)
+    st = grpo.grpo_step(_grpo_tiny(0), None, None, PROMPTS, reward_fn, cfg, generator=torch.Generator().manual_seed(0))
+    acc = torch.tensor([s["accuracy"] for s in st["_samples"]]).view(3, 4)
+    flat = (acc == acc[:, :1]).all(-1).tolist()
+    assert flat[0] and not all(flat)
+    want = [tuple(q) for q, f in zip(PROMPTS, flat) if not f for _ in range(4)]
+    assert sorted(map(tuple, seen["prompts"])) == sorted(want)
+
+
+def test_a_float_reward_is_its_own_accuracy():
+    """G08: reward_fn returning a float: accuracy == reward (it then decides skip_zero_std_groups)."""
+    roll = rollout(_grpo_tiny(0), PROMPTS, lambda p, c: float(c[0] % 2), GRPOConfig(group_size=4, max_new_tokens=3),
+                   generator=torch.Generator().manual_seed(0))
+    assert roll["rewards"].sum() > 0 and torch.equal(roll["accuracy"], roll["rewards"])
+
+
+def test_rollout_chunks_of_unequal_size_cover_every_prompt():
+    """G07: 3 prompts over 2 generators: chunks of 2 and 1 prompts (ceil), every prompt sampled G times."""
+    cfg = GRPOConfig(group_size=2, max_new_tokens=3)
+    gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
+    roll = rollout(_grpo_tiny(0), PROMPTS, lambda p, c: 0.0, cfg, generator=gens)
+    assert len(roll["completion_ids"]) == 6 and len(roll["rewards"]) == 6
+    alone = rollout(_grpo_tiny(0), PROMPTS[2:], lambda p, c: 0.0, cfg, generator=torch.Generator().manual_seed(8))
+    assert roll["completion_ids"][4:] == alone["completion_ids"]
+
+
+def test_token_logprobs_overwrite_keeps_fp32_for_bf16_logits():
+    """G34: target_logprobs always passes overwrite=True; with bf16 logits (autocast) the log-softmax must still be
+    fp32 (a fresh tensor), not written back into the bf16 logits."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 3, 50, generator=g) * 3).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 50, (2, 3), generator=g)
+    want = torch.log_softmax(logits.detach().float(), -1).gather(-1, targets[..., None])[..., 0]
+    got = token_logprobs(logits * 1, targets, overwrite=True)
+    assert got.dtype == torch.float32 and (got - want).abs().max().item() < 1e-5
