@@ -87,6 +87,22 @@ def pipeline_configs(cfg, runners):
     return out
 
 
+def check_steps(cfg, runners, check):
+    """Every step's settings, before the first one trains: check (train.check_config) on each step, and a
+    new-token budget that leaves room for a prompt in the context of the model the step will train. A ValueError
+    names the step."""
+    steps = pipeline_configs(cfg, runners)
+    for name, step in steps:
+        try:
+            check(step)
+            context = report.context_length(name, steps)  # its model's, when it can be read before training
+            if context is not None and step.train.max_new_tokens >= context:
+                raise ValueError(f"train.max_new_tokens = {step.train.max_new_tokens} leaves no room for a prompt "
+                                 f"in the model's max_seq_len {context}")
+        except ValueError as e:
+            raise ValueError(f"[pipeline.{name}]: {e}") from None
+
+
 def cli_over_step(cfg, name, table):
     """The command line's settings for step `name`, to apply over its table (the step's settings from the file):
     the top-level overrides, then the step's own --pipeline.NAME.* ones. Not carried over: stage and out_dir (the

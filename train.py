@@ -39,7 +39,6 @@ import eval as E
 import grpo
 import memory
 import pipeline
-import report
 from checkpoint import (RunLog, list_checkpoints, prepare_out_dir, prune_checkpoints, rng_state, save_checkpoint,
                         set_rng_state)
 from distill import DistillConfig
@@ -790,16 +789,7 @@ def main(argv=None):
     if cfg.stage not in RUNNERS:
         raise ValueError(f"unknown stage {cfg.stage!r}; valid: {sorted(RUNNERS)}")
     if cfg.stage == "pipeline":  # every step's settings, before the first one trains
-        steps = pipeline.pipeline_configs(cfg, RUNNERS)
-        for name, step in steps:
-            try:
-                check_config(step)
-                context = report.context_length(name, steps)  # its model's, when it can be read before training
-                if context is not None and step.train.max_new_tokens >= context:
-                    raise ValueError(f"train.max_new_tokens = {step.train.max_new_tokens} leaves no room for a "
-                                     f"prompt in the model's max_seq_len {context}")
-            except ValueError as e:
-                raise ValueError(f"[pipeline.{name}]: {e}") from None
+        pipeline.check_steps(cfg, RUNNERS, check_config)
     elif cfg.pipeline:
         raise ValueError(f"[pipeline] settings ({', '.join(sorted(cfg.pipeline))}) only apply with stage = "
                          f"\"pipeline\"; this run's stage is {cfg.stage!r}, which would ignore them")

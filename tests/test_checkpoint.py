@@ -108,3 +108,76 @@ def test_a_save_starts_from_an_empty_temporary_folder(tmp_path):
     checkpoint.save_checkpoint(str(tmp_path / "ckpt-0000005"), model, Tok(), Cfg())  # no train_state this time
     assert sorted(os.listdir(tmp_path)) == ["ckpt-0000005"]
     assert not (tmp_path / "ckpt-0000005" / "train_state.pt").exists()
+
+
+def test_recover_final_when_another_rank_recovers_first(tmp_path, monkeypatch):
+    """Two ranks recover at once: this one saw `final` missing, then the other renamed .tmp-final -> final before
+    this one looked for .tmp-final, so this one's rename of .old-final meets a non-empty `final`: not an error, and
+    the new checkpoint stays."""
+    for name in (".old-final", ".tmp-final"):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "model.safetensors").write_text(name)
+    real, seen = os.path.exists, []
+
+    def exists(p):
+        if os.path.basename(p) == "final" and not seen:  # the other rank acts right after this check
+            seen.append(real(p))
+            os.rename(tmp_path / ".tmp-final", tmp_path / "final")
+            return seen[0]
+        return real(p)
+
+    monkeypatch.setattr(checkpoint.os.path, "exists", exists)
+    checkpoint.recover_final(str(tmp_path))
+    assert seen == [False] and sorted(os.listdir(tmp_path)) == ["final"]
+    assert (tmp_path / "final" / "model.safetensors").read_text() == ".tmp-final"
+
+
+def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
+    """save_checkpoint fsyncs every file and the temporary folder before the rename that makes them the checkpoint,
+    and the parent folder after it: without that, a power cut soon after the rename can leave the checkpoint's
+    names pointing at empty files (delayed allocation), and the previous good checkpoint already rotated away."""
+    import dataclasses
+
+    import checkpoint as C
+    import data as D
+    from model import ModelConfig, Transformer
+
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def rename(a, b):
+        events.append(("rename", os.path.realpath(a), os.path.realpath(b)))
+        real_rename(a, b)
+
+    class Tok:
+        bos_id, eos_id, pad_id, stop_ids = 1, 2, 3, [2]
+
+        def save(self, folder):
+            D.write_atomic(os.path.join(folder, "tokenizer.model"), b"spm")
+
+    @dataclasses.dataclass
+    class Cfg:
+        lr: float = 1e-3
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    model = Transformer(ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=32,
+                                    max_seq_len=32))
+    for name in ("ckpt-0000002", "final", "final"):  # the second `final` replaces the first
+        events.clear()
+        folder = os.path.realpath(tmp_path / name)
+        C.save_checkpoint(folder, model, Tok(), Cfg(), {"step": 2})
+        tmp = os.path.realpath(tmp_path / f".tmp-{name}")
+        first_rename = next(i for i, e in enumerate(events) if e[0] == "rename")
+        synced = {e[1] for e in events[:first_rename] if e[0] == "fsync"}
+        files = sorted(os.listdir(folder))
+        assert files == ["config.json", "generation_config.json", "model.safetensors", "run_config.json",
+                         "tokenizer.model", "train_state.pt"]
+        assert {os.path.join(tmp, f) for f in files} | {tmp} <= synced, (name, synced)
+        last_rename = max(i for i, e in enumerate(events) if e[0] == "rename")
+        assert events[last_rename][1:] == (tmp, folder)
+        assert ("fsync", os.path.realpath(tmp_path)) in events[last_rename + 1:]

@@ -2,14 +2,18 @@
 what is refused before the first step trains."""
 import json
 import os
+import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import config as C
 import pipeline
 import report
 import train as T
 from test_pipeline import TOY
+from test_train import PIPE, _read_metrics
 
 
 @pytest.fixture
@@ -129,3 +133,64 @@ def test_ambiguous_command_lines_are_refused():
         with pytest.raises(ValueError, match=match):
             C.parse_overrides(args)
     assert json.dumps(C.parse_overrides(["--init", "-x"])) == '{"init": "-x"}'  # a value may start with one dash
+
+
+def test_pipeline_runs_steps_in_order_and_resume_skips_finished(tmp_path, monkeypatch, capsys):
+    (tmp_path / "p.toml").write_text(PIPE)
+    out = str(tmp_path / "demo")
+    args = ["--config", str(tmp_path / "p.toml"), "--out_dir", out, "--train.eval_n=0"]
+    real, calls = T.run_grpo, []
+    monkeypatch.setitem(T.RUNNERS, "grpo", lambda c: (calls.append(c), (_ for _ in ()).throw(KeyboardInterrupt)))
+    with pytest.raises(KeyboardInterrupt):  # dies in the third step
+        T.main(args)
+    rl_cfg = calls[0]
+    assert rl_cfg.init == os.path.join(out, "sft", "final") and rl_cfg.out_dir == os.path.join(out, "rl")
+    assert rl_cfg.grpo.group_size == 2 and rl_cfg.train.max_steps == 2 and rl_cfg.model.dim == 32
+    sft_weights = load_file(os.path.join(out, "sft", "final", "model.safetensors"))
+
+    monkeypatch.setitem(T.RUNNERS, "grpo", real)
+    T.main(args + ["--train.resume=true"])
+    again = load_file(os.path.join(out, "sft", "final", "model.safetensors"))
+    assert all(torch.equal(sft_weights[k], again[k]) for k in again)  # finished steps are not redone
+    for name, n in (("pretrain", 3), ("sft", 2), ("rl", 2)):
+        assert os.path.exists(os.path.join(out, name, "final", "model.safetensors"))
+        assert [r["step"] for r in _read_metrics(os.path.join(out, name)) if r["step"]][-1] == n
+    json.loads(open(os.path.join(out, "pipeline.jsonl")).readline())
+    with pytest.raises(FileExistsError, match="pretrain already holds checkpoints"):  # skipped only when resuming
+        T.main(args)
+    capsys.readouterr()
+    T.main(args + ["--train.resume=true"])  # nothing left to run, nothing changed: no warning
+    assert "warning" not in capsys.readouterr().out
+    T.main(args + ["--train.resume=true", "--train.lr=1e-3", "--pipeline.rl.grpo.beta=0.5"])
+    warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: pipeline step")]
+    assert [w.split("'")[1] for w in warned] == ["pretrain", "sft", "rl"]
+    assert "(train.lr)" in warned[0] and "(train.lr)" in warned[1] and "(grpo.beta, train.lr)" in warned[2]
+    assert os.path.join(out, "rl") in warned[2]
+    assert all(torch.equal(sft_weights[k], v) for k, v in load_file(os.path.join(out, "sft", "final",
+                                                                                 "model.safetensors")).items())
+    shutil.rmtree(os.path.join(out, "sft"))  # redo sft: rl, which started from the old sft, is kept but named
+    T.main(args + ["--train.resume=true"])
+    warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: pipeline step")]
+    assert warned == [f"warning: pipeline step 'rl' is finished and skipped, but ['sft'], which it starts from, runs "
+                      f"again; remove {os.path.join(out, 'rl')} to redo it too"]
+    T.main(args + ["--train.resume=true", "--pipeline.rl.train.max_steps=3"])  # a raised max_steps extends rl
+    printed = capsys.readouterr().out
+    assert f"from {os.path.join(out, 'rl', 'final')} at step 2" in printed and "warning" not in printed
+    assert [r["step"] for r in _read_metrics(os.path.join(out, "rl")) if r["step"]][-1] == 3
+    rows = [json.loads(line) for line in open(os.path.join(out, "pipeline.jsonl"))]
+    rl = [r for r in rows if r["step"] == "rl"]
+    assert rl[-1]["extends"] and rl[-2]["extends"] and rl[-2]["started"]  # the extending run's end and start rows
+    assert not any(r.get("extends") for r in rl[:-2])
+    import report
+    assert report.step_walls(rows)["rl"] == pytest.approx(sum(r["wall_s"] for r in rl))  # its runs add up
+
+
+def test_pipeline_config_errors_name_the_step(tmp_path):
+    (tmp_path / "p.toml").write_text(PIPE.replace("train = {max_steps = 2}", "train = {max_stepz = 2}"))
+    with pytest.raises(KeyError, match=r"\[pipeline\.sft\]: unknown key \[train\]\.max_stepz"):
+        T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(tmp_path / "o")])
+    assert not os.path.exists(tmp_path / "o" / "pretrain")  # checked before any step runs
+    (tmp_path / "p.toml").write_text(PIPE.replace('init = "sft"', 'init = "stf"'))
+    with pytest.raises(ValueError, match=r"\[pipeline\.rl\]: init = 'stf' is neither an earlier step"):
+        T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(tmp_path / "o")])
+    assert not os.path.exists(tmp_path / "o" / "pretrain")
