@@ -13,7 +13,8 @@ o_1..o_G sampled from pi_old:
 The KL is a term of the loss, not folded into the reward, so the advantage stays free of it.
 Iterative GRPO (section 4.1.4): every `ref_update_every` steps the reference is reset to the policy.
 
-Conventions and departures, each a switch in GRPOConfig (the defaults are DeepSeekMath's, plus 8):
+Conventions and departures (2-9 are switches in GRPOConfig, whose defaults are DeepSeekMath's plus 8; 1 and 10
+are fixed):
  1. std is the population std (unbiased=False) plus eps=1e-4; a group whose rewards are all equal gets A = 0
     exactly (the paper leaves std = 0 undefined; TRL uses the sample std).
  2. agg="token-mean" (DAPO): sum over all tokens of the batch / number of tokens, not a per-sequence mean.

@@ -30,7 +30,8 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
    prefixes and the later positions pass through each linear layer as rows of one matrix (a prefix of a few dozen
    rows alone runs its matmuls at a third of the speed); only attention tells them apart (attend_after_prefix).
    generate() prefills each distinct prompt once. GRPO samples each prompt G times, so its rollout and its loss
-   passes do ~1/G of the prompt's work, and with per-row starts no row computes a position it has no target at.
+   passes do ~1/G of the prompt's work, and with per-row starts no row computes a position before its first
+   target, nor past the longest completion of its micro-batch.
 7. Rows that stopped at eos_id leave the batch: once a quarter of the rows have stopped, generate() copies the
    others' caches into a smaller batch, so a batch does not run its finished rows until its longest one ends.
    Sampling then draws fewer uniforms per step, so a seed's samples differ from a run without eos_id.

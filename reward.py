@@ -33,7 +33,7 @@ is_equiv(pred, gold), in order:
     2. both sides go through mathparse.normalize (LaTeX noise, units, thousands separators: the rules are
        there); equal normalized strings, spaces aside (but not between two digits: "1 5" is not "15"), are equal
     3. text answers (normalize says which) are compared as text: lowercase, letters and digits only, and a
-       leading minus ("\\text{(B)}" = "b", "-abc" != "abc"); when only one side is text, its content is first
+       leading minus ("\\text{(B)}" = "\\text{b}", "-abc" != "abc"); when only one side is text, its content is first
        read as an answer, so "\\text{-5}" is -5 and never matches 5, and words against math keep signs,
        operators and commas ("cot x" = "\\cot x", but "-cot x" != "\\cot x" and "x, y, z" != "xyz")
     4. plain decimals and \\frac{int}{int} are compared as exact fractions, without sympy
@@ -214,8 +214,8 @@ def _is_equiv(pred, gold):
 
 
 def _squash(s):
-    """Spaces out, except between two digits: "x + 1" = "x+1", but "1 5" is not "15"."""
-    return re.sub(r"(?<![0-9])\s+|\s+(?![0-9])", "", s)
+    """Spaces out, except one between two digits: "x + 1" = "x+1", "1  5" = "1 5", but "1 5" is not "15"."""
+    return re.sub(r"(?<![0-9]) | (?![0-9])", "", re.sub(r"\s+", " ", s))  # a run of whitespace is one space
 
 
 def _text_key(s):

@@ -44,3 +44,11 @@ def test_a_list_does_not_answer_a_single_value():
     assert not is_equiv("3, 4", "3")
     assert not is_equiv("\\{3, 4\\}", "3")
     assert is_equiv("\\{3\\}", "3")
+
+
+def test_digits_split_by_any_run_of_whitespace_stay_apart():
+    """Spaces are dropped except one between two digits: a run of them ("1  5", "1\\n\\n5") used to be dropped whole,
+    so it equalled "15"."""
+    for pred in ("1  5", "1\n\n5", "1 \t 5"):
+        assert not is_equiv(pred, "15") and is_equiv(pred, "1 5")
+    assert is_equiv("x  +  1", "x+1") and is_equiv("\\text{(B)}", "\\text{b}")
