@@ -108,8 +108,10 @@ def check_same_config(config):
     def flat(d, prefix=""):
         return {k: v for key, val in d.items()
                 for k, v in (flat(val, f"{prefix}{key}.").items() if isinstance(val, dict) else [(prefix + key, val)])}
-    ranks = [flat(json.loads(t)) for t in texts]
-    r = next(i for i, t in enumerate(texts) if t != texts[0])
+    ranks = [flat(json.loads(t)) for t in texts]  # compared as values: 1 and 1.0, or {} and {"a": {}}, agree
+    r = next((i for i, cfg in enumerate(ranks) if cfg != ranks[0]), None)
+    if r is None:
+        return
     keys = sorted(k for k in ranks[0].keys() | ranks[r].keys() if ranks[0].get(k) != ranks[r].get(k))
     raise ValueError(f"the ranks were started with different configs: rank {r} differs from rank 0 in "
                      + ", ".join(f"{k} ({ranks[0].get(k)!r} vs {ranks[r].get(k)!r})" for k in keys[:5])

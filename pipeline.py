@@ -110,14 +110,17 @@ def cli_over_step(cfg, name, table):
     pipeline, so it is set per step)."""
     cli = getattr(cfg, "cli_overrides", {})  # config.load_config's parse of the command line
     top = {k: v for k, v in cli.items() if k not in ("pipeline", "stage", "out_dir")}
-    for key, mine in (("init", table.get("init")), ("distill.teacher", (table.get("distill") or {}).get("teacher"))):
+    own = cli.get("pipeline", {}).get(name, {})
+    own = own if isinstance(own, dict) else {}
+    for key, mine, per_step in (("init", table.get("init"), own.get("init")),
+                                ("distill.teacher", (table.get("distill") or {}).get("teacher"),
+                                 (own.get("distill") or {}).get("teacher"))):
         section, _, leaf = key.rpartition(".")
         given = (top.get(section) or {}).get(leaf) if section else top.get(leaf)
-        if given is not None and mine is not None:
+        if given is not None and mine is not None and per_step is None:  # a per-step value wins, as merged below
             raise ValueError(f"--{key}={given} on the command line would replace the step's own {key} = {mine!r}; "
                              f"set it for this step alone: --pipeline.{name}.{key}=...")
-    own = cli.get("pipeline", {}).get(name, {})
-    return merge_tables(top, own if isinstance(own, dict) else {})
+    return merge_tables(top, own)
 
 
 def _exit(signum, frame):
@@ -198,8 +201,14 @@ def log_step(cfg, name, step, t0, finished=True, extends=False, started=False):
            "end": time.time(), "finished": finished, **({"extends": True} if extends else {}),
            **({"started": True} if started else {})}
     row["config"] = dataclasses.asdict(step)  # what a resumed pipeline compares before it skips or goes on
-    with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+    path = os.path.join(cfg.out_dir, "pipeline.jsonl")
+    with open(path, "ab") as f:
+        if f.tell():  # a last line cut short by a kill (report.read_jsonl leaves it out): cut it off first
+            with open(path, "rb") as g:
+                text = g.read()
+            if not text.endswith(b"\n"):
+                f.truncate(text.rfind(b"\n") + 1)
+        f.write((json.dumps(row) + "\n").encode())
 
 
 def warn_if_changed(rows, name, step, finished=True):

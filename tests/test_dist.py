@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+import dist
 import train as T
 
 TINY = """
@@ -208,3 +209,21 @@ def test_ranks_started_with_different_settings_are_refused(tmp_path):
                        match=r"rank 1 differs from rank 0 in train.lr \(0.001 vs 0.01\), train.seed \(0 vs 5\)"):
         mp.spawn(_different_lr_worker, args=(2, _free_port(), argv), nprocs=2, join=True)
     assert not os.path.exists(tmp_path / "out" / "final")
+
+
+def test_check_same_config_names_a_key_only_one_rank_has(monkeypatch):
+    """D4: a key that only rank 1's config has (a pipeline table) is named too."""
+    configs = [{"train": {"lr": 0.1}, "pipeline": {}}, {"train": {"lr": 0.1}, "pipeline": {"sft": {"init": "x"}}}]
+    monkeypatch.setattr(dist, "gather_objects", lambda text: [json.dumps(c, sort_keys=True) for c in configs])
+    with pytest.raises(ValueError, match=r"rank 1 differs from rank 0 in pipeline.sft.init \(None vs 'x'\)"):
+        dist.check_same_config(configs[0])
+    monkeypatch.setattr(dist, "gather_objects", lambda text: [json.dumps(configs[0], sort_keys=True)] * 2)
+    dist.check_same_config(configs[0])  # the same: quiet
+
+
+
+def test_check_same_config_does_not_refuse_equal_values(monkeypatch):
+    """A free-form table's 1 and 1.0 are the same setting once applied: not a difference between ranks."""
+    a, b = {"pipeline": {"sft": {"train": {"lr": 1}}}}, {"pipeline": {"sft": {"train": {"lr": 1.0}}}}
+    monkeypatch.setattr(dist, "gather_objects", lambda text: [json.dumps(a), json.dumps(b)])
+    dist.check_same_config(a)

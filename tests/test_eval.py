@@ -6,6 +6,7 @@ import os
 import pytest
 
 import eval as E
+import report
 import train as T
 from reward import is_equiv
 from test_train import TINY
@@ -360,3 +361,34 @@ def test_eval_samples_at_temperature_1_by_default(monkeypatch, tmp_path):
 def test_a_prompt_that_exactly_fits_the_context_is_evaluated(monkeypatch, tmp_path):
     """E10: prompt (2 tokens) + max_new_tokens (4) == max_seq_len (6) fits: no error, nothing skipped."""
     assert _stub_main(monkeypatch, tmp_path, 6)["temperature"] == 1.0
+
+
+def test_the_report_evaluates_in_the_runs_precision(tmp_path, monkeypatch):
+    """R9: report.evaluate_step asks for bf16 autocast when the run trained with train.bf16 (default true), as
+    eval.py's --bf16 auto does (checked through the autocast call; CPU runs fp32 either way)."""
+    import torch
+    import eval as E
+    from test_train import TINY
+    (tmp_path / "t.toml").write_text(TINY)
+    out = str(tmp_path / "run")
+    T.main(["--config", str(tmp_path / "t.toml"), "--out_dir", out, "--train.max_steps=1", "--train.eval_n=0"])
+    seen, real = [], E.autocast
+    monkeypatch.setattr(E, "autocast", lambda device, enabled=True: seen.append(enabled) or real(device, enabled))
+    report.evaluate_step(os.path.join(out, "final"), [{"question": "1+1", "answer": "2"}], {"max_new_tokens": 2},
+                         False, torch.device("cpu"))
+    assert seen == [True]
+
+
+
+def test_autocast_is_off_when_not_enabled_even_on_cuda():
+    """E1: eval.autocast (train.py's too) gives no autocast on CUDA when train.bf16 is false; no GPU needed to
+    build the context."""
+    import contextlib
+    import warnings
+    import torch
+    import eval as E
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CPU-only torch warns that CUDA autocast is disabled
+        assert isinstance(E.autocast(torch.device("cuda"), False), contextlib.nullcontext)
+        assert isinstance(E.autocast(torch.device("cuda"), True), torch.autocast)
+    assert isinstance(E.autocast(torch.device("cpu"), True), contextlib.nullcontext)

@@ -1,5 +1,6 @@
 """How a pipeline's steps get their settings (command line over config file, a step's own over the top level), and
 what is refused before the first step trains."""
+import dataclasses
 import json
 import os
 import shutil
@@ -194,3 +195,60 @@ def test_pipeline_config_errors_name_the_step(tmp_path):
     with pytest.raises(ValueError, match=r"\[pipeline\.rl\]: init = 'stf' is neither an earlier step"):
         T.main(["--config", str(tmp_path / "p.toml"), "--out_dir", str(tmp_path / "o")])
     assert not os.path.exists(tmp_path / "o" / "pretrain")
+
+
+def test_stage_on_the_command_line_is_the_pipelines_own(toy):
+    """P2: `--stage pipeline` on the command line is not carried into each step (it would make every step a
+    'pipeline')."""
+    steps = steps_of(toy, ["--stage=pipeline"])
+    assert {n: s.stage for n, s in steps.items()} == {"pretrain": "pretrain", "sft": "sft", "grpo": "grpo",
+                                                      "student": "distill"}
+
+
+
+def test_an_interrupted_extension_compares_with_its_own_run(toy, capsys):
+    """P11: a finished step extended (max_steps raised) and interrupted: the resume compares with the extension's
+    config (the newest run), not the run that first finished it."""
+    (_, old), = [x for x in pipeline.pipeline_configs(T.load_config(toy), T.RUNNERS) if x[0] == "sft"]
+    (_, new), = [x for x in pipeline.pipeline_configs(T.load_config(toy, ["--pipeline.sft.train.max_steps=4"]),
+                                                      T.RUNNERS) if x[0] == "sft"]
+    as_row = lambda step: json.loads(json.dumps(dataclasses.asdict(step)))
+    rows = [{"step": "sft", "finished": True, "config": as_row(old)},
+            {"step": "sft", "finished": False, "started": True, "extends": True, "config": as_row(new)}]
+    pipeline.warn_if_changed(rows, "sft", new, finished=False)
+    assert capsys.readouterr().out == ""
+
+
+
+def test_a_pipeline_config_built_without_load_config(tmp_path):
+    """P14: a Config built in code (no load_config, so no cli_overrides attribute) still gives its steps."""
+    cfg = T.Config()
+    C.apply_table(cfg, {"stage": "pipeline", "out_dir": str(tmp_path),
+                        "pipeline": {"steps": ["pretrain", "sft"], "sft": {"init": "pretrain"}}}, "")
+    assert not hasattr(cfg, "cli_overrides")
+    steps = dict(pipeline.pipeline_configs(cfg, T.RUNNERS))
+    assert steps["sft"].init == os.path.join(str(tmp_path), "pretrain", "final")
+
+
+# ---- regression tests for the confirmed bugs: they FAIL on the current code (xfail strict until fixed) ----
+
+
+def test_a_cut_last_line_does_not_break_the_next_rows(tmp_path):
+    """A kill mid-write leaves a cut last line: read_jsonl drops it, and the next row appended must not be glued to
+    it (which made a line in the middle that no later read could pass)."""
+    cfg = T.Config(); cfg.out_dir = str(tmp_path)
+    path = tmp_path / "pipeline.jsonl"
+    path.write_text(json.dumps({"step": "a", "wall_s": 1.0, "finished": True}) + "\n" + '{"step": "b", "wall_s": 2.')
+    assert len(report.read_jsonl(str(path))) == 1  # the resume's read: the cut line dropped
+    step = T.Config(); step.stage = "sft"
+    pipeline.log_step(cfg, "b", step, 0.0, False, started=True)
+    assert [r["step"] for r in report.read_jsonl(str(path))] == ["a", "b"]
+
+
+
+def test_init_for_the_others_with_a_per_step_init(toy):
+    """--init for the steps without one of their own is allowed when each step with its own init keeps it on the
+    command line too (--pipeline.NAME.init): nothing would be replaced behind its back."""
+    folder = os.path.dirname(toy)
+    steps = steps_of(toy, [f"--init={folder}", "--pipeline.sft.init=pretrain", "--pipeline.grpo.init=sft"])
+    assert steps["pretrain"].init == folder and steps["sft"].init.endswith(os.path.join("pretrain", "final"))

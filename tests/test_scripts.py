@@ -83,3 +83,16 @@ def test_read_jsonl_drops_a_cut_last_line_and_names_a_bad_one(tmp_path, capsys):
     path.write_text('{"a": 1}\n{"a": 2\n')  # a whole last line (newline written) that is not JSON: not a cut write
     with pytest.raises(ValueError, match="line 2"):
         report.read_jsonl(str(path))
+
+
+def test_check_reward_real_judges_gsm8k_by_its_own_size(tmp_path, monkeypatch, capsys):
+    """S2: 2 misses in 100 GSM8K rows break the 1% target however many MATH-500 rows there are."""
+    import check_reward_real
+    real = check_reward_real.score
+    monkeypatch.setattr(check_reward_real, "score",
+                        lambda sol, gold, times: 0.0 if "MISS" in sol else real(sol, gold, times))
+    write = lambda path, rows: path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write(tmp_path / "math500_test.jsonl", [{"solution": f"so \\boxed{{{i}}}", "answer": str(i)} for i in range(300)])
+    write(tmp_path / "gsm8k_test.jsonl", [{"answer": f"so{' MISS' if i < 2 else ''}\n#### {i}"} for i in range(100)])
+    assert check_reward_real.main(["--data-dir", str(tmp_path), "--shifts", "1"]) == 1
+    assert "TARGETS NOT MET" in capsys.readouterr().out
