@@ -205,9 +205,10 @@ def log_step(cfg, name, step, t0, finished=True, extends=False, started=False):
     with open(path, "ab") as f:
         if f.tell():  # a last line cut short by a kill (report.read_jsonl leaves it out): cut it off first
             with open(path, "rb") as g:
-                text = g.read()
-            if not text.endswith(b"\n"):
-                f.truncate(text.rfind(b"\n") + 1)
+                g.seek(-1, os.SEEK_END)
+                if g.read(1) != b"\n":
+                    g.seek(0)
+                    f.truncate(g.read().rfind(b"\n") + 1)
         f.write((json.dumps(row) + "\n").encode())
 
 
