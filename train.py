@@ -499,8 +499,7 @@ def run_grpo(cfg):
     Under torchrun the prompts are cut into rollout chunks of grpo.rollout_prompts, chunk c on rank c % W with
     its own generator (dist.py); with rollout_prompts set, the samples, and so the update, do not depend on the
     number of ranks (the default, batch_size / W, gives each rank one chunk, so its samples do)."""
-    if not cfg.init:
-        raise ValueError("the grpo stage starts from a checkpoint: set init = \"DIR\" or pass --init DIR")
+    check_inputs(cfg)
     cfg.grpo.check()
     if cfg.train.fsdp:  # sampling through sharded weights would need every rank in lockstep at every token
         raise ValueError("train.fsdp is not supported for grpo: use DDP (the default under torchrun)")
@@ -678,8 +677,7 @@ def run_distill(cfg):
     """Distil the [distill].teacher checkpoint into the student (a fresh [model] or --init), either by logit
     matching on sequences or by SFT on the teacher's reward-filtered traces (DeepSeek-R1's recipe)."""
     dc = cfg.distill
-    if not dc.teacher:
-        raise ValueError("the distill stage needs [distill].teacher = \"TEACHER_CHECKPOINT_DIR\"")
+    check_inputs(cfg)
     E.check_checkpoint(dc.teacher)
     if dc.mode not in ("logits", "traces") or dc.source not in ("teacher", "dataset"):
         raise ValueError(f"[distill].mode {dc.mode!r} / source {dc.source!r}: valid modes logits, traces; "
@@ -746,6 +744,12 @@ def check_config(cfg):
                          "the format reward pays R1-Zero's <think>..</think><answer>..</answer>, which only the r1 "
                          "template asks for; set format_weight = 0 or template = \"r1\"")
     check_world(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    check_inputs(cfg)
+
+
+def check_inputs(cfg):
+    """The checkpoints a stage cannot start without: grpo's init, distill's teacher (check_config, and each stage
+    itself when called directly)."""
     if cfg.stage == "grpo" and not cfg.init:
         raise ValueError("the grpo stage starts from a checkpoint: set init = \"DIR\" or pass --init DIR")
     if cfg.stage == "distill" and not cfg.distill.teacher:
