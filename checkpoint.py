@@ -106,6 +106,28 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def read_jsonl(path):
+    """The rows of a log this project appends to (metrics.jsonl, samples.jsonl, pipeline.jsonl); [] when there is
+    none. A last line cut short (a process killed mid-write: no newline at its end) is dropped with a warning; any
+    other line that is not JSON is a ValueError naming the file and line."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.readlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) and not line.endswith("\n"):
+                print(f"warning: {path} line {i} was cut short (a killed write?); it is left out")
+                break
+            raise ValueError(f"{path}, line {i}: not a JSON row ({e}); fix or remove that line") from None
+    return rows
+
+
 class RunLog:
     """metrics.jsonl (one JSON object per logged step) and samples.jsonl, appended and flushed as we go."""
 
@@ -114,24 +136,9 @@ class RunLog:
         for name in ("metrics.jsonl", "samples.jsonl"):  # drop rows past the step we resume from (a fresh
             path = os.path.join(out_dir, name)             # start keeps none: GRPO logs a step 0 again)
             if os.path.exists(path):
-                with open(path) as f:
-                    lines = f.readlines() if start_step else []
-                rows = []
-                for lineno, line in enumerate(lines, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError:
-                        if lineno == len(lines):  # cut off when the run died mid-write: its step was never saved
-                            print(f"warning: {path}: dropping its last line, which was cut off")
-                            continue
-                        raise ValueError(f"{path}, line {lineno}: not a JSON row; fix or remove that line to "
-                                         "resume") from None
-                    if row.get("step", 0) <= start_step:
-                        rows.append(line if line.endswith("\n") else line + "\n")
+                rows = [r for r in read_jsonl(path) if r.get("step", 0) <= start_step] if start_step else []
                 with open(path + ".tmp", "w") as f:  # a crash now leaves the old file whole
-                    f.writelines(rows)
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
                 os.replace(path + ".tmp", path)
         self.metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a")
         self.samples = open(os.path.join(out_dir, "samples.jsonl"), "a")

@@ -34,7 +34,7 @@ import time
 import torch
 
 import report
-from checkpoint import final_step, prepare_out_dir, recover_final
+from checkpoint import final_step, prepare_out_dir, read_jsonl, recover_final
 from config import apply_table, merge_tables, positive_int
 
 
@@ -135,7 +135,7 @@ def run_pipeline(cfg, runners, writer=True):
     pipeline.jsonl and the report (under torchrun only rank 0 does; every rank trains, one step at a time)."""
     steps = pipeline_configs(cfg, runners)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    rows = report.read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")) if writer else []  # the runs so far
+    rows = read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")) if writer else []  # the runs so far
     todo = []
     ended = {}  # step -> the step its `final` was written at, None if it has none
     for name, step in steps:  # finished: resumed, and `final` is at the step's max_steps (a higher one extends it)
@@ -203,7 +203,7 @@ def log_step(cfg, name, step, t0, finished=True, extends=False, started=False):
     row["config"] = dataclasses.asdict(step)  # what a resumed pipeline compares before it skips or goes on
     path = os.path.join(cfg.out_dir, "pipeline.jsonl")
     with open(path, "ab") as f:
-        if f.tell():  # a last line cut short by a kill (report.read_jsonl leaves it out): cut it off first
+        if f.tell():  # a last line cut short by a kill (read_jsonl leaves it out): cut it off first
             with open(path, "rb") as g:
                 g.seek(-1, os.SEEK_END)
                 if g.read(1) != b"\n":

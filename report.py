@@ -21,29 +21,8 @@ import torch
 import config as C
 import data as D
 import eval as E
+from checkpoint import read_jsonl
 from model import ModelConfig
-
-
-def read_jsonl(path):
-    """The rows of a log this project appends to (pipeline.jsonl, metrics.jsonl); [] when there is none. A last line
-    cut short (a process killed mid-write: no newline at its end) is dropped with a warning; any other line that is
-    not JSON is a ValueError naming the file and line."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        lines = f.readlines()
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) and not line.endswith("\n"):
-                print(f"warning: {path} line {i} was cut short (a killed write?); it is left out")
-                break
-            raise ValueError(f"{path} line {i}: not JSON ({e})") from None
-    return rows
 
 
 def evaluate_step(ckpt, problems, spec, sampled, device):

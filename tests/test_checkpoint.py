@@ -181,3 +181,17 @@ def test_checkpoint_files_reach_disk_before_the_rename(tmp_path, monkeypatch):
         last_rename = max(i for i, e in enumerate(events) if e[0] == "rename")
         assert events[last_rename][1:] == (tmp, folder)
         assert ("fsync", os.path.realpath(tmp_path)) in events[last_rename + 1:]
+
+
+def test_read_jsonl_drops_a_cut_last_line_and_names_a_bad_one(tmp_path, capsys):
+    path = tmp_path / "pipeline.jsonl"
+    assert checkpoint.read_jsonl(str(path)) == []
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3, "b')  # killed in the middle of its last append
+    assert checkpoint.read_jsonl(str(path)) == [{"a": 1}, {"a": 2}]
+    assert "line 4 was cut short" in capsys.readouterr().out
+    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(ValueError, match=r"pipeline.jsonl, line 2: not a JSON row"):
+        checkpoint.read_jsonl(str(path))
+    path.write_text('{"a": 1}\n{"a": 2\n')  # a whole last line (newline written) that is not JSON: not a cut write
+    with pytest.raises(ValueError, match="line 2"):
+        checkpoint.read_jsonl(str(path))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint
 import config as C
 import pipeline
 import report
@@ -93,7 +94,7 @@ def test_a_step_killed_without_its_end_row_still_warns_of_a_changed_config(tmp_p
     args = ["--config", str(tmp_path / "p.toml"), "--out_dir", out, "--train.eval_n=0"]
     T.main(args)
     monkeypatch.setattr(pipeline, "log_step", real)
-    rows = report.read_jsonl(os.path.join(out, "pipeline.jsonl"))
+    rows = checkpoint.read_jsonl(os.path.join(out, "pipeline.jsonl"))
     assert [r["started"] for r in rows] == [True]
     assert report.step_walls(rows) == {}  # its time is unknown: the report shows nan, not 0
     capsys.readouterr()
@@ -239,10 +240,10 @@ def test_a_cut_last_line_does_not_break_the_next_rows(tmp_path):
     cfg = T.Config(); cfg.out_dir = str(tmp_path)
     path = tmp_path / "pipeline.jsonl"
     path.write_text(json.dumps({"step": "a", "wall_s": 1.0, "finished": True}) + "\n" + '{"step": "b", "wall_s": 2.')
-    assert len(report.read_jsonl(str(path))) == 1  # the resume's read: the cut line dropped
+    assert len(checkpoint.read_jsonl(str(path))) == 1  # the resume's read: the cut line dropped
     step = T.Config(); step.stage = "sft"
     pipeline.log_step(cfg, "b", step, 0.0, False, started=True)
-    assert [r["step"] for r in report.read_jsonl(str(path))] == ["a", "b"]
+    assert [r["step"] for r in checkpoint.read_jsonl(str(path))] == ["a", "b"]
 
 
 

@@ -1,4 +1,4 @@
-"""scripts/*.py and report.read_jsonl: the checks a user runs by hand must fail when their targets fail, and say
+"""scripts/*.py and bench.py's device flag: the checks a user runs by hand must fail when their targets fail, and say
 why when they cannot run."""
 import json
 import os
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import bench
-import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -69,20 +68,6 @@ def test_ab_speed_loads_each_revisions_own_imports(capsys):
     with pytest.raises(SystemExit):
         ab_speed.main(["--old", "HEAD", "--reps", "0"])
     assert "--reps must be at least 1" in capsys.readouterr().err
-
-
-def test_read_jsonl_drops_a_cut_last_line_and_names_a_bad_one(tmp_path, capsys):
-    path = tmp_path / "pipeline.jsonl"
-    assert report.read_jsonl(str(path)) == []
-    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3, "b')  # killed in the middle of its last append
-    assert report.read_jsonl(str(path)) == [{"a": 1}, {"a": 2}]
-    assert "line 4 was cut short" in capsys.readouterr().out
-    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
-    with pytest.raises(ValueError, match=r"pipeline.jsonl line 2: not JSON"):
-        report.read_jsonl(str(path))
-    path.write_text('{"a": 1}\n{"a": 2\n')  # a whole last line (newline written) that is not JSON: not a cut write
-    with pytest.raises(ValueError, match="line 2"):
-        report.read_jsonl(str(path))
 
 
 def test_check_reward_real_judges_gsm8k_by_its_own_size(tmp_path, monkeypatch, capsys):
