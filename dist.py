@@ -38,7 +38,12 @@ def setup(device):
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local, n_gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= n_gpus:  # torch's own error would be "invalid device ordinal"
+            raise ValueError(f"LOCAL_RANK {local} needs a GPU of its own, but this node has {n_gpus}: start at most "
+                             f"{n_gpus} processes per node (torchrun --nproc_per_node {n_gpus}), or run the ranks on "
+                             "CPU with --train.device=cpu")
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():  # a long timeout: the other ranks wait while rank 0 evaluates or saves
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))

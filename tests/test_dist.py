@@ -30,6 +30,7 @@ n_test = 8
 vocab_size = 384
 seq_len = 64
 [train]
+device = "cpu"      # gloo ranks on CPU, also on a machine with fewer GPUs than ranks
 batch_size = 3
 grad_accum = 2
 lr = 1e-3
@@ -209,6 +210,22 @@ def test_ranks_started_with_different_settings_are_refused(tmp_path):
                        match=r"rank 1 differs from rank 0 in train.lr \(0.001 vs 0.01\), train.seed \(0 vs 5\)"):
         mp.spawn(_different_lr_worker, args=(2, _free_port(), argv), nprocs=2, join=True)
     assert not os.path.exists(tmp_path / "out" / "final")
+
+
+def test_more_ranks_than_gpus_is_refused_by_name(monkeypatch):
+    """Two ranks on a one-GPU node: the rank without a GPU says so, instead of torch's "invalid device ordinal"."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail(f"set_device({d}) on a missing GPU"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 1 needs a GPU of its own, but this node has 1: .*"
+                                         r"--nproc_per_node 1.*--train.device=cpu"):
+        dist.setup(torch.device("cuda"))
+    seen = []
+    monkeypatch.setattr(torch.cuda, "set_device", seen.append)
+    monkeypatch.setattr(dist.dist, "is_initialized", lambda: True)  # the group exists: setup only picks the GPU
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert dist.setup(torch.device("cuda")) == torch.device("cuda", 0) and seen == [torch.device("cuda", 0)]
 
 
 def test_check_same_config_names_a_key_only_one_rank_has(monkeypatch):
