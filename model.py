@@ -35,6 +35,10 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
 7. Rows that stopped at eos_id leave the batch: once a quarter of the rows have stopped, generate() copies the
    others' caches into a smaller batch, so a batch does not run its finished rows until its longest one ends.
    Sampling then draws fewer uniforms per step, so a seed's samples differ from a run without eos_id.
+8. On CUDA a decode step is one CUDA graph (DecodeGraph): its few hundred small kernels cost more to launch from
+   Python than to run (a 100M model: 7 ms a step eager on an H100). A graph cannot change shape between replays,
+   so it attends over every cache column, those past the current one masked, and is captured again when rows
+   leave the batch. Under autocast the matmul weights are cast once per generate(), not once per step.
 """
 import json
 import math
@@ -307,7 +311,7 @@ class Transformer(nn.Module):
         h = self._blocks(tokens, cos[None, :, None], sin[None, :, None])
         return self.output(self.norm(h[:, S:]))  # (B, T - S, V)
 
-    def _decode(self, tok, t, cos, sin, mask, caches, weights, norms):
+    def _decode(self, tok, t, cos, sin, mask, caches, weights, norms, head):
         """One decode step (departure 2): the tokens tok (B,) fed at cache column t -> next-token logits (B, V).
 
         Block.forward's math for one position per row, written for columns: x holds the residual stream as
@@ -317,11 +321,15 @@ class Transformer(nn.Module):
         rows scaled by hd^-0.5 and the value rows left as they are (cos 1, sin 0), so one pass rotates q and k,
         scales q and keeps v. The G = H/K query heads that share a kv head are G query rows of one attention
         over that head's cache, so K/V are never repeated. mask (B*K or 1, 1, S) additive (pad keys -inf).
-        norms: column_rms_norm's row of 1/D and eps, made once per generate()."""
+        norms: column_rms_norm's row of 1/D and eps, made once per generate(); head: the output projection's weight.
+        t is an int, or for a CUDA graph's step a (1,) tensor: then every cache column is read, and mask must hide
+        the columns past t (departure 8)."""
         H, K, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
         B, G = len(tok), H // K
         mean_row, eps = norms
-        mask = mask[..., : t + 1]
+        static = torch.is_tensor(t)
+        if not static:
+            mask = mask[..., : t + 1]
         x = F.embedding(tok, self.tok_embeddings.weight).t()  # (D, B)
         add_mm, norm = torch.addmm, column_rms_norm  # x + W v in one kernel; the norm's mean as a product
         if torch.is_autocast_enabled(x.device.type):  # there both would round to bf16 what forward() keeps in fp32
@@ -333,15 +341,20 @@ class Transformer(nn.Module):
                 qkv += bqkv
             qkv = qkv.view(H + 2 * K, 2, hd // 2, B)  # the two halves that RoPE pairs
             rot = torch.addcmul(qkv * cos, qkv.flip(1), sin)  # q scaled and rotated, k rotated, v unchanged
-            kv.select(3, t).copy_(rot[H:].view(2, K, hd, B).permute(0, 3, 1, 2))  # (2, B, K, hd) into column t
+            new = rot[H:].view(2, K, hd, B).permute(0, 3, 1, 2)  # (2, B, K, hd): k and v of column t
+            if static:
+                kv.index_copy_(3, t, new.unsqueeze(3))
+                keys, values = kv.flatten(1, 2)  # (B*K, S, hd) each
+            else:
+                kv.select(3, t).copy_(new)
+                keys, values = kv[:, :, :, : t + 1].flatten(1, 2)  # (B*K, t+1, hd) each, views
             q = rot[:H].view(K, G, hd, B).permute(3, 0, 1, 2).reshape(B * K, G, hd)  # heads k*G + g of kv head k
-            keys, values = kv[:, :, :, : t + 1].flatten(1, 2)  # (B*K, t+1, hd) each, views
             scores = torch.baddbmm(mask, q, keys.transpose(1, 2))  # (B*K, G, t+1)
             y = torch.bmm(torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype), values)
             x = add_mm(x, wo, y.view(B, H * hd).t())  # x + attention, (D, B)
             gate, up = torch.mm(w13, norm(x, w_ffn_norm, mean_row, eps)).chunk(2)  # (F, B) each
             x = add_mm(x, w2, F.silu(gate).mul_(up))  # x + SwiGLU, (D, B)
-        return torch.mm(self.output.weight, norm(x, self.norm.weight[:, None], mean_row, eps)).t()  # (B, V)
+        return torch.mm(head, norm(x, self.norm.weight[:, None], mean_row, eps)).t()  # (B, V)
 
     def _left_pad(self, prompts, S, dtype):
         """Left-pad ragged prompts for a cache of S columns: tokens (B, P); RoPE tables (B, S, 1, hd) whose
@@ -365,7 +378,8 @@ class Transformer(nn.Module):
         return tokens, cos[:, :, None], sin[:, :, None], prefill_mask, decode_mask
 
     @torch.inference_mode()
-    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, generator=None, seed=None):
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, eos_id=None, generator=None, seed=None,
+                 cuda_graph=None):
         """Sample completions for ragged prompts (list[list[int]]; 1-D tensors and a (B, T) tensor of ids are read as
         lists) -> list[list[int]], completions only.
 
@@ -373,6 +387,8 @@ class Transformer(nn.Module):
         A row stops after its first eos_id (included): an id, or a list of ids any of which ends a row (a chat
         model's end of turn and its tokenizer's end of text); eos_id=None gives exactly max_new_tokens per row.
         Randomness comes from `generator` (or a new one seeded with `seed`), so rollouts replay.
+        cuda_graph: run each decode step as a CUDA graph (departure 8); None = on CUDA. True on a CPU runs the
+        graph's static-shape step eagerly (the same arithmetic as on CUDA, for tests).
         """
         cfg, device = self.cfg, self.tok_embeddings.weight.device
         prompts = [p.tolist() if torch.is_tensor(p) else p for p in prompts]  # tensors hash by identity, not ids
@@ -401,7 +417,9 @@ class Transformer(nn.Module):
             dtype = torch.get_autocast_dtype(device.type)
         tokens, cos, sin, prefill_mask, decode_mask = self._left_pad(prompts, S, dtype)
         H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        caches = [torch.empty(2, B, K, S, hd, dtype=dtype, device=device) for _ in self.layers]  # K and V
+        graphed = device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
+        new_cache = torch.zeros if graphed else torch.empty  # a graph reads unwritten columns too (masked, not nan)
+        caches = [new_cache(2, B, K, S, hd, dtype=dtype, device=device) for _ in self.layers]  # K and V
 
         # prefill: each distinct prompt once (GRPO samples every prompt G times), then copied to its rows' caches
         distinct = {}  # prompt -> (its index among the distinct prompts, its first row)
@@ -419,10 +437,12 @@ class Transformer(nn.Module):
         # what _decode reads: the tensors of each layer, fetched once; RoPE tables per cache column laid out for
         # its (H+2K, 2, hd/2, B) q/k/v rows, with each row's factor (hd^-0.5 for q, 1 for k, 0 for v) and offset
         # (1 for v, so that v passes unrotated)
-        weights = [(b.attention_norm.weight[:, None], b.attention.wqkv.weight,
-                    None if b.attention.wqkv.bias is None else b.attention.wqkv.bias[:, None], b.attention.wo.weight,
-                    b.ffn_norm.weight[:, None], b.feed_forward.w13.weight, b.feed_forward.w2.weight)
+        mm = (lambda w: w.to(dtype)) if torch.is_autocast_enabled(device.type) else (lambda w: w)  # cast once
+        weights = [(b.attention_norm.weight[:, None], mm(b.attention.wqkv.weight),
+                    None if b.attention.wqkv.bias is None else b.attention.wqkv.bias[:, None], mm(b.attention.wo.weight),
+                    b.ffn_norm.weight[:, None], mm(b.feed_forward.w13.weight), mm(b.feed_forward.w2.weight))
                    for b in self.layers]
+        head = mm(self.output.weight)
         cos, sin = (c[:, :, 0].permute(1, 2, 0).reshape(S, 1, 2, hd // 2, B) for c in (cos, sin))  # contiguous
         factor = torch.tensor([hd**-0.5] * H + [1.0] * K + [0.0] * K, device=device).view(-1, 1, 1, 1)
         offset = torch.tensor([0.0] * (H + K) + [1.0] * K, device=device).view(-1, 1, 1, 1)
@@ -430,6 +450,7 @@ class Transformer(nn.Module):
         out = torch.zeros(B, N, dtype=torch.long, device=device)  # (B, N)
         done = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) row has emitted eos
         live = torch.arange(B, device=device)  # (b,) the rows of `out` that the batch's rows are
+        step = None  # the decode step's graph for the current batch (departure 8)
         for i in range(N):
             nxt = sample(logits, temperature, top_p, generator)  # (b,)
             out[live, i] = nxt
@@ -447,10 +468,17 @@ class Transformer(nn.Module):
                     if len(decode_mask) > 1:  # (b*K, 1, S), row b*K + k
                         decode_mask = decode_mask.view(len(done), -1, 1, S)[keep].flatten(0, 1)
                     live, nxt, done, cos, sin = live[keep], nxt[keep], done[keep], cos[..., keep], sin[..., keep]
+                    step = None  # a smaller batch: a new graph
             t = P + i  # cache column of the token being fed
-            cos_t = torch.addcmul(offset, cos[t], factor).to(dtype)  # (H+2K, 2, hd/2, B)
-            sin_t = (sin[t] * factor).to(dtype)
-            logits = self._decode(nxt, t, cos_t, sin_t, decode_mask, caches, weights, norms)  # (B, V)
+            if graphed:
+                if step is None:
+                    step = DecodeGraph(self, nxt, t, (cos, sin, offset, factor), decode_mask, caches, weights, norms,
+                                       head, dtype)
+                logits = step(nxt, t)  # (B, V)
+            else:
+                cos_t = torch.addcmul(offset, cos[t], factor).to(dtype)  # (H+2K, 2, hd/2, B)
+                sin_t = (sin[t] * factor).to(dtype)
+                logits = self._decode(nxt, t, cos_t, sin_t, decode_mask, caches, weights, norms, head)  # (B, V)
 
         rows = out[:, : i + 1].tolist()
         if stops is None:
@@ -484,6 +512,49 @@ class Transformer(nn.Module):
         write_hf_state(path, self.cfg, state)
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(self.cfg.to_hf(state["tok_embeddings.weight"].dtype), f, indent=2)
+
+
+class DecodeGraph:
+    """Transformer._decode as one CUDA graph (departure 8), for one batch shape: made with the step's tokens and
+    cache column, it runs that step eagerly (which also sets up cuBLAS outside the capture), then records the step
+    reading its inputs from buffers. Each later call copies the tokens and the column into them and replays. The
+    recorded step takes column t's RoPE row from the tables and masks the cache columns past t, so the same graph
+    serves every column. Off CUDA nothing is recorded: each call runs the same static-shape step eagerly."""
+
+    def __init__(self, model, tok, t, rope, mask, caches, weights, norms, head, dtype):
+        cos, sin, offset, factor = rope  # generate's tables: (S, 1, 2, hd/2, B) and (H+2K, 1, 1, 1)
+        self.tok, self.t = tok.clone(), torch.tensor([t], device=tok.device)  # the graph's inputs
+        cols = torch.arange(mask.size(-1), device=tok.device)  # (S,)
+
+        def step():
+            cos_t = torch.addcmul(offset, cos.index_select(0, self.t)[0], factor).to(dtype)  # (H+2K, 2, hd/2, B)
+            sin_t = (sin.index_select(0, self.t)[0] * factor).to(dtype)
+            future = torch.zeros(cols.shape, dtype=mask.dtype, device=cols.device).masked_fill_(cols > self.t, -math.inf)
+            return model._decode(self.tok, self.t, cos_t, sin_t, mask + future, caches, weights, norms, head)
+
+        self.step, self.graph, self.first = step, None, None
+        if tok.device.type == "cuda":
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.first = step()  # this step's logits, run eagerly
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = step()  # recorded, not run
+
+    def __call__(self, tok, t):
+        """Next-token logits (B, V) for tokens tok (B,) fed at cache column t. On CUDA the same tensor each call,
+        overwritten by the next."""
+        if self.first is not None:  # the step run while capturing
+            logits, self.first = self.first, None
+            return logits
+        self.tok.copy_(tok)
+        self.t.fill_(t)
+        if self.graph is None:
+            return self.step()
+        self.graph.replay()
+        return self.logits
 
 
 def stop_ids(eos_id):

@@ -1,5 +1,5 @@
 """The decode step and the sampler beyond what tests/test_model.py checks: norm eps under autocast, a zero-probability
-token never drawn, integer stop ids."""
+token never drawn, integer stop ids, and the CUDA graph's static-shape step (departure 8) against the sliced one."""
 import pytest
 import torch
 
@@ -51,3 +51,85 @@ def test_stop_ids_refuses_a_float_id():
     with pytest.raises(TypeError):
         stop_ids(2.7)
     assert stop_ids(torch.tensor(5)) == [5] and stop_ids([1, 2]) == [1, 2]
+
+
+def _logits_seen(monkeypatch, m, prompts, n, **kw):
+    """generate's completions and the logits each decode step handed to the sampler, (steps, B, V)."""
+    seen, real = [], model_lib.sample
+    monkeypatch.setattr(model_lib, "sample", lambda logits, *a: seen.append(logits.float().clone()) or real(logits, *a))
+    got = m.generate(prompts, max_new_tokens=n, **kw)
+    monkeypatch.setattr(model_lib, "sample", real)
+    return got, seen
+
+
+@pytest.mark.parametrize("kw,amp,tol", [(dict(n_kv_heads=1), False, 1e-5),
+                                        (dict(attn_bias=True, tie_embeddings=False), False, 1e-5),
+                                        (dict(attn_bias=True), True, 0.05)])
+def test_graph_step_equals_the_sliced_step(monkeypatch, kw, amp, tol):
+    """Departure 8 without a GPU: cuda_graph=True on a CPU runs the graph's step eagerly: every cache column read,
+    the columns past t masked, column t's RoPE row picked on the device. Its logits equal the sliced step's at every
+    step (ragged prompts, so pad keys are masked too), and so do greedy and seeded samples. A step that forgot to
+    mask the unwritten columns (zeros) would spread attention over them and be off by far more than tol."""
+    m = _tiny(**kw)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 256, (n,), generator=g).tolist() for n in (7, 3, 12)]
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp), torch.no_grad():
+        for sampling in (dict(temperature=0), dict(temperature=1.0, seed=5), dict(temperature=0.8, top_p=0.9, seed=6)):
+            a, la = _logits_seen(monkeypatch, m, prompts, 12, cuda_graph=False, **sampling)
+            b, lb = _logits_seen(monkeypatch, m, prompts, 12, cuda_graph=True, **sampling)
+            assert len(la) == len(lb) == 12
+            assert max((x - y).abs().max().item() for x, y in zip(la, lb)) < tol
+            if not amp:  # in bf16 a near-tie may round either way
+                assert a == b
+
+
+def test_graph_step_is_made_again_when_rows_leave(monkeypatch):
+    """The graph has one batch shape: when stopped rows leave (departure 7) a new one is made for the smaller batch,
+    and the completions are those of the sliced step."""
+    m = _tiny()
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 256, (n,), generator=g).tolist() for n in (3, 9, 5, 12, 7, 4, 10, 6)]
+    free = m.generate(prompts, max_new_tokens=16, temperature=0)
+    eos = max({t for f in free for t in f[:8]}, key=lambda t: sum(t in f[:8] for f in free))  # stops several rows early
+    made, real = [], model_lib.DecodeGraph.__init__
+    monkeypatch.setattr(model_lib.DecodeGraph, "__init__", lambda self, mdl, tok, *a: made.append(len(tok)) or
+                        real(self, mdl, tok, *a))
+    for sampling in (dict(temperature=0), dict(temperature=1.0, seed=3)):
+        made.clear()
+        want = m.generate(prompts, max_new_tokens=16, eos_id=eos, cuda_graph=False, **sampling)
+        assert not made
+        assert m.generate(prompts, max_new_tokens=16, eos_id=eos, cuda_graph=True, **sampling) == want
+        assert made[0] == 8 and made == sorted(made, reverse=True)
+        if sampling["temperature"] == 0:  # the eos was picked to stop rows of the greedy completions
+            assert len(made) >= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: CUDA graphs")
+def test_cuda_graph_generate_equals_eager_on_cuda():
+    """On CUDA the default is the graph (captured, then replayed): the same completions as the eager sliced step in
+    fp32, greedy, seeded, and with rows leaving at an eos; under bf16 autocast the same greedy tokens but for
+    near-ties."""
+    dev = torch.device("cuda")
+    m = _tiny(attn_bias=True).to(dev)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 256, (n,), generator=g).tolist() for n in (7, 3, 12, 5, 9, 4)]
+    made, real = [], model_lib.DecodeGraph.__init__
+
+    def spy(self, *a):
+        real(self, *a)
+        made.append(self.graph is not None)
+    model_lib.DecodeGraph.__init__ = spy
+    try:
+        for sampling in (dict(temperature=0), dict(temperature=1.0, seed=5), dict(temperature=1.0, seed=5, eos_id=7)):
+            made.clear()
+            want = m.generate(prompts, max_new_tokens=24, cuda_graph=False, **sampling)
+            assert not made
+            assert m.generate(prompts, max_new_tokens=24, **sampling) == want
+            assert made and all(made)  # captured
+        with torch.autocast("cuda", torch.bfloat16):
+            a = m.generate(prompts, max_new_tokens=24, temperature=0, cuda_graph=False)
+            b = m.generate(prompts, max_new_tokens=24, temperature=0)
+        same = sum(x == y for p, q in zip(a, b) for x, y in zip(p, q))
+        assert same >= 0.9 * sum(map(len, a))
+    finally:
+        model_lib.DecodeGraph.__init__ = real
