@@ -132,11 +132,13 @@ def shard(model, device):
     over the ranks and gathered for its forward/backward; the root holds the embedding, final norm and output.
     Call before building the optimizer (it must see the sharded parameters). The module is changed in place.
     fully_shard also runs on CPU with gloo (torch 2.6+), which is how the tests check it."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     model.to(device)
+    mesh = init_device_mesh(device.type, (world(),))  # named: by default a CPU run on a GPU machine asks for cuda:rank
     for block in model.layers:
-        fully_shard(block)
-    fully_shard(model)  # the root: a tied output matrix stays one parameter with the embedding
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)  # the root: a tied output matrix stays one parameter with the embedding
     return model
 
 

@@ -523,18 +523,20 @@ class DecodeGraph:
 
     def __init__(self, model, tok, t, rope, mask, caches, weights, norms, head, dtype):
         cos, sin, offset, factor = rope  # generate's tables: (S, 1, 2, hd/2, B) and (H+2K, 1, 1, 1)
-        self.tok, self.t = tok.clone(), torch.tensor([t], device=tok.device)  # the graph's inputs
+        tok_in, t_in = tok.clone(), torch.tensor([t], device=tok.device)  # the graph's inputs
         cols = torch.arange(mask.size(-1), device=tok.device)  # (S,)
 
-        def step():
-            cos_t = torch.addcmul(offset, cos.index_select(0, self.t)[0], factor).to(dtype)  # (H+2K, 2, hd/2, B)
-            sin_t = (sin.index_select(0, self.t)[0] * factor).to(dtype)
-            future = torch.zeros(cols.shape, dtype=mask.dtype, device=cols.device).masked_fill_(cols > self.t, -math.inf)
-            return model._decode(self.tok, self.t, cos_t, sin_t, mask + future, caches, weights, norms, head)
+        def step():  # refers to no self: the graph, and the caches it holds, go as soon as generate() drops it
+            cos_t = torch.addcmul(offset, cos.index_select(0, t_in)[0], factor).to(dtype)  # (H+2K, 2, hd/2, B)
+            sin_t = (sin.index_select(0, t_in)[0] * factor).to(dtype)
+            future = torch.zeros(cols.shape, dtype=mask.dtype, device=cols.device).masked_fill_(cols > t_in, -math.inf)
+            return model._decode(tok_in, t_in, cos_t, sin_t, mask + future, caches, weights, norms, head)
+
+        self.tok, self.t = tok_in, t_in
 
         self.step, self.graph, self.first = step, None, None
         if tok.device.type == "cuda":
-            side = torch.cuda.Stream()
+            side = _side_stream(tok.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self.first = step()  # this step's logits, run eagerly
@@ -555,6 +557,17 @@ class DecodeGraph:
             return self.step()
         self.graph.replay()
         return self.logits
+
+
+_SIDE_STREAMS = {}
+
+
+def _side_stream(device):
+    """One side stream per GPU for DecodeGraph's eager step: cuBLAS keeps a workspace (32 MiB) per stream it has
+    run on, so a new stream per graph would leave one more behind each time."""
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
 
 
 def stop_ids(eos_id):
