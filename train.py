@@ -799,10 +799,19 @@ def main(argv=None):
                          f"\"pipeline\"; this run's stage is {cfg.stage!r}, which would ignore them")
     else:
         check_config(cfg)
-    dist.setup(resolve_device(cfg.train.device))  # under torchrun: join the process group before any stage
+    device = dist.setup(resolve_device(cfg.train.device))  # under torchrun: join the process group before any stage
     dist.check_same_config(dataclasses.asdict(cfg))
     RUNNERS[cfg.stage](cfg)
+    if device.type == "cuda" and cfg.stage != "pipeline" and dist.is_main():
+        print(peak_memory_line(device))
     return cfg
+
+
+def peak_memory_line(device):
+    """What this process held at most on the GPU, beside the memory plan printed at the start."""
+    gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+    return (f"peak CUDA memory: {gib(torch.cuda.max_memory_allocated(device))} allocated, "
+            f"{gib(torch.cuda.max_memory_reserved(device))} reserved by the caching allocator")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,53 @@ def test_check_reward_real_judges_gsm8k_by_its_own_size(tmp_path, monkeypatch, c
     write(tmp_path / "gsm8k_test.jsonl", [{"answer": f"so{' MISS' if i < 2 else ''}\n#### {i}"} for i in range(100)])
     assert check_reward_real.main(["--data-dir", str(tmp_path), "--shifts", "1"]) == 1
     assert "TARGETS NOT MET" in capsys.readouterr().out
+
+
+def test_random_hf_model_makes_a_folder_that_train_py_runs(tmp_path, capsys):
+    """scripts/random_hf_model.py: a Qwen2-layout folder (q/k/v biases, tied, bf16) with a ChatML tokenizer that
+    HFTokenizer recognises, which configs/grpo_1.5b.toml's grpo stage then trains for a step; a second run into the
+    same folder is refused rather than overwriting it."""
+    pytest.importorskip("tokenizers")
+    import random_hf_model
+    import data as D
+    import train as T
+    from model import Transformer
+    rows = [{"question": f"What is {i} plus {3 * i}?", "answer": f"{i} + {3 * i} = {4 * i}\n#### {4 * i}"}
+            for i in range(1, 60)]
+    write_rows(tmp_path / "train.jsonl", rows)
+    out = tmp_path / "rnd"
+    random_hf_model.main(["--shape", "tiny", "--text", str(tmp_path / "train.jsonl"), "--out", str(out),
+                          "--tokenizer-vocab", "400"])
+    m = Transformer.from_pretrained(str(out))
+    assert m.tok_embeddings.weight.dtype == torch.bfloat16 and m.layers[0].attention.wqkv.bias is not None
+    assert {k: getattr(m.cfg, k) for k in random_hf_model.SHAPES["tiny"]} == random_hf_model.SHAPES["tiny"]
+    tok = D.load_tokenizer(str(out))
+    assert tok.vocab_size == 400 and tok.chat_template == "qwen" and tok.decode(tok.encode("12 + 36")) == "12 + 36"
+    T.main(["--config", os.path.join(ROOT, "configs", "grpo_1.5b.toml"), "--init", str(out),
+            "--out_dir", str(tmp_path / "run"), "--data.train_file", str(tmp_path / "train.jsonl"),
+            "--data.test_file", str(tmp_path / "train.jsonl"), "--train.device=cpu", "--train.max_steps=1",
+            "--train.batch_size=2", "--grpo.group_size=2", "--grpo.rollout_prompts=2", "--grpo.micro_batch_size=4",
+            "--grpo.max_new_tokens=8", "--train.max_new_tokens=8", "--train.eval_n=2"])
+    assert os.path.exists(tmp_path / "run" / "final" / "model.safetensors")
+    with pytest.raises(SystemExit):
+        random_hf_model.main(["--shape", "tiny", "--text", str(tmp_path / "train.jsonl"), "--out", str(out)])
+    assert "already holds a model" in capsys.readouterr().err
+
+
+def test_bench_vs_hf_finds_parity_and_prints_ratios(capsys):
+    """scripts/bench_vs_hf.py on CPU at the 4M size: greedy parity with transformers is 8/8, and every measurement
+    prints its ratio line."""
+    pytest.importorskip("transformers")
+    import bench_vs_hf
+    bench_vs_hf.main(["--size", "S", "--device", "cpu", "--train", "2x32", "--generate", "2x8", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert "8/8 completions equal" in out and "max abs diff" in out
+    assert "train b2x32: ours" in out and "generate 2x8: ours" in out and out.count("median ratio ours/hf") == 2
+
+
+def test_peak_memory_line_reads_the_allocator(monkeypatch):
+    import train as T
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 5 * 2**29)
+    assert T.peak_memory_line(torch.device("cuda")) == \
+        "peak CUDA memory: 3.00 GiB allocated, 2.50 GiB reserved by the caching allocator"
