@@ -87,7 +87,6 @@ def test_random_hf_model_makes_a_folder_that_train_py_runs(tmp_path, capsys):
     """scripts/random_hf_model.py: a Qwen2-layout folder (q/k/v biases, tied, bf16) with a ChatML tokenizer that
     HFTokenizer recognises, which configs/grpo_1.5b.toml's grpo stage then trains for a step; a second run into the
     same folder is refused rather than overwriting it."""
-    pytest.importorskip("tokenizers")
     import random_hf_model
     import data as D
     import train as T
@@ -117,7 +116,6 @@ def test_random_hf_model_makes_a_folder_that_train_py_runs(tmp_path, capsys):
 def test_bench_vs_hf_finds_parity_and_prints_ratios(capsys):
     """scripts/bench_vs_hf.py on CPU at the 4M size: greedy parity with transformers is 8/8, and every measurement
     prints its ratio line."""
-    pytest.importorskip("transformers")
     import bench_vs_hf
     bench_vs_hf.main(["--size", "S", "--device", "cpu", "--train", "2x32", "--generate", "2x8", "--reps", "1"])
     out = capsys.readouterr().out
