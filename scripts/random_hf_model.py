@@ -1,8 +1,9 @@
 """
-Write a Hugging Face folder with random weights in a real model's shape, and a byte-level BPE tokenizer (with
-Qwen's ChatML tokens) trained on the text of a JSONL file: for trying a config's memory and speed on a GPU before
-the real weights are downloaded. A random model's samples are noise, so every completion runs to max_new_tokens:
-the worst case for the KV cache and the update. Needs the optional package `tokenizers` (as data.HFTokenizer does).
+Write a Hugging Face folder with random weights in a real model's shape, and a tokenizer trained on a JSONL file.
+
+The tokenizer is a byte-level BPE with Qwen's ChatML tokens, trained on the file's text. The folder is for trying a
+config's memory and speed on a GPU before the real weights are downloaded. A random model's samples are noise, so
+nearly every completion runs to max_new_tokens: the worst case for the KV cache and the update. Needs the optional package `tokenizers` (as data.HFTokenizer does).
 
     python scripts/random_hf_model.py --shape qwen2.5-1.5b --text data/gsm8k_train.jsonl --out models/random-1.5b
     python train.py --config configs/grpo_1.5b.toml --init models/random-1.5b --out_dir out/random-1.5b \

@@ -129,3 +129,15 @@ def test_peak_memory_line_reads_the_allocator(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 5 * 2**29)
     assert T.peak_memory_line(torch.device("cuda")) == \
         "peak CUDA memory: 3.00 GiB allocated, 2.50 GiB reserved by the caching allocator"
+
+
+def test_random_hf_model_qwen_shape_counts_qwen25_15b_parameters():
+    """The qwen2.5-1.5b shape is Qwen2.5-1.5B's (model card: 1.54B): by hand, the tied embedding 151936 x 1536, and
+    per layer q (1536 x 1536 + bias), k and v (256 x 1536 + bias each), o (1536 x 1536), the SwiGLU 3 x 1536 x 8960
+    and two norms; plus the final norm."""
+    import random_hf_model
+    from model import ModelConfig, Transformer
+    layer = (1536 * 1536 + 1536) + 2 * (256 * 1536 + 256) + 1536 * 1536 + 3 * 1536 * 8960 + 2 * 1536
+    with torch.device("meta"):
+        m = Transformer(ModelConfig(**random_hf_model.SHAPES["qwen2.5-1.5b"]))
+    assert m.num_params() == 151936 * 1536 + 28 * layer + 1536 == 1_543_714_304
