@@ -39,6 +39,9 @@ def setup(device):
         return device
     if device.type == "cuda":
         local, n_gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if n_gpus == 0:
+            raise ValueError("train.device is cuda, but this node has no GPU that torch can see: run the ranks on CPU "
+                             "with --train.device=cpu")
         if local >= n_gpus:  # torch's own error would be "invalid device ordinal"
             raise ValueError(f"LOCAL_RANK {local} needs a GPU of its own, but this node has {n_gpus}: start at most "
                              f"{n_gpus} processes per node (torchrun --nproc_per_node {n_gpus}), or run the ranks on "

@@ -151,10 +151,15 @@ def bench_generate(ours, hf, device, amp, batch, new, reps):
 
 
 def shapes(text):
-    try:
-        return [tuple(int(n) for n in s.split("x")) for s in text.split(",") if s]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: shapes are AxB, comma separated (e.g. 8x1024,32x1024)")
+    """"8x1024,32x1024" -> [(8, 1024), (32, 1024)]: pairs of positive integers."""
+    out = []
+    for item in text.split(","):
+        parts = item.split("x")
+        if len(parts) != 2 or not all(n.isdigit() and int(n) > 0 for n in parts):
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r}: shapes are AxB with A, B positive integers, "
+                                             "comma separated (e.g. 8x1024,32x1024)")
+        out.append((int(parts[0]), int(parts[1])))
+    return out
 
 
 def main(argv=None):
@@ -165,6 +170,8 @@ def main(argv=None):
     p.add_argument("--generate", type=shapes, default=shapes("16x128,64x256"), help="prompts x new tokens")
     p.add_argument("--reps", type=int, default=6, help="timed turns per measurement (median reported)")
     args = p.parse_args(argv)
+    if args.reps < 1:
+        p.error(f"--reps must be at least 1, got {args.reps}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device here")

@@ -63,17 +63,23 @@ def main(argv=None):
     p.add_argument("--shape", choices=list(SHAPES), default="qwen2.5-1.5b")
     p.add_argument("--text", required=True, help="JSONL file whose string fields train the tokenizer")
     p.add_argument("--out", required=True, help="folder to write (must not hold a model yet)")
-    p.add_argument("--tokenizer-vocab", type=int, default=16000, help="BPE vocabulary (at most the model's)")
+    p.add_argument("--tokenizer-vocab", type=int, default=None,
+                   help="BPE vocabulary, at least 259 (256 bytes + 3 special tokens) and at most the model's "
+                        "(default: 16000, or the model's if smaller)")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="of the saved weights")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     shape = SHAPES[args.shape]
+    vocab = min(16000, shape["vocab_size"]) if args.tokenizer_vocab is None else args.tokenizer_vocab
     if os.path.exists(os.path.join(args.out, "config.json")):
         p.error(f"{args.out} already holds a model (config.json): name a new folder")
-    if not 0 < args.tokenizer_vocab <= shape["vocab_size"]:
-        p.error(f"--tokenizer-vocab {args.tokenizer_vocab}: must lie in 1..{shape['vocab_size']} (the model's rows)")
+    if not 3 + 256 <= vocab <= shape["vocab_size"]:
+        p.error(f"--tokenizer-vocab {vocab}: must lie in 259..{shape['vocab_size']} (256 bytes and 3 special tokens "
+                "at least; the model's rows at most)")
+    if not os.path.isfile(args.text):
+        p.error(f"--text {args.text}: no such file")
     os.makedirs(args.out, exist_ok=True)
-    n_tok = write_tokenizer(args.out, args.text, args.tokenizer_vocab)
+    n_tok = write_tokenizer(args.out, args.text, vocab)
     torch.manual_seed(args.seed)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a 1.5B init is quick on a GPU
         model = Transformer(ModelConfig(**shape))

@@ -214,9 +214,13 @@ def test_ranks_started_with_different_settings_are_refused(tmp_path):
 
 def test_more_ranks_than_gpus_is_refused_by_name(monkeypatch):
     """Two ranks on a one-GPU node: the rank without a GPU says so, instead of torch's "invalid device ordinal"."""
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail(f"set_device({d}) on a missing GPU"))
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match=r"train.device is cuda, but this node has no GPU .*--train.device=cpu"):
+        dist.setup(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ValueError, match=r"LOCAL_RANK 1 needs a GPU of its own, but this node has 1: .*"
                                          r"--nproc_per_node 1.*--train.device=cpu"):

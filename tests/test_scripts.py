@@ -115,12 +115,55 @@ def test_random_hf_model_makes_a_folder_that_train_py_runs(tmp_path, capsys):
 
 def test_bench_vs_hf_finds_parity_and_prints_ratios(capsys):
     """scripts/bench_vs_hf.py on CPU at the 4M size: greedy parity with transformers is 8/8, and every measurement
-    prints its ratio line."""
+    prints its ratio line; with one turn each, the ratio is ours' rate over transformers' (not the inverse)."""
+    import re
     import bench_vs_hf
     bench_vs_hf.main(["--size", "S", "--device", "cpu", "--train", "2x32", "--generate", "2x8", "--reps", "1"])
     out = capsys.readouterr().out
     assert "8/8 completions equal" in out and "max abs diff" in out
     assert "train b2x32: ours" in out and "generate 2x8: ours" in out and out.count("median ratio ours/hf") == 2
+    for ours, hf, ratio in re.findall(r"ours (\d+) [^,]*, transformers (\d+) [^,]*, median ratio ours/hf ([\d.]+)",
+                                      out):
+        assert float(ratio) == pytest.approx(int(ours) / int(hf), rel=0.02, abs=0.01)
+
+
+def test_bench_vs_hf_parity_counts_only_equal_completions():
+    """Two models with different weights: transformers' greedy completions are not ours, and parity says 0/8."""
+    import bench_vs_hf
+    from bench import SIZES
+    torch.manual_seed(0)
+    ours, hf = bench_vs_hf.pair(SIZES["S"], torch.device("cpu"), 256)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.5)
+    assert bench_vs_hf.parity(ours, hf, torch.device("cpu"), None, SIZES["S"]["vocab_size"]) == 0
+
+
+@pytest.mark.parametrize("argv,words", [(["--train", "8x2x3"], "'8x2x3' in '8x2x3': shapes are AxB"),
+                                        (["--generate", "0x4"], "'0x4' in '0x4': shapes are AxB"),
+                                        (["--train", "8"], "'8' in '8': shapes are AxB"),
+                                        (["--reps", "0", "--device", "cpu"], "--reps must be at least 1")])
+def test_bench_vs_hf_refuses_bad_arguments(argv, words, capsys):
+    import bench_vs_hf
+    with pytest.raises(SystemExit):
+        bench_vs_hf.main(argv)
+    assert words in capsys.readouterr().err
+
+
+def test_random_hf_model_refuses_bad_arguments_and_writes_nothing(tmp_path, capsys):
+    """A missing text file or a tokenizer too small for its bytes is refused before the folder is made; without
+    --tokenizer-vocab the tiny shape gets a tokenizer no larger than its rows."""
+    import random_hf_model
+    write_rows(tmp_path / "t.jsonl", [{"q": f"{i} plus {i} is {2 * i}"} for i in range(50)])
+    for argv, words in ((["--text", str(tmp_path / "none.jsonl")], "no such file"),
+                        (["--text", str(tmp_path / "t.jsonl"), "--tokenizer-vocab", "258"], "must lie in 259..1024"),
+                        (["--text", str(tmp_path / "t.jsonl"), "--tokenizer-vocab", "1025"], "must lie in 259..1024")):
+        with pytest.raises(SystemExit):
+            random_hf_model.main(["--shape", "tiny", "--out", str(tmp_path / "out"), *argv])
+        assert words in capsys.readouterr().err and not os.path.exists(tmp_path / "out")
+    random_hf_model.main(["--shape", "tiny", "--text", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "out")])
+    with open(tmp_path / "out" / "tokenizer.json") as f:
+        assert 259 <= len(json.load(f)["model"]["vocab"]) <= 1024
 
 
 def test_peak_memory_line_reads_the_allocator(monkeypatch):
