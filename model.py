@@ -477,8 +477,7 @@ class Transformer(nn.Module):
                                        head, dtype)
                 logits = step(nxt, t)  # (B, V)
             else:
-                cos_t = torch.addcmul(offset, cos[t], factor).to(dtype)  # (H+2K, 2, hd/2, B)
-                sin_t = (sin[t] * factor).to(dtype)
+                cos_t, sin_t = rope_at((cos, sin, offset, factor), t, dtype)  # (H+2K, 2, hd/2, B) each
                 logits = self._decode(nxt, t, cos_t, sin_t, decode_mask, caches, weights, norms, head)  # (B, V)
 
         rows = out[:, : i + 1].tolist()
@@ -515,6 +514,15 @@ class Transformer(nn.Module):
             json.dump(self.cfg.to_hf(state["tok_embeddings.weight"].dtype), f, indent=2)
 
 
+def rope_at(rope, t, dtype):
+    """_decode's cos and sin for cache column t, (H+2K, 2, hd/2, B) each, from generate's tables rope = (cos, sin,
+    offset, factor): (S, 1, 2, hd/2, B) twice, then (H+2K, 1, 1, 1) twice. t is an int, or a (1,) tensor inside a
+    CUDA graph (read on the device at each replay)."""
+    cos, sin, offset, factor = rope
+    c, s = (cos[t], sin[t]) if isinstance(t, int) else (cos.index_select(0, t)[0], sin.index_select(0, t)[0])
+    return torch.addcmul(offset, c, factor).to(dtype), (s * factor).to(dtype)
+
+
 class DecodeGraph:
     """Transformer._decode as one CUDA graph (departure 8), for one batch shape: made with the step's tokens and
     cache column, it runs that step eagerly (which also sets up cuBLAS outside the capture), then records the step
@@ -523,19 +531,15 @@ class DecodeGraph:
     serves every column. Off CUDA nothing is recorded: each call runs the same static-shape step eagerly."""
 
     def __init__(self, model, tok, t, rope, mask, caches, weights, norms, head, dtype):
-        cos, sin, offset, factor = rope  # generate's tables: (S, 1, 2, hd/2, B) and (H+2K, 1, 1, 1)
         tok_in, t_in = tok.clone(), torch.tensor([t], device=tok.device)  # the graph's inputs
         cols = torch.arange(mask.size(-1), device=tok.device)  # (S,)
 
         def step():  # refers to no self: the graph, and the caches it holds, go as soon as generate() drops it
-            cos_t = torch.addcmul(offset, cos.index_select(0, t_in)[0], factor).to(dtype)  # (H+2K, 2, hd/2, B)
-            sin_t = (sin.index_select(0, t_in)[0] * factor).to(dtype)
+            cos_t, sin_t = rope_at(rope, t_in, dtype)
             future = torch.zeros(cols.shape, dtype=mask.dtype, device=cols.device).masked_fill_(cols > t_in, -math.inf)
             return model._decode(tok_in, t_in, cos_t, sin_t, mask + future, caches, weights, norms, head)
 
-        self.tok, self.t = tok_in, t_in
-
-        self.step, self.graph, self.first = step, None, None
+        self.tok, self.t, self.step, self.graph, self.first = tok_in, t_in, step, None, None
         if tok.device.type == "cuda":
             side = _side_stream(tok.device)
             side.wait_stream(torch.cuda.current_stream())
@@ -564,8 +568,8 @@ _SIDE_STREAMS = {}
 
 
 def _side_stream(device):
-    """One side stream per GPU for DecodeGraph's eager step: cuBLAS keeps a workspace (32 MiB) per stream it has
-    run on, so a new stream per graph would leave one more behind each time."""
+    """One side stream per GPU for DecodeGraph's eager step: cuBLAS keeps workspaces for every stream it has run on
+    (64 MiB more per new stream on the H100), so a new stream per graph would leave more behind each time."""
     if device not in _SIDE_STREAMS:
         _SIDE_STREAMS[device] = torch.cuda.Stream(device)
     return _SIDE_STREAMS[device]
