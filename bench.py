@@ -55,6 +55,42 @@ def timed(fn, device, reps, warmup):
     return statistics.median(times)
 
 
+def take_turns(runners, device, reps, warmup=1):
+    """Wall seconds of each call of each runner {name: fn}, the runners taking turns (who goes first alternates), so
+    that a machine's drift hits them alike: {name: [reps times]}."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times, names = {k: [] for k in runners}, list(runners)
+    for r in range(reps):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            sync(device)
+            t0 = time.perf_counter()
+            runners[k]()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def train_step(model, data, amp, fwd=None):
+    """One training step as a closure: the forward (fwd, default the model) under the context amp, next-token
+    cross-entropy in fp32, backward, AdamW. data: (B, T+1) token ids."""
+    fwd = fwd or model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    x, y = data[:, :-1], data[:, 1:]
+    model.train()
+
+    def step():
+        with amp:
+            logits = fwd(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def matmul_peak(device, dtype, n, reps=5):
     """FLOP/s of an n x n x n matmul in dtype: the ceiling MFU is measured against."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -62,20 +98,8 @@ def matmul_peak(device, dtype, n, reps=5):
 
 
 def bench_train(model, cfg, device, amp, batch, seq, reps, warmup):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     data = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)  # (B, T+1)
-    x, y = data[:, :-1], data[:, 1:]
-    model.train()
-
-    def step():
-        with amp:
-            logits = model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return batch * seq / timed(step, device, reps, warmup)
+    return batch * seq / timed(train_step(model, data, amp), device, reps, warmup)
 
 
 def bench_sample(model, cfg, device, amp, batch, new, lo, hi, reps, warmup):

@@ -21,13 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench import GRPO_SHAPE, SIZES  # noqa: E402
+from bench import GRPO_SHAPE, SIZES, take_turns  # noqa: E402
 
 FILES = ("model.py", "hf_checkpoint.py", "grpo.py", "config.py")
 BY_NAME = ("hf_checkpoint", "config", "model", "grpo")  # names the versioned files import by, restored after
@@ -115,14 +114,7 @@ def main(argv=None):
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     torch.set_num_threads(args.threads)
     runners = {side: make_runner(*load_version(rev, side), args) for side, rev in (("old", args.old), ("new", args.new))}
-    for run in runners.values():  # warm-up
-        run()
-    times = {side: [] for side in runners}
-    for r in range(args.reps):
-        for side in (("old", "new") if r % 2 == 0 else ("new", "old")):  # alternate who goes first
-            t0 = time.perf_counter()
-            runners[side]()
-            times[side].append(time.perf_counter() - t0)
+    times = take_turns(runners, torch.device("cpu"), args.reps)
     for side, ts in times.items():
         print(f"{side}: median {statistics.median(ts) * 1e3:.1f} ms per {args.what}")
     ratio = statistics.median(a / b for a, b in zip(times["old"], times["new"]))

@@ -16,15 +16,13 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench import SIZES, matmul_peak, sync  # noqa: E402
+from bench import SIZES, matmul_peak, take_turns, train_step  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 
 
@@ -71,22 +69,6 @@ def parity(ours, hf, device, amp, vocab):
     return same
 
 
-def interleave(runners, device, reps, warmup):
-    """Seconds per call of each runner, taking turns: {name: [reps times]}."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in runners}
-    for _ in range(reps):
-        for k, fn in runners.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
 def summary(name, times, work, unit):
     ours, hf = (work / statistics.median(times[k]) for k in ("ours", "hf"))
     ratio = statistics.median(h / o for o, h in zip(times["ours"], times["hf"]))
@@ -95,24 +77,10 @@ def summary(name, times, work, unit):
 
 
 def bench_train(ours, hf, device, amp, batch, seq, reps, peak):
-    x = torch.randint(0, ours.cfg.vocab_size, (batch, seq + 1), device=device)
-    inp, tgt = x[:, :-1], x[:, 1:]
-
-    def runner(model, fwd):
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-
-        def step():
-            with amp or nullcontext():
-                logits = fwd(inp)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
-
-    times = interleave({"ours": runner(ours, ours), "hf": runner(hf, lambda t: hf(input_ids=t).logits)}, device,
-                       reps, warmup=2)
+    data = torch.randint(0, ours.cfg.vocab_size, (batch, seq + 1), device=device)
+    amp = amp or nullcontext()
+    runners = {"ours": train_step(ours, data, amp), "hf": train_step(hf, data, amp, lambda t: hf(input_ids=t).logits)}
+    times = take_turns(runners, device, reps, warmup=2)
     a, b, _ = summary(f"train b{batch}x{seq}", times, batch * seq, "tok/s")
     fpt = ours.flops_per_token(seq)
     print(f"  MFU against the measured matmul peak: ours {100 * a * fpt / peak:.1f}%, transformers "
@@ -144,7 +112,7 @@ def bench_generate(ours, hf, device, amp, batch, new, reps):
     runners = {"ours": mine(None), "hf": theirs}
     if device.type == "cuda":
         runners["eager"] = mine(False)
-    times = interleave(runners, device, reps, warmup=1)
+    times = take_turns(runners, device, reps, warmup=1)
     summary(f"generate {batch}x{new}", times, batch * new, "new tok/s")
     if "eager" in times:
         print(f"  ours without the CUDA graph: {batch * new / statistics.median(times['eager']):.0f} new tok/s")
