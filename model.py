@@ -40,6 +40,9 @@ Departures from the Hugging Face modules (same math, different layout or plumbin
    change shape between replays, so it attends over every cache column, those past the current one masked, and is
    captured again when rows leave the batch. Under autocast the matmul weights are cast once per generate(), not
    once per step.
+9. On CUDA, attention never runs on cuDNN's SDPA kernel (sdpa below): it builds a plan for each new shape, and
+   GRPO's and eval's shapes change with every batch. On an H100 (torch 2.11) those builds made a 100M model's GRPO
+   update take 0.1-1.2 s where flash / memory-efficient attention takes 0.13-0.18 s.
 """
 import json
 import math
@@ -51,6 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hf_checkpoint import config_from_hf, hf_config, read_hf_state, write_hf_state
 
@@ -178,9 +182,19 @@ class Attention(nn.Module):
         if keep is not None:
             keep.append((k, v))
         # causal unless a mask is given (generate's prefill folds causality into its mask)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=H != K)  # (B, H, T, hd)
+        y = sdpa(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=H != K)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))  # (B, T, D)
+
+
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # no cuDNN
+
+
+def sdpa(q, k, v, **kw):
+    """F.scaled_dot_product_attention, on CUDA without cuDNN's kernel (departure 9)."""
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+    with sdpa_kernel(SDPA_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
 def attend_after_prefix(q, k, v, mask, n, S, row_prefix):
@@ -192,9 +206,9 @@ def attend_after_prefix(q, k, v, mask, n, S, row_prefix):
     H, K = q.shape[2], k.shape[2]
     pre = [t[0, :P].unflatten(0, (n, S)).transpose(1, 2) for t in (q, k, v)]  # (n, H | K, S, hd)
     q, k, v = [t[0, P:].unflatten(0, (B, -1)).transpose(1, 2) for t in (q, k, v)]  # (B, H | K, L, hd)
-    y_pre = F.scaled_dot_product_attention(*pre, is_causal=True, enable_gqa=H != K)  # (n, H, S, hd)
+    y_pre = sdpa(*pre, is_causal=True, enable_gqa=H != K)  # (n, H, S, hd)
     k, v = torch.cat([pre[1][row_prefix], k], dim=2), torch.cat([pre[2][row_prefix], v], dim=2)  # (B, K, S+L, hd)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)  # (B, H, L, hd)
+    y = sdpa(q, k, v, attn_mask=mask, enable_gqa=H != K)  # (B, H, L, hd)
     return torch.cat([y_pre.transpose(1, 2).flatten(0, 1), y.transpose(1, 2).flatten(0, 1)])[None]  # (1, N, H, hd)
 
 

@@ -1,5 +1,6 @@
 """The decode step and the sampler beyond what tests/test_model.py checks: norm eps under autocast, a zero-probability
-token never drawn, integer stop ids, and the CUDA graph's static-shape step (departure 8) against the sliced one."""
+token never drawn, integer stop ids, the CUDA graph's static-shape step (departure 8) against the sliced one, and no
+cuDNN attention on CUDA (departure 9)."""
 import gc
 import weakref
 
@@ -165,3 +166,31 @@ def test_cuda_graph_generate_equals_eager_on_cuda():
         assert same >= 0.9 * sum(map(len, a))
     finally:
         model_lib.DecodeGraph.__init__ = real
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: SDPA's CUDA backends")
+@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")  # one profiling cycle here: nothing lost
+def test_attention_on_cuda_never_uses_cudnn():
+    """Departure 9: training's causal forward, GRPO's forward with per-row starts (attend_after_prefix's masked SDPA)
+    and generate's masked prefill run no cuDNN attention kernel (it plans each new shape, 0.1-1 s on an H100), and
+    give what the math backend gives."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import ProfilerActivity, profile
+    dev = torch.device("cuda")
+    m = _tiny().to(dev)
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randint(3, 256, (4, 40), generator=g).to(dev)
+    tokens[1, :9] = tokens[0, :9]  # rows 0 and 1 share a prefix
+    starts = torch.tensor([9, 9, 12, 5], device=dev)
+    prompts = [torch.randint(3, 256, (n,), generator=g).tolist() for n in (7, 3, 12)]
+    with torch.autocast("cuda", torch.bfloat16), torch.no_grad():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = [m(tokens), m(tokens, start=starts)]
+            m.generate(prompts, max_new_tokens=3, temperature=0)
+        with sdpa_kernel([SDPBackend.MATH]):
+            ref = [m(tokens), m(tokens, start=starts)]
+    names = {e.key for e in prof.key_averages()}
+    assert any("scaled_dot_product" in n for n in names)  # the profile saw the attention calls
+    assert not [n for n in names if "cudnn" in n.lower()]
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a.float(), b.float(), atol=3e-2, rtol=3e-2)
