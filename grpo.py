@@ -84,7 +84,7 @@ class GRPOConfig:
             ("temperature", 0 < self.temperature < math.inf,
              "finite and > 0: greedy rollouts make every group's samples equal, infinite ones are uniform noise"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("beta", self.beta >= 0, ">= 0"),
+            ("beta", 0 <= self.beta < math.inf, "finite, >= 0"),
             ("clip_eps", self.clip_eps > 0, "> 0"),
             ("clip_eps_high", self.clip_eps_high >= 0, ">= 0 (0: the same as clip_eps)"),
             ("num_iterations", self.num_iterations >= 1, "at least 1"),
@@ -293,8 +293,10 @@ def rollout(policy, prompts, reward_fn, cfg, eos_id=None, generator=None):
     policy.eval()
     completion_ids = []
     for i, gen in enumerate(gens):
-        completion_ids += policy.generate(prompt_ids[i * rows:(i + 1) * rows], max_new_tokens=cfg.max_new_tokens,
-                                          temperature=cfg.temperature, top_p=cfg.top_p, eos_id=eos_id, generator=gen)
+        chunk = prompt_ids[i * rows:(i + 1) * rows]  # the last chunks are short, or empty (5 prompts, 4 generators)
+        if chunk:
+            completion_ids += policy.generate(chunk, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                              top_p=cfg.top_p, eos_id=eos_id, generator=gen)
     policy.train(was_training)
     scores = [reward_fn(p, c) for p, c in zip(prompt_ids, completion_ids)]
     pairs = [s if isinstance(s, tuple) else (s, s) for s in scores]

@@ -38,6 +38,8 @@ def hf_config(cfg, dtype=torch.float32):
 def config_from_hf(hf):
     """ModelConfig's arguments from a Hugging Face Llama / Qwen2 config dict; refuses what model.py does not
     implement (mixture of experts, sliding windows, scaled RoPE, other activations, biases beyond Qwen2's q/k/v)."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"a config must be a JSON object, got {type(hf).__name__}")
     arch = hf.get("model_type")
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"model_type {arch!r} is not supported (only 'llama' and 'qwen2')")
@@ -69,8 +71,10 @@ def config_from_hf(hf):
     dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, dim // n_heads):
         raise ValueError(f"'head_dim' {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
+    # HF's defaults for an absent key: Llama one kv head per attention head, Qwen2 32; null means one per head
+    n_kv_heads = hf.get("num_key_value_heads", 32 if arch == "qwen2" else None) or n_heads
     return dict(vocab_size=hf["vocab_size"], dim=dim, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-                n_kv_heads=hf.get("num_key_value_heads") or n_heads, hidden_dim=hf["intermediate_size"],
+                n_kv_heads=n_kv_heads, hidden_dim=hf["intermediate_size"],
                 max_seq_len=hf.get("max_position_embeddings") or (32768 if arch == "qwen2" else 2048),  # HF's defaults
                 rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
                 norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=hf.get("tie_word_embeddings", False),

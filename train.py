@@ -362,7 +362,12 @@ def start_run(cfg, vocab_size=None):
     opt = build_optimizer(model, cfg.train)
     start_step, state = 0, {}
     if resume_from:
-        state = torch.load(os.path.join(resume_from, "train_state.pt"), weights_only=False)
+        file = os.path.join(resume_from, "train_state.pt")
+        try:
+            state = torch.load(file, weights_only=False)
+        except Exception as e:  # noqa: BLE001  (damaged on disk: the atomic save never leaves a half-written one)
+            raise ValueError(f"{file} cannot be read ({type(e).__name__}: {e}); move {resume_from} away to resume "
+                             "from the checkpoint before it") from None
         dist.load_optimizer(model, opt, state["optimizer"])
         set_rng_state(state["rng"])
         start_step = state["step"]

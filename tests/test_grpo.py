@@ -404,6 +404,7 @@ def test_reward_tuple_skip_zero_std_groups_and_mask_truncated():
 
 @pytest.mark.parametrize("field,value", [
     ("group_size", 1), ("max_new_tokens", 0), ("temperature", 0.0), ("top_p", 0.0), ("top_p", 1.5), ("beta", -0.1),
+    ("beta", math.inf),
     ("clip_eps", -0.5), ("clip_eps_high", -0.1), ("num_iterations", 0), ("agg", "seqmean"), ("ref_update_every", -1),
     ("micro_batch_size", 0), ("rollout_prompts", -1), ("max_grad_norm", -1.0)])
 def test_config_check_names_the_bad_setting(field, value):

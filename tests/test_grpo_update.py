@@ -121,6 +121,16 @@ def test_rollout_chunks_of_unequal_size_cover_every_prompt():
     assert roll["completion_ids"][4:] == alone["completion_ids"]
 
 
+def test_rollout_with_more_generators_than_prompts_leaves_the_last_chunk_empty():
+    """3 prompts over 4 generators: ceil gives one prompt per chunk, and the fourth chunk is empty (not sampled)."""
+    cfg = GRPOConfig(group_size=2, max_new_tokens=3)
+    gens = [torch.Generator().manual_seed(s) for s in (7, 8, 9, 10)]
+    roll = rollout(_grpo_tiny(0), PROMPTS, lambda p, c: 0.0, cfg, generator=gens)
+    assert len(roll["completion_ids"]) == 6 and roll["prompt_ids"][4] == PROMPTS[2]
+    alone = rollout(_grpo_tiny(0), PROMPTS[2:], lambda p, c: 0.0, cfg, generator=torch.Generator().manual_seed(9))
+    assert roll["completion_ids"][4:] == alone["completion_ids"]
+
+
 def test_token_logprobs_overwrite_keeps_fp32_for_bf16_logits():
     """G34: target_logprobs always passes overwrite=True; with bf16 logits (autocast) the log-softmax must still be
     fp32 (a fresh tensor), not written back into the bf16 logits."""

@@ -259,6 +259,21 @@ def test_missing_optional_keys_take_hf_defaults():  # H3, H6
     assert got["n_kv_heads"] == 4 and got["norm_eps"] == 1e-6  # HF: kv heads = attention heads, eps 1e-6
 
 
+def test_qwen2_missing_kv_heads_takes_qwen2s_default():  # HF's Qwen2Config: 32 when absent, n_heads when null
+    base = {**_tiny_hf(), "model_type": "qwen2", "num_attention_heads": 64, "hidden_size": 64 * 8}
+    del base["num_key_value_heads"]
+    assert config_from_hf(base)["n_kv_heads"] == 32
+    assert config_from_hf({**base, "num_key_value_heads": None})["n_kv_heads"] == 64
+    assert config_from_hf({**base, "model_type": "llama"})["n_kv_heads"] == 64
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "3"])
+def test_config_json_that_is_not_an_object_is_named(tmp_path, text):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=r"config\.json: a config must be a JSON object"):
+        ModelConfig.load_hf(str(tmp_path))
+
+
 def test_rope_parameters_theta_wins_over_top_level():
     hf = {**_tiny_hf(), "rope_theta": 5e5, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
     assert config_from_hf(hf)["rope_theta"] == 1e6

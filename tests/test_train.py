@@ -224,6 +224,23 @@ def test_resume_past_max_steps_is_an_error(tiny_toml, tmp_path):
         T.main(["--config", tiny_toml, "--out_dir", out, "--train.max_steps=2", "--train.resume=true"])
 
 
+def test_a_damaged_train_state_is_named_and_an_earlier_checkpoint_resumes(tiny_toml, tmp_path, capsys):
+    out = str(tmp_path / "d")
+    run = ["--config", tiny_toml, "--out_dir", out, "--train.max_steps=4", "--train.save_every=1", "--train.eval_n=0"]
+    T.main(run)
+    shutil.rmtree(os.path.join(out, "final"))  # as if the run had died after its step-3 checkpoint
+    state = os.path.join(out, "ckpt-0000003", "train_state.pt")
+    with open(state, "r+b") as f:  # damaged on disk after it was written
+        f.truncate(os.path.getsize(state) // 2)
+    with pytest.raises(ValueError, match=r"ckpt-0000003.train_state\.pt cannot be read.*move .*ckpt-0000003 away"):
+        T.main(run + ["--train.resume=true"])
+    shutil.move(os.path.join(out, "ckpt-0000003"), str(tmp_path / "damaged"))  # as the message says
+    capsys.readouterr()
+    T.main(run + ["--train.resume=true"])
+    assert "ckpt-0000002 at step 2" in capsys.readouterr().out
+    assert torch.load(os.path.join(out, "final", "train_state.pt"), weights_only=False)["step"] == 4
+
+
 def test_finished_run_extends_to_a_higher_max_steps(tiny_toml, tmp_path, capsys, monkeypatch):
     """--train.resume=true with a higher train.max_steps goes on from `final`; with a constant lr (no schedule to
     re-lay) the extended run equals one run straight to the new max_steps, bitwise. An extension that is killed
