@@ -220,7 +220,7 @@ def parse_args(argv):
                     "checkpoints: the run's held-out split, never one of its training problems)")
     ap.add_argument("--prompt", default=None, help="ask one question instead: prints reasoning and answer")
     ap.add_argument("--n", type=int, default=16, help="samples per problem for pass@k / maj@k (0: greedy only)")
-    ap.add_argument("--k", default="1,4,16", help="comma list of k")
+    ap.add_argument("--k", default=None, help="comma list of k (default: those of 1,4,16 up to --n)")
     ap.add_argument("--out", default="report.json", help="report path; the per-problem records go beside it, "
                     "its name with .jsonl for .json (report.json -> report.jsonl; other names get .jsonl added)")
     ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1 for the n "
@@ -247,7 +247,8 @@ def parse_args(argv):
                         f"run's data.{field}_field when --data is the run's own file, else {default!r})")
     args = ap.parse_args(argv)
     try:
-        args.k = [int(k) for k in args.k.split(",") if k.strip()]
+        args.k = [int(k) for k in args.k.split(",") if k.strip()] if args.k is not None else \
+            [k for k in (1, 4, 16) if k <= max(args.n, 1)]
     except ValueError:
         ap.error(f"--k {args.k!r}: expected a comma list of integers")
     for name, ok, want in [("n", args.n >= 0, ">= 0 (0: greedy only)"), ("limit", args.limit >= 0, ">= 0 (0: all)"),

@@ -39,13 +39,24 @@ from config import apply_table, merge_tables, positive_int
 
 
 def pipeline_configs(cfg, runners):
-    """One Config per pipeline step: the base config plus the step's table, checked before anything runs."""
+    """One Config per pipeline step: the base config plus the step's table, checked before anything runs.
+    --pipeline.steps=a,b on the command line runs some of the file's steps: a step it leaves out keeps its results
+    of an earlier run (out_dir/NAME/final) for the steps that start from it, and the report leaves it out."""
     steps = cfg.pipeline.get("steps")
     if isinstance(steps, str):  # from the command line: --pipeline.steps=sft,grpo
         steps = [s.strip() for s in steps.split(",") if s.strip()]
     unknown = set(cfg.pipeline) - {"steps", "report", "jobs"} - set(steps or [])
-    if unknown:
+    picked = "steps" in (getattr(cfg, "cli_overrides", {}).get("pipeline") or {})
+    if unknown and not picked:  # in the file, a table of no step is a typo
         raise KeyError(f"[pipeline] has tables for steps not in `steps`: {sorted(unknown)}")
+    earlier = {name: os.path.join(cfg.out_dir, name, "final") for name in unknown} if picked else {}
+    if picked and isinstance(cfg.pipeline.get("report"), dict) and isinstance(steps, list):
+        rep = cfg.pipeline["report"]  # the report evaluates the picked steps only
+        for key in ("rl", "distill"):
+            if isinstance(rep.get(key), list):
+                rep[key] = [x for x in rep[key] if x in steps]
+        if rep.get("zero") not in steps:
+            rep["zero"] = ""
     if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
         raise ValueError("stage = 'pipeline' needs [pipeline] steps = [\"name\", ...]")
     out, dirs = [], {}
@@ -72,8 +83,9 @@ def pipeline_configs(cfg, runners):
             raise type(e)(f"[pipeline.{name}]: {e.args[0]}") from None
         if step.stage not in runners or step.stage == "pipeline":
             raise ValueError(f"[pipeline.{name}]: unknown stage {step.stage!r}; valid: {sorted(runners)}")
-        step.init = dirs.get(step.init, step.init)  # an earlier step's name means its final checkpoint
-        step.distill.teacher = dirs.get(step.distill.teacher, step.distill.teacher)
+        known = {**earlier, **dirs}  # an earlier step's name means its final checkpoint
+        step.init = known.get(step.init, step.init)
+        step.distill.teacher = known.get(step.distill.teacher, step.distill.teacher)
         for key, value in (("init", step.init), ("distill.teacher", step.distill.teacher)):
             if value and value not in dirs.values() and not os.path.isdir(value):  # a typo: say so before training
                 raise ValueError(f"[pipeline.{name}]: {key} = {value!r} is neither an earlier step of `steps` "
@@ -88,17 +100,27 @@ def pipeline_configs(cfg, runners):
 
 
 def check_steps(cfg, runners, check):
-    """Every step's settings, before the first one trains: check (train.check_config) on each step, and a
-    new-token budget that leaves room for a prompt in the context of the model the step will train. A ValueError
-    names the step."""
+    """Every step's settings, before the first one trains: check (train.check_config) on each step, and new-token
+    budgets that leave room for a prompt in the context of each model that samples them (evaluation's, GRPO's
+    rollouts, a distillation teacher's samples, which the student then trains on). A ValueError names the step."""
     steps = pipeline_configs(cfg, runners)
+    finals = {os.path.join(step.out_dir, "final"): n for n, step in steps}
     for name, step in steps:
         try:
             check(step)
             context = report.context_length(name, steps)  # its model's, when it can be read before training
-            if context is not None and step.train.max_new_tokens >= context:
-                raise ValueError(f"train.max_new_tokens = {step.train.max_new_tokens} leaves no room for a prompt "
-                                 f"in the model's max_seq_len {context}")
+            budgets = [("train.max_new_tokens", step.train.max_new_tokens, "the model's", context)]
+            if step.stage == "grpo":
+                budgets.append(("grpo.max_new_tokens", step.grpo.max_new_tokens, "the model's", context))
+            dc = step.distill
+            if step.stage == "distill" and (dc.mode == "traces" or dc.source == "teacher"):
+                teacher = (report.context_length(finals[dc.teacher], steps) if dc.teacher in finals
+                           else report.folder_context(dc.teacher))
+                budgets += [("distill.max_new_tokens", dc.max_new_tokens, "the student's", context),
+                            ("distill.max_new_tokens", dc.max_new_tokens, "the teacher's", teacher)]
+            for key, budget, whose, length in budgets:
+                if length is not None and budget >= length:
+                    raise ValueError(f"{key} = {budget} leaves no room for a prompt in {whose} max_seq_len {length}")
         except ValueError as e:
             raise ValueError(f"[pipeline.{name}]: {e}") from None
 
@@ -142,9 +164,7 @@ def run_pipeline(cfg, runners, writer=True):
         recover_final(step.out_dir)
         ended[name] = final_step(step.out_dir)
         if not (cfg.train.resume and ended[name] is not None and ended[name] >= step.train.max_steps):
-            todo.append((name, step))
-            if writer and cfg.train.resume and ended[name] is None:  # an interrupted step goes on from a checkpoint
-                warn_if_changed(rows, name, step, finished=False)
+            todo.append((name, step))  # one that goes on from a checkpoint warns of a changed config as it starts
         elif writer:
             warn_if_changed(rows, name, step)
     again, after = {name for name, _ in todo}, dependencies(steps)
@@ -212,20 +232,18 @@ def log_step(cfg, name, step, t0, finished=True, extends=False, started=False):
         f.write((json.dumps(row) + "\n").encode())
 
 
-def warn_if_changed(rows, name, step, finished=True):
-    """A resumed pipeline skips a finished step, and continues an interrupted one from its checkpoint (model and
-    all), even when the step's config has changed since it ran (rows: pipeline.jsonl): say which keys."""
+def warn_if_changed(rows, name, step):
+    """A resumed pipeline skips a finished step even when the step's config has changed since it ran (rows:
+    pipeline.jsonl): say which keys. (A step that goes on from a checkpoint says so itself: train.start_run.)"""
     ran = [r for r in rows if r.get("step") == name and "config" in r]
-    # a finished step: the config of the run that finished it; with no such row (killed between writing `final` and
-    # its end row), the newest run's, which wrote that `final`
-    ran = [r["config"] for r in ([r for r in ran if r.get("finished")] if finished else []) or ran]
+    # the config of the run that finished it; with no such row (killed between writing `final` and its end row),
+    # the newest run's, which wrote that `final`
+    ran = [r["config"] for r in [r for r in ran if r.get("finished")] or ran]
     if ran:
         keys = changed_keys(ran[-1], json.loads(json.dumps(dataclasses.asdict(step))))
         if keys:
-            what = "is finished, so the resumed pipeline skips it" if finished else \
-                "goes on from its checkpoint, whose model and training state it keeps"
-            print(f"warning: pipeline step {name!r} {what}, but its config has changed since it ran "
-                  f"({', '.join(keys)}); remove {step.out_dir} to run it again")
+            print(f"warning: pipeline step {name!r} is finished, so the resumed pipeline skips it, but its config has "
+                  f"changed since it ran ({', '.join(keys)}); remove {step.out_dir} to run it again")
 
 
 def changed_keys(old, new, prefix=""):

@@ -5,7 +5,7 @@ Configured by the [pipeline.report] table, each key naming pipeline steps:
     rl      = ["sft", "grpo"]        DeepSeekMath's RL finding: greedy pass@1, pass@k and maj@k of each checkpoint
     distill = ["grpo", "student"]    DeepSeek-R1's distillation finding: parameters, wall time, greedy accuracy
     zero    = "r1zero"               R1-Zero-style run: format rate, accuracy, completion length over training
-    n = 16, k = [1, 4, 16], n_test = 300, max_new_tokens = 128
+    n = 16, k = [1, 4, 16]           defaults; n_test and max_new_tokens: data.n_test, train.max_new_tokens
 Every number is measured here on the held-out test split; nothing is copied from a training log except the
 R1-Zero curve, which is the training log by definition. Plots need the optional matplotlib.
 """
@@ -71,11 +71,14 @@ def context_length(name, steps):
     """The max_seq_len step `name`'s checkpoint will have: that of the model its init chain starts from (the first
     step's own [model], or an outside checkpoint's config.json); None when it cannot be read yet."""
     root = dict(steps)[init_chain(name, steps)[-1]]
-    if not root.init:
-        return root.model.max_seq_len
+    return folder_context(root.init) if root.init else root.model.max_seq_len
+
+
+def folder_context(folder):
+    """The max_seq_len of checkpoint folder's config.json; None when it cannot be read (the stage will say why)."""
     try:
-        return ModelConfig.load_hf(root.init).max_seq_len  # HF's keys and defaults, as the stage reads them
-    except (OSError, ValueError):  # not readable yet: the stage itself will say why
+        return ModelConfig.load_hf(folder).max_seq_len  # HF's keys and defaults, as the stage reads them
+    except (OSError, ValueError):
         return None
 
 
@@ -173,6 +176,9 @@ def report_spec(cfg, steps):
     for key in ("rl", "distill", "k"):  # a CLI string is a comma-separated list
         if isinstance(spec[key], str):
             spec[key] = [x.strip() for x in spec[key].split(",") if x.strip()]
+    if not cfg.data.test_file and cfg.data.n_test == 0:  # the report evaluates on the base config's test split
+        raise ValueError("[pipeline.report]: data.n_test = 0 leaves the report no test problems; set data.n_test "
+                         "(or data.test_file)")
     for key in ("n", "n_test", "max_new_tokens"):
         spec[key] = C.positive_int(spec[key], f"[pipeline.report].{key}")
     k = spec["k"]

@@ -329,6 +329,29 @@ class Run:
     test: list            # held-out problems
 
 
+def warn_if_config_changed(cfg, resume_from):
+    """A resumed run keeps the checkpoint's model, optimizer state and data position whatever the config says now:
+    name the keys that differ from the config the checkpoint was written with (its run_config.json), since the run
+    then no longer matches an uninterrupted one. Left out: what the run fills in itself (the architecture when it
+    comes from `init`, the vocabulary size from the tokenizer, the name a "chat" template resolves to), out_dir (a
+    copied run), and max_steps when a finished run is extended (announced where it is resumed)."""
+    path = os.path.join(resume_from, "run_config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    skip = {"out_dir", "model.vocab_size"}
+    if os.path.basename(resume_from) == "final":
+        skip.add("train.max_steps")
+    keys = [k for k in pipeline.changed_keys(saved, json.loads(json.dumps(dataclasses.asdict(cfg))))
+            if k not in skip and not (cfg.init and k.startswith("model."))
+            and not (k == "data.template" and cfg.data.template == "chat")]
+    if keys:
+        print(f"warning: {cfg.stage} resumes from {resume_from} (its model, optimizer state and data position), but "
+              f"the config has changed since that checkpoint was written ({', '.join(keys)}); the run will not match "
+              f"an uninterrupted one. Remove {cfg.out_dir} to start over with the new config")
+
+
 def start_run(cfg, vocab_size=None):
     """Problems, device, seed, tokenizer, model and optimizer for a stage, restored from the newest checkpoint
     when resuming. None when out_dir/final exists and we resume: the stage is done (unless train.max_steps is
@@ -340,6 +363,8 @@ def start_run(cfg, vocab_size=None):
         if dist.is_main():
             print(f"{cfg.out_dir}/final exists: stage {cfg.stage} is done, nothing to resume")
         return None
+    if resume_from and dist.is_main():
+        warn_if_config_changed(cfg, resume_from)
     train_problems, test = D.load_problems(cfg.data, "train"), D.load_problems(cfg.data, "test")
     seed_everything(cfg.train.seed)
     if resume_from:

@@ -169,6 +169,8 @@ def test_bad_input_fails_before_sampling(tmp_path):
         E.main(["--ckpt", str(tmp_path), "--data", "synthetic"])
     with pytest.raises(SystemExit):
         E.parse_args(["--ckpt", "x", "--n", "4", "--k", "1,8"])
+    # without --k, the k of 1,4,16 that --n samples allow
+    assert [E.parse_args(["--ckpt", "x", "--n", n]).k for n in ("16", "4", "2", "0")] == [[1, 4, 16], [1, 4], [1], [1]]
 
 
 @pytest.mark.parametrize("args,match", [(["--limit", "-1"], "--limit -1"), (["--n_test", "0"], "--n_test 0"),

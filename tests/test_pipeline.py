@@ -146,6 +146,14 @@ def test_report_settings_are_checked_before_training(tmp_path, line, match):
     assert not out.exists()  # nothing ran
 
 
+def test_a_report_without_test_problems_fails_before_training(tmp_path):
+    (tmp_path / "toy.toml").write_text(TOY)
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=r"\[pipeline\.report\]: data\.n_test = 0 leaves the report no test problems"):
+        T.main(["--config", str(tmp_path / "toy.toml"), "--out_dir", str(out), "--data.n_test=0", "--train.eval_n=0"])
+    assert not out.exists()  # nothing ran
+
+
 def test_report_and_jobs_from_the_command_line(tmp_path):
     """CLI values are strings: "--pipeline.report.k=1,2" is the list [1, 2] (so is --pipeline.steps a list of
     names), "--pipeline.jobs=two" an error."""
@@ -281,7 +289,7 @@ def test_report_leaves_out_what_a_step_with_its_own_data_trained_on(tmp_path, mo
     assert rep["left_out"] == len(test) - len(kept) > 0
 
 
-def test_a_resumed_interrupted_step_names_the_keys_that_changed(tmp_path, capsys):
+def test_a_skipped_finished_step_names_the_keys_that_changed(tmp_path, capsys):
     import dataclasses
     import pipeline
     (tmp_path / "toy.toml").write_text(TOY)
@@ -290,8 +298,6 @@ def test_a_resumed_interrupted_step_names_the_keys_that_changed(tmp_path, capsys
     rows = [{"step": "sft", "finished": False, "config": json.loads(json.dumps(dataclasses.asdict(ran)))}]
     (_, now), = [x for x in pipeline.pipeline_configs(T.load_config(str(tmp_path / "toy.toml"), ["--model.dim=64"]),
                                                        T.RUNNERS) if x[0] == "sft"]
-    pipeline.warn_if_changed(rows, "sft", now, finished=False)
-    assert "step 'sft' goes on from its checkpoint" in capsys.readouterr().out
     pipeline.warn_if_changed([{"step": "sft", "finished": True, "config": rows[0]["config"] | {"init": "x"}}] + rows,
                              "sft", ran)  # finished: the run that finished it counts, not a newer unfinished one
     assert "is finished, so the resumed pipeline skips it, but its config has changed since it ran (init)" \
@@ -299,8 +305,29 @@ def test_a_resumed_interrupted_step_names_the_keys_that_changed(tmp_path, capsys
     pipeline.warn_if_changed(rows, "sft", now)  # no finished row (killed after `final`): the newest run's config
     assert "is finished, so the resumed pipeline skips it, but its config has changed since it ran (model.dim)" \
         in capsys.readouterr().out
-    pipeline.warn_if_changed(rows, "sft", ran, finished=False)  # unchanged: quiet
+    pipeline.warn_if_changed(rows, "sft", ran)  # unchanged: quiet
     assert capsys.readouterr().out == ""
+
+
+
+def test_an_interrupted_step_without_a_checkpoint_starts_over_without_a_warning(tmp_path, capsys):
+    """Killed before its first checkpoint, a step has nothing to go on from: a changed config is simply used."""
+    import dataclasses
+    import pipeline
+    from test_train import TINY
+    (tmp_path / "p.toml").write_text(TINY.replace('stage = "pretrain"', 'stage = "pipeline"') +
+                                     '[pipeline]\nsteps = ["pretrain"]\n[pipeline.pretrain]\ntrain = {max_steps = 1}\n')
+    out = tmp_path / "o"
+    args = ["--config", str(tmp_path / "p.toml"), "--out_dir", str(out), "--train.eval_n=0"]
+    (_, ran), = pipeline.pipeline_configs(T.load_config(str(tmp_path / "p.toml"), args[2:]), T.RUNNERS)
+    os.makedirs(out / "pretrain")  # the step's folder, with no checkpoint in it
+    row = {"step": "pretrain", "started": True, "wall_s": 0.0, "finished": False,
+           "config": json.loads(json.dumps(dataclasses.asdict(ran)))}
+    (out / "pipeline.jsonl").write_text(json.dumps(row) + "\n")
+    capsys.readouterr()
+    T.main(args + ["--train.resume=true", "--pipeline.pretrain.train.lr=0.01"])
+    assert "warning" not in capsys.readouterr().out
+    assert os.path.exists(out / "pretrain" / "final" / "model.safetensors")
 
 
 WORKER = """

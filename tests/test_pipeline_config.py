@@ -1,6 +1,5 @@
 """How a pipeline's steps get their settings (command line over config file, a step's own over the top level), and
 what is refused before the first step trains."""
-import dataclasses
 import json
 import os
 import shutil
@@ -50,6 +49,23 @@ def test_the_command_line_beats_the_steps_tables(toy):
     assert out["sft"].out_dir == os.path.join("/tmp/x", "sft") and out["sft"].init == "/tmp/x/pretrain/final"
 
 
+def test_steps_picked_on_the_command_line_start_from_the_left_out_steps_results(toy, tmp_path):
+    out = tmp_path / "o"
+    argv = ["--pipeline.steps=grpo,student", f"--out_dir={out}"]
+    with pytest.raises(ValueError, match=r"\[pipeline.grpo\]: init = '.*/o/sft/final' is neither"):
+        steps_of(toy, argv)  # sft has not run: no results to start from
+    os.makedirs(out / "sft" / "final")
+    cfg = T.load_config(toy, argv)
+    steps = dict(pipeline.pipeline_configs(cfg, T.RUNNERS))
+    assert list(steps) == ["grpo", "student"] and steps["grpo"].init == str(out / "sft" / "final")
+    assert steps["student"].distill.teacher == str(out / "grpo" / "final")
+    rep = cfg.pipeline["report"]  # the report evaluates the steps that run
+    assert rep["rl"] == ["grpo"] and rep["distill"] == ["grpo", "student"] and rep["zero"] == "grpo"
+    cfg = T.load_config(toy, ["--pipeline.steps=pretrain,sft", f"--out_dir={out}"])
+    assert list(dict(pipeline.pipeline_configs(cfg, T.RUNNERS))) == ["pretrain", "sft"]
+    assert cfg.pipeline["report"]["distill"] == [] and cfg.pipeline["report"]["zero"] == ""
+
+
 def test_pipeline_settings_on_a_single_stage_are_refused(tmp_path):
     from test_train import TINY
     (tmp_path / "t.toml").write_text(TINY)
@@ -64,6 +80,13 @@ def test_pipeline_settings_on_a_single_stage_are_refused(tmp_path):
     ('stage = "distill"', r"\[pipeline.rl\]: the distill stage needs \[distill\].teacher"),
     ('stage = "sft"\ninit = "pretrain"\ntrain = {max_new_tokens = 256}',
      r"\[pipeline.rl\]: train.max_new_tokens = 256 leaves no room for a prompt in the model's max_seq_len 256"),
+    ('stage = "grpo"\ninit = "pretrain"\ngrpo = {max_new_tokens = 300}',
+     r"\[pipeline.rl\]: grpo.max_new_tokens = 300 leaves no room for a prompt in the model's max_seq_len 256"),
+    ('stage = "distill"\ninit = "pretrain"\ndistill = {teacher = "pretrain", max_new_tokens = 256}',
+     r"\[pipeline.rl\]: distill.max_new_tokens = 256 leaves no room for a prompt in the student's max_seq_len 256"),
+    ('stage = "distill"\nmodel = {max_seq_len = 512}\ndistill = {teacher = "pretrain", mode = "traces", '
+     'max_new_tokens = 300}',  # a student from scratch with a longer context than its teacher's
+     r"\[pipeline.rl\]: distill.max_new_tokens = 300 leaves no room for a prompt in the teacher's max_seq_len 256"),
 ])
 def test_a_later_steps_missing_settings_fail_before_the_first_step_trains(tmp_path, table, match):
     from test_train import TINY
@@ -207,18 +230,22 @@ def test_stage_on_the_command_line_is_the_pipelines_own(toy):
 
 
 
-def test_an_interrupted_extension_compares_with_its_own_run(toy, capsys):
+def test_an_interrupted_extension_compares_with_its_own_run(tmp_path, capsys):
     """P11: a finished step extended (max_steps raised) and interrupted: the resume compares with the extension's
-    config (the newest run), not the run that first finished it."""
-    (_, old), = [x for x in pipeline.pipeline_configs(T.load_config(toy), T.RUNNERS) if x[0] == "sft"]
-    (_, new), = [x for x in pipeline.pipeline_configs(T.load_config(toy, ["--pipeline.sft.train.max_steps=4"]),
-                                                      T.RUNNERS) if x[0] == "sft"]
-    as_row = lambda step: json.loads(json.dumps(dataclasses.asdict(step)))
-    rows = [{"step": "sft", "finished": True, "config": as_row(old)},
-            {"step": "sft", "finished": False, "started": True, "extends": True, "config": as_row(new)}]
-    pipeline.warn_if_changed(rows, "sft", new, finished=False)
-    assert capsys.readouterr().out == ""
-
+    config (that of its own checkpoint), not the run that first finished it."""
+    from test_train import TINY
+    (tmp_path / "p.toml").write_text(TINY.replace('stage = "pretrain"', 'stage = "pipeline"') +
+                                     '[pipeline]\nsteps = ["pretrain"]\n[pipeline.pretrain]\ntrain = {max_steps = 2}\n')
+    out = tmp_path / "o"
+    args = ["--config", str(tmp_path / "p.toml"), "--out_dir", str(out), "--train.eval_n=0", "--train.save_every=2"]
+    T.main(args)
+    extend = args + ["--train.resume=true", "--pipeline.pretrain.train.max_steps=6"]
+    T.main(extend)  # its step-4 checkpoint holds max_steps = 6
+    shutil.rmtree(out / "pretrain" / "final")  # as if killed after step 4
+    capsys.readouterr()
+    T.main(extend)
+    said = capsys.readouterr().out
+    assert "resuming pretrain from" in said and "ckpt-0000004" in said and "warning" not in said
 
 
 def test_a_pipeline_config_built_without_load_config(tmp_path):

@@ -241,6 +241,31 @@ def test_a_damaged_train_state_is_named_and_an_earlier_checkpoint_resumes(tiny_t
     assert torch.load(os.path.join(out, "final", "train_state.pt"), weights_only=False)["step"] == 4
 
 
+def test_a_resume_with_a_changed_config_names_the_keys(tiny_toml, tmp_path, capsys):
+    """The resumed run keeps the checkpoint's model and optimizer state: keys changed since the checkpoint was written
+    are named; what the run fills in itself (an init's architecture, the vocabulary size) and an extension's higher
+    max_steps are not."""
+    pre, out = str(tmp_path / "pre"), str(tmp_path / "sft")
+    T.main(["--config", tiny_toml, "--out_dir", pre, "--train.max_steps=2", "--train.eval_n=0"])
+    for init in ([], ["--stage", "sft", f"--init={pre}/final"]):  # the model from [model], then from a checkpoint
+        shutil.rmtree(out, ignore_errors=True)
+        run = ["--config", tiny_toml, "--out_dir", out, "--train.max_steps=4", "--train.save_every=2",
+               "--train.eval_n=0", *init]
+        T.main(run)
+        shutil.rmtree(os.path.join(out, "final"))  # as if the run had died after its step-2 checkpoint
+        capsys.readouterr()
+        T.main(run + ["--train.resume=true"])
+        assert "warning" not in capsys.readouterr().out  # the same config: quiet
+        T.main(run + ["--train.resume=true", "--train.max_steps=6"])  # extends `final`: announced, no warning
+        assert "warning" not in capsys.readouterr().out
+        shutil.rmtree(os.path.join(out, "final"))
+        T.main(run + ["--train.resume=true", "--train.lr=0.01", "--model.dim=64"])  # from the step-2 checkpoint
+        out_text = capsys.readouterr().out
+        stage, keys = ("sft", "train.lr") if init else ("pretrain", "model.dim, train.lr")
+        assert f"warning: {stage} resumes from {out}/ckpt-0000002" in out_text
+        assert f"has changed since that checkpoint was written ({keys})" in out_text
+
+
 def test_finished_run_extends_to_a_higher_max_steps(tiny_toml, tmp_path, capsys, monkeypatch):
     """--train.resume=true with a higher train.max_steps goes on from `final`; with a constant lr (no schedule to
     re-lay) the extended run equals one run straight to the new max_steps, bitwise. An extension that is killed
