@@ -179,6 +179,41 @@ def prepare_out_dir(cfg):
     return ckpts[-1] if ckpts else None
 
 
+def warn_if_config_changed(cfg, resume_from):
+    """A resumed run keeps the checkpoint's model, optimizer state and data position whatever the config says now:
+    name the keys that differ from the config the checkpoint was written with (its run_config.json), since the run
+    then no longer matches an uninterrupted one. Left out: what the run fills in itself (the architecture when it
+    comes from `init`, the vocabulary size from the tokenizer, the name a "chat" template resolves to), out_dir (a
+    copied run), and max_steps when a finished run is extended (announced where it is resumed)."""
+    path = os.path.join(resume_from, "run_config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    skip = {"out_dir", "model.vocab_size"}
+    if os.path.basename(resume_from) == "final":
+        skip.add("train.max_steps")
+    keys = [k for k in changed_keys(saved, json.loads(json.dumps(dataclasses.asdict(cfg))))
+            if k not in skip and not (cfg.init and k.startswith("model."))
+            and not (k == "data.template" and cfg.data.template == "chat")]
+    if keys:
+        print(f"warning: {cfg.stage} resumes from {resume_from} (its model, optimizer state and data position), but "
+              f"the config has changed since that checkpoint was written ({', '.join(keys)}); the run will not match "
+              f"an uninterrupted one. Remove {cfg.out_dir} to start over with the new config")
+
+
+def changed_keys(old, new, prefix=""):
+    """Dotted keys whose values differ between two nested dicts; train.resume aside (it is how one resumes)."""
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b and prefix + k != "train.resume":
+            keys.append(prefix + k)
+    return keys
+
+
 def recover_final(out_dir):
     """save_checkpoint replaces `final` in two renames (final -> .old-final, then .tmp-final -> final). After a
     crash between them there is no `final`: the new one, complete (it was flushed before the first rename), goes

@@ -34,7 +34,7 @@ import time
 import torch
 
 import report
-from checkpoint import final_step, prepare_out_dir, read_jsonl, recover_final
+from checkpoint import changed_keys, final_step, prepare_out_dir, read_jsonl, recover_final
 from config import apply_table, merge_tables, positive_int
 
 
@@ -244,18 +244,6 @@ def warn_if_changed(rows, name, step):
         if keys:
             print(f"warning: pipeline step {name!r} is finished, so the resumed pipeline skips it, but its config has "
                   f"changed since it ran ({', '.join(keys)}); remove {step.out_dir} to run it again")
-
-
-def changed_keys(old, new, prefix=""):
-    """Dotted keys whose values differ between two nested dicts; train.resume aside (it is how one resumes)."""
-    keys = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_keys(a, b, f"{prefix}{k}.")
-        elif a != b and prefix + k != "train.resume":
-            keys.append(prefix + k)
-    return keys
 
 
 def _run_step(runner, step, threads, parent):

@@ -40,7 +40,7 @@ import grpo
 import memory
 import pipeline
 from checkpoint import (RunLog, list_checkpoints, prepare_out_dir, prune_checkpoints, rng_state, save_checkpoint,
-                        set_rng_state)
+                        set_rng_state, warn_if_config_changed)
 from distill import DistillConfig
 from grpo import GRPOConfig
 from model import ModelConfig, Transformer
@@ -327,29 +327,6 @@ class Run:
     state: dict           # the resumed train_state.pt ({} on a fresh start)
     train: list           # training problems
     test: list            # held-out problems
-
-
-def warn_if_config_changed(cfg, resume_from):
-    """A resumed run keeps the checkpoint's model, optimizer state and data position whatever the config says now:
-    name the keys that differ from the config the checkpoint was written with (its run_config.json), since the run
-    then no longer matches an uninterrupted one. Left out: what the run fills in itself (the architecture when it
-    comes from `init`, the vocabulary size from the tokenizer, the name a "chat" template resolves to), out_dir (a
-    copied run), and max_steps when a finished run is extended (announced where it is resumed)."""
-    path = os.path.join(resume_from, "run_config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    skip = {"out_dir", "model.vocab_size"}
-    if os.path.basename(resume_from) == "final":
-        skip.add("train.max_steps")
-    keys = [k for k in pipeline.changed_keys(saved, json.loads(json.dumps(dataclasses.asdict(cfg))))
-            if k not in skip and not (cfg.init and k.startswith("model."))
-            and not (k == "data.template" and cfg.data.template == "chat")]
-    if keys:
-        print(f"warning: {cfg.stage} resumes from {resume_from} (its model, optimizer state and data position), but "
-              f"the config has changed since that checkpoint was written ({', '.join(keys)}); the run will not match "
-              f"an uninterrupted one. Remove {cfg.out_dir} to start over with the new config")
 
 
 def start_run(cfg, vocab_size=None):
