@@ -53,9 +53,12 @@ Refused (parse_answer returns None): nesting deeper than MAX_DEPTH, more than MA
 elements, number literals over MAX_DIGITS digits, exact numbers over MAX_BITS bits, checked before they are
 built (9^{9^{9^9}}, 2^{100000}), radicals whose total radicand bits times the lcm of their root degrees exceed
 MAX_RADICAL_BITS (sympy factors radicands when it merges them; this also refuses x^{1/3000}), roots and
-non-integer powers of expressions of degree over MAX_DEGREE in their variables (\\sqrt{(x^{1000}+2)^2}), function
-arguments and non-numeric exponents over 1e4 in absolute value at the sample points (sin(e^{e^{e^5}})),
-unknown commands and characters, and anything that evaluates to nan or zoo (1/0).
+non-integer powers of expressions of degree over MAX_DEGREE in their variables or in function values
+(\\sqrt{(x^{1000}+2)^2}, \\sqrt{((\\sin 1)^{400})^{3/2}}), a sum of constants that sympy leaves unevaluated and
+that is 0 in doubles, or beyond them (\\sqrt2+\\sqrt3-\\sqrt{5+2\\sqrt6}: a sign query on such a zero factors a
+minimal polynomial, exponential in its radicals), function arguments and non-numeric exponents over 1e4 in
+absolute value at the sample points (sin(e^{e^{e^5}})), unknown commands and characters, and anything that
+evaluates to nan or zoo (1/0).
 
 Safety and time: nothing from the input reaches eval/exec/sympify/parse_expr. Time is bounded by
 construction: the caps keep every sympy operation small, and evaluate() runs in doubles (O(1) per node). As
@@ -164,6 +167,7 @@ def _split_text(s):
             out.append(" , ")
         else:
             texts.append(content)
+            out.append(" ")  # 2\text{ hours }30 is two numbers, not 230
         power = _TEXT_POWER.match(s, end + 1)  # a unit's ^2
         i = power.end() if power else end + 1
 
@@ -185,6 +189,7 @@ def _close_of(s, i, opens="{", closes="}"):
 
 _VAR_PREFIX = re.compile(r"\s*(\{?[A-Za-z](?:_\{?[A-Za-z0-9]{1,4}\}?)?\}?|[A-Za-z]\(\s*[A-Za-z]\s*\))?\s*"
                          r"(?:=|\\in(?![A-Za-z]))")  # x, x_1, or a function f(x)
+_NAMES_PREFIX = re.compile(r"\s*\(\s*([A-Za-z](?:\s*,\s*[A-Za-z])+)\s*\)\s*=")  # (x, y) = ...
 _MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix)\}(.*)\\end\{\1\}", re.DOTALL)
 
 
@@ -200,6 +205,12 @@ def parse_answer(s):
 def _strip_var(s):
     """'x = 5' -> ('x', '5'): a one-variable left side, kept as a name (so 'x = -2' is not 'y = -2'), and what it
     equals. Nothing is taken when the variable is also on the right ('x = 2x - 5' is an equation)."""
+    t = _NAMES_PREFIX.match(s)  # "(x, y) = (3, -1)" is the pair (3, -1); "(y, x) = ..." stays as written
+    if t:
+        names, rest = re.sub(r"[\s,]", "", t.group(1)), s[t.end():]
+        letters = re.sub(r"\\[A-Za-z]+", "", rest)
+        if list(names) == sorted(set(names)) and rest.strip() and not any(c in letters for c in names + "="):
+            return None, rest
     m = _VAR_PREFIX.match(s)
     rest = s[m.end():] if m else s
     if not m or not rest.strip() or "=" in rest:
@@ -258,7 +269,7 @@ def _elements(items, deadline):
         name, item = _strip_var(item)
         if "\\pm" in item or "\\mp" in item:
             a, _, b = re.split(r"(\\pm|\\mp)(?![A-Za-z])", item, maxsplit=1)
-            out += [_expr(a + "+" + b, deadline), _expr(a + "-(" + b + ")", deadline)]
+            out += [_expr(a + "+" + b, deadline), _expr(a + "-" + b, deadline)]  # \frac{1 \pm \sqrt5}{2}
             names += [name, name]
         else:
             out.append(_expr(item, deadline))
@@ -396,7 +407,13 @@ class _Parser:
         self.depth -= 1
         if sum(_max_bits(t) for t in terms) > MAX_BITS:  # sympy brings fractions to one denominator
             raise Refuse("sum too large")
-        return _check(sympy.Add(*terms))  # one Add: folding them one by one is quadratic in sympy
+        v = _check(sympy.Add(*terms))  # one Add: folding them one by one is quadratic in sympy
+        if v.is_Add and v.is_number:  # a zero sympy does not see (sqrt2 + sqrt3 - sqrt(5 + 2 sqrt6)): a sign query
+            z = evaluate(v, {})  # on it (a root or power of it) computes its minimal polynomial, exponential in
+            scale = sum(abs(evaluate(t, {}) or 0) for t in v.args)  # its radicals: minutes for 6 such groups
+            if z is None or abs(z) <= 1e-9 * scale:
+                raise Refuse("a constant sum that is numerically 0, or too large to evaluate")
+        return v
 
     def term(self):
         factors = [self.unary()]
@@ -594,7 +611,7 @@ class _Parser:
                     raise Refuse("radicals too large")
         elif not _moderate(e):
             raise Refuse("huge exponent")
-        if not e.is_Integer and base.free_symbols and _degree(base) > MAX_DEGREE:
+        if not e.is_Integer and (base.free_symbols or base.has(AppliedUndef)) and _degree(base) > MAX_DEGREE:
             # sympy asks whether such a base is real, expanding re/im of (re x + i im x)^n: minutes at n = 1000
             raise Refuse("root or power of a high-degree expression")
         return _check(sympy.Pow(base, e))
@@ -603,7 +620,7 @@ class _Parser:
 def _degree(v):
     """A bound on v's degree in its variables: a power's is its base's times |exponent| (1 for a symbolic one),
     a product's the sum of its factors', anything else's the largest of its arguments'."""
-    if v.is_Symbol:
+    if v.is_Symbol or isinstance(v, AppliedUndef):  # sin(1) is as opaque to sympy as x
         return 1
     if v.is_Pow:
         return _degree(v.base) * (abs(v.exp) if v.exp.is_Number else 1)

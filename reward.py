@@ -45,7 +45,8 @@ Parsed answers (the gold's kind decides):
       list or set also equals its element
     - (..), [..], (..], [..) with commas are ordered sequences whose brackets must match: tuples and intervals
       (open/closed ends matter); a gold "(a, b)" also accepts a bare "a, b" in the same order, unless a name
-      repeats ("x = a, x = b" are two solutions) or the gold holds \\infty (an interval, not a pair)
+      repeats ("x = a, x = b" are two solutions) or the gold holds \\infty (an interval, not a pair); when every
+      element is named, in the order of the names ("y = 3, x = -1" is (-1, 3)); "(x, y) = (3, -1)" is (3, -1)
     - A \\cup B ... is an unordered collection of intervals
     - pmatrix / bmatrix / vmatrix / matrix: same shape, cell by cell; a one-row or one-column matrix also
       equals the tuple "(..)" of its entries
@@ -275,6 +276,8 @@ def _same(p, g, deadline):
             names = [n for n in p[2] if n is not None]  # is no pair: (2, \infty) is an interval
             if len(set(names)) < len(names) or any(e.has(sympy.oo, -sympy.oo) for e in g[2]):
                 return False
+            if len(names) == len(p[2]):  # every element named: "y = 3, x = -1" is the pair (x, y) = (-1, 3)
+                return _all_eq(tuple(v for _, v in sorted(zip(names, p[1]), key=lambda t: t[0])), g[2])
         items = p[1] if kp == "list" else _vector(p) if kp == "matrix" else None
         return items is not None and _all_eq(items, g[2])
     if kg == "union":

@@ -29,6 +29,25 @@ def test_degree_cap_counts_a_products_factors():  # M15, M15b
     assert P("\\sqrt{x^{33}}") is None
 
 
+def test_degree_cap_counts_a_function_of_constants_as_a_variable():
+    # sympy expands re/im of (sin 1)^n to decide whether its root is real, as for x^n: 9 s at n = 400
+    assert P("\\sqrt{(\\sin 1)^{32}}") == ("expr", sympy.sqrt(MP._F["sin"](1) ** 32))
+    assert P("\\sqrt{(\\sin 1)^{33}}") is None
+    assert P("\\sqrt{((\\sin 1)^{400})^{3/2}}") is None
+
+
+def test_a_constant_sum_that_is_numerically_zero_is_refused():
+    # sympy does not see this zero; a sign query on it (a root of its cube) factors a minimal polynomial whose size
+    # grows exponentially with the radicals: 6.6 s for five such groups, minutes for six
+    zero = "\\sqrt{2}+\\sqrt{3}-\\sqrt{5+2\\sqrt{6}}"
+    assert P(zero) is None and P(f"\\sqrt{{({zero})^{{3}}}}") is None
+    assert P("1+\\sqrt{2}") == ("expr", 1 + sympy.sqrt(2))  # a nonzero constant sum stays
+    assert P("\\sqrt{2}-\\sqrt{2}") == ("expr", 0)  # a zero sympy sees itself
+    assert P("10^{300}+\\sqrt{2}") is not None and P("10^{400}+1") is not None  # rational: sympy adds them
+    # an irrational sum beyond double precision cannot be told from 0 (sympy distributes 10^{400} over 1+\sqrt{2})
+    assert P("10^{400}+\\sqrt{2}") is None and P("10^{400}(1+\\sqrt{2})") is None
+
+
 def test_radical_cap_is_bits_times_root_degree():  # M16, M17
     # 3 * 2^1000 has 1002 bits: x2 (square root) = 2004 <= 2048; 3 * 2^1100: 2204 > 2048
     assert P("\\sqrt{3 \\cdot 2^{1000}}") == ("expr", 2 ** 500 * sympy.sqrt(3))
