@@ -109,8 +109,9 @@ _STYLE_CMD = re.compile(r"\\(?:mathrm|mathbf|mathit|boldsymbol|operatorname)(?![
 _TEXT_POWER = re.compile(r"\s*\^\s*(?:\{\s*[0-9]\s*\}|[0-9])")
 _UNIT_WORD = r"(?:[A-Za-z]{3,}|cm|mm|km|dm|ft|in|yd|mi|oz|lb|kg|mg|ml|mL|hr|cc)(?![A-Za-z])"  # not "xy", "pi"
 _SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
-_SCALE_WORD = re.compile(r"^([+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?)\s*(" + "|".join(_SCALES)
-                         + r")s?(?![A-Za-z])", re.IGNORECASE)  # "1.5 million", "18 thousand dollars"
+_SCALE_WORD = re.compile(r"(^\s*|=\s*)([+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?)\s*(" + "|".join(_SCALES)
+                         + r")s?(?![A-Za-z])", re.IGNORECASE)  # "1.5 million", "18 thousand dollars", "x = 5 million"
+_SCALE_TEXT = re.compile(r"\s*(" + "|".join(_SCALES) + r")s?(?![A-Za-z])", re.IGNORECASE)  # \text{ million dollars}
 _UNITS_TAIL = re.compile(r"(?:\s+" + _UNIT_WORD + r"(?:\^\{?[0-9]\}?)?)+\s*$")
 _THOUSANDS_TEX = re.compile(r"([0-9]),\\!\s*(?=[0-9]{3}(?![0-9]))")
 _THOUSANDS = re.compile(r"[+-]?[0-9]{1,3}(?:(?:,[0-9]{3})+|(?: [0-9]{3})+)(?:\.[0-9]+)?")  # 1,000 or 1 000
@@ -140,7 +141,7 @@ def normalize(s):
     s = s.strip().rstrip(".").strip()
     if _WORDS.fullmatch(s) and re.search(r"[A-Za-z]{3}", s):  # words: "even", "Navin"
         return True, s
-    s = _SCALE_WORD.sub(lambda m: f"{m.group(1).replace(',', '')} \\cdot {_SCALES[m.group(2).lower()]}", s)
+    s = _SCALE_WORD.sub(lambda m: f"{m.group(1)}{m.group(2).replace(',', '')} \\cdot {_SCALES[m.group(3).lower()]}", s)
     tail = _UNITS_TAIL.search(s)
     if tail and s[:tail.start()].strip():
         s = s[:tail.start()]
@@ -166,6 +167,10 @@ def _split_text(s):
         if content.strip() in ("or", "and", ","):
             out.append(" , ")
         else:
+            scale = _SCALE_TEXT.match(content)  # a scale word is a number's, not a unit: 1.5\text{ million}
+            if scale:
+                out.append(f" {scale.group(1)} ")
+                content = content[scale.end():]
             texts.append(content)
             out.append(" ")  # 2\text{ hours }30 is two numbers, not 230
         power = _TEXT_POWER.match(s, end + 1)  # a unit's ^2

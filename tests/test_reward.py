@@ -53,6 +53,8 @@ EQUIV = {
         ("5 ft", "5", T), ("5", "5 xy", F), ("x^2 + 2", "x^2 + 2 xy", F), ("2", "2 pi", F),
         # scale words multiply, they are not units to drop
         ("18 thousand", "18", F), ("18 thousand", "18000", T), ("1.5 million", "1.5", F), ("1.5 million", "1500000", T),
+        ("1.5\\text{ million}", "1500000", T), ("1.5\\text{ million}", "1.5", F), ("3\\text{ million dollars}", "3000000", T),
+        ("x = 5 million", "5000000", T), ("x = 5 million", "5", F),
         ("3 dozen", "36", T), ("18 thousand dollars", "18000", T), ("1,500 thousand", "1500000", T),
         ("2 hundreds", "200", T), ("2 hundred", "2", F), ("2 billion", "2000000000", T), ("2 billion", "2000000", F),
         ("18 Thousand", "18000", T), ("3 hundredths", "300", F),
