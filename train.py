@@ -392,7 +392,7 @@ def report_memory(cfg, run, micro_tokens, frozen=None, kv_rows=0, kv_len=0, kv_c
     loss_logits: memory.estimate's (logit matching)."""
     tc, device = cfg.train, run.device
     kv_caches = list(kv_caches)
-    if tc.eval_n > 0 and run.test:  # rank 0's held-out evaluation: eval_batch_size prompts per generate call
+    if tc.eval_n > 0 and run.test and not tc.fsdp:  # rank 0's held-out evaluation (none under FSDP2, see train_loop)
         ev = E.encode_prompts(run.tok, run.test[: tc.eval_n], cfg.data.template)
         check_fits(run.model, ev, tc.max_new_tokens, "held-out (train.eval_n, train.max_new_tokens)")
         kv_caches.append((run.model.cfg, min(tc.eval_batch_size, len(ev)), max(map(len, ev)) + tc.max_new_tokens))

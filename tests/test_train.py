@@ -447,6 +447,25 @@ def pretrained(tmp_path_factory):
     return str(d / "tiny.toml"), str(d / "out" / "final")
 
 
+def test_fsdp_runs_no_evaluation_so_its_budget_is_not_checked(pretrained, monkeypatch):
+    """Under train.fsdp there is no in-training evaluation: its new-token budget cannot refuse the run, and its KV
+    cache is not in the memory plan."""
+    import types
+    toml, final = pretrained
+    run = types.SimpleNamespace(device=torch.device("cpu"), tok=T.D.load_tokenizer(final),
+                                model=T.Transformer.from_pretrained(final), test=None)
+    real, planned = T.memory.estimate, []
+    monkeypatch.setattr(T.memory, "estimate", lambda *a, **k: planned.append(k["kv_caches"]) or real(*a, **k))
+    for fsdp, budget in (("false", 12), ("true", 12), ("true", 250)):
+        cfg = T.load_config(toml, [f"--train.fsdp={fsdp}", f"--train.max_new_tokens={budget}"])
+        run.test = T.D.load_problems(cfg.data, "test")
+        T.report_memory(cfg, run, micro_tokens=64)
+    assert len(planned[0]) == 1 and planned[1] == planned[2] == []  # the evaluation's cache only without FSDP
+    cfg = T.load_config(toml, ["--train.max_new_tokens=250"])  # with an evaluation, 250 + a prompt > 256
+    with pytest.raises(ValueError, match="held-out"):
+        T.report_memory(cfg, run, micro_tokens=64)
+
+
 def cut_and_resume_grpo(monkeypatch, argv, at):
     """Run a grpo stage killed (KeyboardInterrupt) as its step `at` starts, then resume it to the end."""
     real, calls = T.grpo.grpo_step, {"n": 0}
