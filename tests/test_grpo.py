@@ -18,6 +18,9 @@ def test_advantages_hand_computed():
     assert torch.allclose(group_advantages(r, 4), torch.tensor([1., -1, -1, 1]) * 0.5 / (0.5 + 1e-4))
     r = torch.tensor([3., 1, 0, 0, 1, 1])  # (N=3, G=2): groups (3, 1), (0, 0), (1, 1)
     assert torch.allclose(group_advantages(r, 2, eps=0), torch.tensor([1., -1, 0, 0, 0, 0]))
+    # eps goes on the std, not the variance: a group of close rewards, mean 5e-4 and std 5e-4, gives
+    # 5e-4 / (5e-4 + 1e-4) = 5/6 (5e-4 / sqrt(2.5e-7 + 1e-4) would be 0.0499)
+    assert group_advantages(torch.tensor([0.0, 1e-3]), 2).tolist() == pytest.approx([-5 / 6, 5 / 6], rel=1e-4)
 
 
 def test_advantages_zero_variance_group_is_exactly_zero():
@@ -517,6 +520,13 @@ def test_clip_eps_high_zero_means_the_symmetric_clip():
     b, pb = _update(2, lr=0.5, clip_eps_high=0.2)
     assert a["clip_frac_high"] > 0 and a["clip_frac_high"] == b["clip_frac_high"] and a["loss"] == b["loss"]
     assert all(torch.equal(p, q) for p, q in zip(pa.parameters(), pb.parameters()))
+
+
+def test_update_passes_clip_eps_high_to_the_loss():
+    a, _ = _update(2, lr=0.5)  # the upper bound 1.2 acts in the second iteration
+    b, _ = _update(2, lr=0.5, clip_eps_high=10.0)  # the upper bound 11 never does
+    assert a["clip_frac_high"] > 0 and b["clip_frac_high"] == 0.0
+    assert b["clip_frac_low"] == a["clip_frac_low"]  # the lower bound is clip_eps in both
 
 
 def test_reward_std_is_the_population_std():
