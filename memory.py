@@ -10,14 +10,17 @@ cannot fit. Arithmetic on the config only; nothing is allocated. With N paramete
     frozen       2 or 4 N'      the GRPO reference model (bf16 on CUDA) or a distillation teacher, no gradients
     kv cache     2 L rows K S hd x 2 or 4 bytes: K and V of every layer for one generate call (a GRPO rollout of
                  rows = prompts x G, an in-training eval batch, a distillation teacher's samples): the largest
+    decode       2 M bytes under bf16 autocast: generate casts the sampling model's M matmul weights (q/k/v/o,
+    weights      gate/up/down, the head) to bf16 once per call, and holds the copy as long as its cache
     activations  per token of a micro-batch, per layer, saved for backward: ~(34 D + 8 F) bytes in bf16 (twice in
                  fp32): the Korthikanti et al. 2022 count (arXiv 2205.05198, "34 sbh" without attention scores,
                  which SDPA never stores) with our SwiGLU's 8 F; with activation checkpointing only each block's
                  input (4 D) stays, plus one block recomputed. Rough: +-30%.
     logits       per token: V x (2 or 4 + 8) bytes: the logits, their fp32 copy and the fp32 log-softmax; logit
                  matching adds V x 4 x (7, or 11 for JSD): the teacher's fp32 logits and the divergence's terms
-Peak = weights + gradients + optimizer + frozen + max(kv cache, activations + logits): a rollout's cache is freed
-before the update's forward. CUDA's allocator adds fragmentation on top, so we refuse above 95% of the device.
+Peak = weights + gradients + optimizer + frozen + max(kv cache + decode weights, activations + logits): a
+rollout's cache and copy are freed before the update's forward. CUDA's allocator adds fragmentation on top, so
+we refuse above 95% of the device.
 """
 
 import os
@@ -33,6 +36,9 @@ def estimate(mcfg, n_params, micro_tokens, *, amp=False, world=1, fsdp=False, ch
     act = 2 if amp else 4  # bytes of an activation element
     shard = world if fsdp else 1
     D, F, L, V = mcfg.dim, mcfg.hidden_dim, mcfg.n_layers, mcfg.vocab_size
+    calls = [(c, rows, n) for c, rows, n in [(mcfg, kv_rows, kv_len), *kv_caches] if rows * n > 0]
+    kv, copy = max(((kv_bytes(c, rows, n, act), 2 * c.matmul_params if amp else 0) for c, rows, n in calls),
+                   key=sum, default=(0, 0))  # the generate call that holds the most
     per_layer = (34 * D + 8 * F) * act // 2  # bytes per token per layer, bf16 count scaled to the dtype
     if checkpointing:
         saved = L * 4 * D + per_layer  # each block's fp32 input, plus the one block being recomputed
@@ -43,7 +49,8 @@ def estimate(mcfg, n_params, micro_tokens, *, amp=False, world=1, fsdp=False, ch
         "gradients": 4 * n_params // shard,
         "optimizer": 8 * n_params // shard,
         "frozen": frozen_params * (frozen_bytes or act),
-        "kv_cache": max(kv_bytes(c, rows, n, act) for c, rows, n in [(mcfg, kv_rows, kv_len), *kv_caches]),
+        "kv_cache": kv,
+        "decode_weights": copy,
         "activations": micro_tokens * saved,
         "logits": micro_tokens * (V * (act + 8) + (loss_vocab or V) * 4 * loss_logits),
     }
@@ -56,7 +63,7 @@ def kv_bytes(mcfg, rows, length, act):
 
 def peak(est):
     static = est["weights"] + est["gradients"] + est["optimizer"] + est["frozen"]
-    return static + max(est["kv_cache"], est["activations"] + est["logits"])
+    return static + max(est["kv_cache"] + est["decode_weights"], est["activations"] + est["logits"])
 
 
 def capacity(device):

@@ -93,6 +93,12 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
 
     @property
+    def matmul_params(self):
+        """Parameters a token is multiplied by: per layer q/k/v/o and gate/up/down, and the output projection."""
+        qkv_o = self.dim * (2 * self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+        return self.n_layers * (qkv_o + 3 * self.dim * self.hidden_dim) + self.vocab_size * self.dim
+
+    @property
     def head_dim(self):
         return self.dim // self.n_heads
 
@@ -262,9 +268,7 @@ class Transformer(nn.Module):
     def flops_per_token(self, seq_len):
         """Training FLOPs per token (PaLM appendix B): 6 N_matmul + 12 L D T, with the output projection in N."""
         c = self.cfg
-        qkv = c.dim * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
-        n_matmul = c.n_layers * (qkv + c.n_heads * c.head_dim * c.dim + 3 * c.dim * c.hidden_dim) + c.vocab_size * c.dim
-        return 6 * n_matmul + 12 * c.n_layers * c.dim * seq_len
+        return 6 * c.matmul_params + 12 * c.n_layers * c.dim * seq_len
 
     def _blocks(self, tokens, cos, sin, mask=None, keep=None, split=None):
         """The residual stream after the last block (before the final norm), (B, T, D). keep: a list that gets

@@ -51,6 +51,34 @@ def test_reference_kv_cache_and_activations():
     assert memory.peak(est) == 4 * N + 4 * N + 8 * N + 2 * N + est["activations"] + est["logits"]
 
 
+def test_decode_weights_are_generates_bf16_copy():
+    """Under bf16 autocast generate casts every matmul weight once and keeps the copies for the call: the plan's
+    decode_weights is their size, counted by hand and recorded from the casts generate really makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    N = hand_count(CFG)
+    est = memory.estimate(CFG, N, micro_tokens=10, amp=True, kv_rows=2, kv_len=8)
+    per_layer = 64 * (4 + 2 + 2 + 4) * 16 + 3 * 64 * 160  # q/k/v/o and gate/up/down
+    assert est["decode_weights"] == 2 * (2 * per_layer + 256 * 64) == 204800  # the (tied) head is cast too
+    assert memory.peak(est) == 16 * N + est["kv_cache"] + est["decode_weights"]  # the rollout is the peak here
+    assert memory.estimate(CFG, N, 10, kv_rows=2, kv_len=8)["decode_weights"] == 0  # fp32: no copy
+    assert memory.estimate(CFG, N, 10, amp=True)["decode_weights"] == 0  # no generate call
+
+    model = Transformer(CFG)
+    params = {p.data_ptr(): p for p in model.parameters()}
+    cast = {}
+
+    class Casts(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype) and args[0].data_ptr() in params:
+                cast[args[0].data_ptr()] = out.nbytes
+            return out
+
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), Casts():
+        model.generate([[1, 2, 3], [4, 5]], 5, temperature=1.0, seed=0)
+    assert sum(cast.values()) == est["decode_weights"]
+
+
 def test_refuses_with_numbers():
     est = memory.estimate(CFG, hand_count(CFG), micro_tokens=1000)
     assert "peak ~" in memory.check(est, 2**40)
@@ -162,7 +190,7 @@ def test_stages_plan_their_real_shapes(pretrained, tmp_path, monkeypatch):  # no
 
 
 def test_memory_check_keeps_5_percent_headroom():
-    est = dict(weights=96, gradients=0, optimizer=0, frozen=0, kv_cache=0, activations=0, logits=0)
+    est = dict(weights=96, gradients=0, optimizer=0, frozen=0, kv_cache=0, decode_weights=0, activations=0, logits=0)
     assert "peak ~" in memory.check(est, 102)  # 96 <= 0.95 * 102 = 96.9
     with pytest.raises(MemoryError):
         memory.check(est, 100)  # 96 > 0.95 * 100, though it is below the device's 100
