@@ -1,6 +1,7 @@
 """Answer extraction and equivalence rules of reward.py that a policy could otherwise game or that decide which
 string is the gold: lists are multisets, the gold's kind decides, numbers compare tightly, long answers only match
 exactly."""
+import reward
 from reward import accuracy_reward, extract_answer, is_equiv
 
 
@@ -52,3 +53,16 @@ def test_digits_split_by_any_run_of_whitespace_stay_apart():
     for pred in ("1  5", "1\n\n5", "1 \t 5"):
         assert not is_equiv(pred, "15") and is_equiv(pred, "1 5")
     assert is_equiv("x  +  1", "x+1") and is_equiv("\\text{(B)}", "\\text{b}")
+
+
+def test_length_cap_falls_at_max_len():
+    """Past MAX_LEN characters an answer is compared as a string only (1001 here), at MAX_LEN it is still read."""
+    assert reward.MAX_LEN == 1000
+    assert not is_equiv("5" + "\\," * 500, "5")
+    assert is_equiv("5" + "\\," * 499 + " ", "5")
+
+
+def test_a_comparison_past_its_time_budget_is_unequal(monkeypatch):
+    assert is_equiv("x+1", "1+x")
+    monkeypatch.setattr(reward, "TIME_BUDGET", -1.0)  # over budget before the first sample point
+    assert not is_equiv("x+1", "1+x")

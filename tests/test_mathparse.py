@@ -1,11 +1,14 @@
 """mathparse.py's grammar and its caps (what it refuses, and where the bound falls), at their edges."""
+import itertools
 import os
 import subprocess
 import sys
 
+import pytest
 import sympy
 
 import mathparse as MP
+from reward import is_equiv
 
 P = MP.parse_answer
 
@@ -101,3 +104,32 @@ def test_sample_points_do_not_depend_on_hash_seed():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout for seed in range(3)}
     assert len(outs) == 1
+
+
+def test_exponent_literal_cap():
+    assert P("1e400") == ("expr", sympy.Integer(10) ** 400)
+    assert P("1e401") is None
+
+
+def test_depth_cap_is_inclusive():
+    assert P("(" * 24 + "1" + ")" * 24) == ("expr", 1)
+    assert P("(" * 25 + "1" + ")" * 25) is None
+
+
+def test_refusals_of_malformed_numbers():
+    assert P("1\\frac{1}{0}") is None  # a mixed number over 0 (sympy's zoo would equal any other)
+    assert P("1.5_8") is None  # a base-n numeral has no decimals
+
+
+def test_normalize_prefixes_lists_and_text_choices():
+    assert MP.normalize("Final Answer: 5") == (False, "5")
+    assert MP.normalize("1,000, 2") == (False, "1,000, 2")  # a list: its commas are not thousands
+    assert MP.normalize("(\\text{B})") == (True, "B")  # MATH's multiple choice
+
+
+def test_parse_over_the_wall_clock_budget_times_out(monkeypatch):
+    clock = itertools.count(1000.0, 0.2)  # every clock read advances 0.2 s
+    monkeypatch.setattr(MP.time, "perf_counter", lambda: next(clock))
+    with pytest.raises(MP.Timeout):
+        P("q^2 + 7q + 13")
+    assert not is_equiv("q^2 + 7q + 13", "13 + 7q + q^2")  # a refused parse is never equal

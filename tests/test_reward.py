@@ -38,6 +38,7 @@ EQUIV = {
         ("11,\\! 111,\\! 111,\\! 100", "11111111100", T), ("1,234.5", "1234.5", T), ("58,500", "58500", T),
         ("1\\,000", "1000", T), ("10{,}000", "10000", T), ("10{,}000", "1000", F), ("1,000", "1", F), ("1,000", "100", F), ("(1,000, 2)", "(1000, 2)", F),
         ("(1,000, 2)", "(1, 0, 2)", T), ("1,2", "12", F), ("12,34", "1234", F), ("1,000", "1, 0", F),
+        ("1,000, 2", "10002", F),  # thousands groups only in a whole number, not in a list
     ],
     "percent_money": [
         ("50\\%", "50", T), ("50%", "50", T), ("12.5\\%", "12.5", T), ("50\\%", "0.5", F), ("50%", "5", F),
@@ -68,6 +69,7 @@ EQUIV = {
         # text on one side only: its content is read as an answer, sign, point and slash included
         ("\\text{5}", "-5", F), ("\\text{-5}", "5", F), ("\\text{-5}", "-5", T), ("\\text{1/2}", "12", F),
         ("\\text{1/2}", "0.5", T), ("\\text{3.14}", "314", F),
+        ("(\\text{B})", "B", T), ("(\\text{B})", "\\text{(C)}", F), ("Answer: 5", "5", T),
     ],
     "degrees": [
         ("90^\\circ", "90", T), ("90^{\\circ}", "90", T), ("90°", "90", T), ("90 \\degree", "90", T),
@@ -80,6 +82,7 @@ EQUIV = {
         ("\\left[ 1, 2 \\right]", "[1,2]", T), ("\\left( 3, 4 \\right)", "(3,5)", F), ("\\; 7", "7", T),
         ("$7$", "7", T), ("\\(7\\)", "7", T), ("\\[7\\]", "7", T), ("$7$", "8", F), ("\\bigl(2,3\\bigr)", "(2,3)", F),
         ("\\big(2,3\\big)", "(2,3)", T),
+        ("5", "\\boxed{5}", T), ("\\frac12", "\\boxed{0.5}", T),  # a boxed gold is unwrapped
     ],
     "equations": [
         ("x = 5", "5", T), ("5", "x=5", T), ("x=5", "x = 5", T), ("y = 2x + 3", "2x+3", T), ("y=3+2x", "y = 2x + 3", T),
@@ -93,6 +96,7 @@ EQUIV = {
         ("z = 2x - y + 8", "2x - y - z + 8 = 0", T), ("x = 2y", "2y = x", T), ("x = y/2", "y = 2x", T),
         ("2x = 10", "x = 5", T), ("y - 2x = 4", "y = 2x + 3", F), ("y = 2x", "y = 2z", F), ("x^2 = 25", "x = 5", F),
         ("2x - y + 3 = 0", "2x + 3", F), ("x = (1, 2)", "x + y = 3", F), ("x + y = 3", "x \\in [1, 2]", F),
+        ("|x|(1+y) = x(1-y)", "|x| = x", F),  # equal where x < 0, but not 0 where the gold is (x > 0)
     ],
     "sqrt_pi": [
         ("2\\sqrt{2}", "\\sqrt{8}", T), ("\\sqrt8", "2\\sqrt2", T), ("\\sqrt{12}", "2\\sqrt{3}", T),
@@ -141,6 +145,7 @@ EQUIV = {
         ("3 \\pm 2 \\sqrt{2}", "3 \\pm \\sqrt{8}", T), ("\\{1\\pm\\sqrt{5},-2\\}", "-2, 1-\\sqrt5, 1+\\sqrt5", T),
         ("\\{1\\pm\\sqrt{5},-2\\}", "-2, 1+\\sqrt5", F), ("\\{1,2\\}", "(1,2)", F), ("x = 1, x = -1", "\\pm 1", T),
         ("\\{3\\}", "3", T), ("\\emptyset", "\\emptyset", T),
+        ("\\{x = 3\\}", "3", T),  # a named one-element set is its value
     ],
     "intervals": [
         ("(3,4]", "(3,4]", T), ("(3,4]", "(3,4)", F), ("[3,4]", "(3,4)", F), ("[3,4)", "[3,4)", T),
@@ -152,6 +157,9 @@ EQUIV = {
                                                                     "[\\pi^2/8, 1.25\\pi^2]", T),
         ("(-\\sqrt{3}, \\sqrt{3})", "(-\\sqrt3,\\sqrt3)", T), ("(-\\infty, \\infty)", "(-\\infty, 5)", F),
         ("(2,12) \\cup (12,102)", "(2,12) \\cup (12,101)", F),
+        # an interval is not a list of solutions, nor a list an interval; an open pair is both (the gold decides)
+        ("[1, 2]", "1, 2", F), ("(1, 2]", "1, 2", F), ("(1, 2)", "1, 2", T), ("2, 3", "[2, 3]", F),
+        ("2, 3", "(2, 3]", F),
     ],
     "matrices": [
         ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{bmatrix} 1 \\\\ 2 \\end{bmatrix}", T),
@@ -164,6 +172,9 @@ EQUIV = {
         ("(1, 2)", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", T), ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1,2)", T),
         ("(1, 3)", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", F), ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}",
                                                                  "\\begin{pmatrix} -2 \\\\ -14 \\\\ 7 \\end{pmatrix}", F),
+        # only a row or a column is a vector, and only a parenthesised one answers it
+        ("(1, 2, 3, 4)", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", F),
+        ("[1, 2]", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", F),
     ],
     "expressions": [
         ("p - q", "-q + p", T), ("p - q", "q - p", F), ("(a+5)(b+2)", "ab+2a+5b+10", T), ("(a+5)(b+2)", "ab+10", F),
@@ -181,6 +192,9 @@ EQUIV = {
         ("\\sqrt{x^2}", "|x|", T), ("e^{x}e^{y}", "e^{x+y}", T), ("\\exp(2)", "e^2", T), ("\\mathrm{e}^2", "e^2", T),
         ("\\ln(xy)", "\\ln x + \\ln y", F), ("\\log(100)", "2\\log 10", T), ("\\arctan 1", "\\frac{\\pi}{4}", T),
         ("2^{x}", "2^{x+1}/2", T), ("2^{x}", "x^2", F), ("\\mathbf{v} = (1,2)", "(1,2)", T),
+        ("10^{1000x}", "100^{500x}", T),  # both overflow where x > 0: those points are skipped, not unequal
+        ("10^{-8}x", "0", F), ("x + 10^{-8}", "x", F),  # ABS_TOL is 1e-12
+        ("|-\\frac{1}{3}|", "0.3333333333333", F), ("|-\\frac13|", "\\frac13", T),  # |rational| stays exact
     ],
     "complex": [
         ("6+9i", "9i+6", T), ("6 - 5i", "6-5i", T), ("6-5i", "6+5i", F), ("1+2i", "i(2-i)", T), ("i^2", "-1", T),
@@ -189,11 +203,14 @@ EQUIV = {
     "bases": [
         ("52_8", "52_8", T), ("52_{8}", "52_8", T), ("42", "52_8", F), ("52", "52_8", F), ("4210_{5}", "4210_5", T),
         ("2516_8", "2516_9", F),
+        ("1.5_8", "1.7_8", F),  # a base-n numeral has no decimals
     ],
     "unparseable_gold": [
         ("anything", "\\weird{5}", F), ("5", "\\weird{5}", F), ("\\weird{5}", "\\weird{5}", T), ("1", "@@@", F),
         ("x", "3 < x < 5", F), ("3 < x < 5", "3 < x < 5", T), ("", "\\weird", F), ("1", "(", F), ("0", "1/0", F),
         ("1/0", "2/0", F), ("\\infty", "\\infty", T), ("\\infty", "-\\infty", F), ("x", "0/0", F),
+        ("e^{1000}", "e^{999}", F), ("10^{300} e^{100}", "10^{300} e^{101}", F),  # no point to compare at
+        ("\\,", "$", F), ("1\\frac{1}{0}", "2\\frac{1}{0}", F),  # a gold of nothing; a zero denominator
     ],
     "non_strings": [(None, "5", F), ("5", None, F), (5, "5", F), ("5", 5, T), ("5.0", 5, T), ("5", 6, F),
                     (["5"], "5", F), ("5", True, F)],
@@ -252,6 +269,8 @@ EXTRACT = [
     (None, None),
     ("\\boxed{", None),
     ("\\boxedx{3}", None),
+    ("<think>x</think><answer>5</answer><answer>", "5"),  # a reopened, unclosed tag: the last closed answer
+    ("The answer is **$18$** dollars.", "18"), ("The answer is $ 18 $.", "18"), ("The answer is $ $", None),
 ]
 
 
@@ -265,6 +284,7 @@ def test_extract_answer(text, want):
     ("<think>2+2</think><answer>4</answer>", "4", 1.0), ("<think>2+2</think><answer>5</answer>", "4", 0.0),
     ("Janet makes 9 * 2 = <<9*2=18>>18 dollars.\n#### 18", "18", 1.0), ("no answer", "4", 0.0),
     ("The answer is 1,000 dollars.", "1000", 1.0), (None, "4", 0.0), ("\\boxed{4}", None, 0.0),
+    ("\\boxed{\\,}", "$", 0.0), ("<think>t</think><answer>Answer: 5</answer>", "5", 1.0),
 ])
 def test_accuracy_reward(completion, gold, want):
     assert accuracy_reward(completion, gold) == want
@@ -282,6 +302,7 @@ def test_accuracy_reward(completion, gold, want):
     ("<think>a</think><answer>5</answer><answer>6</answer>", False, 0.0),
     ("<answer>5</answer><think>a</think>", False, 0.0),
     ("<think>reason<answer>5</answer></think>", False, 0.0),
+    ("<think>a<answer>5</think></answer>", False, 0.0),  # the answer opens inside the think block
     ("<think>reason</think>", False, 0.0),
     ("reason</think><answer>5</answer>", False, 0.0),
     ("reason</think><answer>5</answer>", True, 1.0),  # the prompt ended with "<think>"
