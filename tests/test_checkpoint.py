@@ -1,8 +1,12 @@
 """checkpoint.py and the distill traces cache key: what a crash at a bad moment leaves behind."""
 import json
 import os
+import random
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
 import checkpoint
 import train as T
@@ -195,3 +199,42 @@ def test_read_jsonl_drops_a_cut_last_line_and_names_a_bad_one(tmp_path, capsys):
     path.write_text('{"a": 1}\n{"a": 2\n')  # a whole last line (newline written) that is not JSON: not a cut write
     with pytest.raises(ValueError, match="line 2"):
         checkpoint.read_jsonl(str(path))
+
+
+def test_generation_config_lists_every_stop_id(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    tok = SimpleNamespace(bos_id=1, eos_id=2, pad_id=0, stop_ids=[2, 7])  # a chat tokenizer: <|im_end|> and eos
+    checkpoint.write_token_ids(str(tmp_path), tok)
+    gen = json.loads((tmp_path / "generation_config.json").read_text())
+    assert gen == {"bos_token_id": 1, "eos_token_id": [2, 7], "pad_token_id": 0}
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg == {"model_type": "llama", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    checkpoint.write_token_ids(str(tmp_path), SimpleNamespace(bos_id=1, eos_id=2, pad_id=0, stop_ids=[2]))
+    assert json.loads((tmp_path / "generation_config.json").read_text())["eos_token_id"] == 2  # one id: an int
+
+
+def test_rng_state_roundtrip_restores_every_stream():
+    state = checkpoint.rng_state()
+    want = (random.random(), torch.rand(3).tolist(), np.random.rand())
+    random.seed(99), torch.manual_seed(99), np.random.seed(99)  # drawn elsewhere meanwhile
+    checkpoint.set_rng_state(state)
+    assert (random.random(), torch.rand(3).tolist(), np.random.rand()) == want
+
+
+def _fake_run(out, steps, final_at):
+    for s in steps:
+        d = out / f"ckpt-{s:07d}"
+        d.mkdir(parents=True)
+        (d / "train_state.pt").write_bytes(b"x")
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "config.json").write_text("{}")
+    (out / "final" / "run_config.json").write_text(json.dumps({"train": {"max_steps": final_at}}))
+
+
+def test_an_interrupted_extension_resumes_from_its_newest_checkpoint(tmp_path):
+    out = tmp_path / "o"
+    _fake_run(out, [2, 6, 8], final_at=4)  # finished at 4, extended to 10, killed after the step-8 checkpoint
+    cfg = T.load_config(None, [f"--out_dir={out}", "--train.resume=true", "--train.max_steps=10"])
+    assert checkpoint.prepare_out_dir(cfg) == str(out / "ckpt-0000008")
+    cfg = T.load_config(None, [f"--out_dir={out}", "--train.resume=true", "--train.max_steps=4"])
+    assert checkpoint.prepare_out_dir(cfg) == "final"

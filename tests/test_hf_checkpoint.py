@@ -302,3 +302,44 @@ def test_header_length_past_the_file_is_incomplete(tmp_path):
     path.write_bytes((20).to_bytes(8, "little") + b'{"a": 1}' + b" " * 6)  # 22 bytes: header of 20 > 22 - 8
     with pytest.raises(ValueError, match="is not a complete safetensors file"):
         read_safetensors_header(str(path))
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(**{**dict(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                             hidden_dim=48, max_seq_len=64), **kw}))
+
+
+def test_old_llama_rope_buffers_are_dropped(tmp_path):
+    ours = _tiny()
+    ours.save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)  # written by transformers < 4.31
+    save_file(tensors, path, metadata={"format": "pt"})
+    again = Transformer.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ours.state_dict().values()))
+
+
+def test_tensor_data_cut_short_is_named(tmp_path):
+    _tiny().save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-4])  # the header is whole; the last tensor lacks its last 4 bytes
+    with pytest.raises(ValueError, match="is truncated in model.safetensors"):
+        Transformer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("text", ['{"weight_map": ["model.safetensors"]}', '["model.safetensors"]'])
+def test_an_index_that_is_not_an_object_is_named(tmp_path, text):
+    _tiny().save_pretrained(tmp_path)
+    os.rename(tmp_path / "model.safetensors", tmp_path / "model-00001.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(text)
+    with pytest.raises(ValueError, match="is not a safetensors index"):
+        Transformer.from_pretrained(tmp_path)
+
+
+def test_another_activation_is_refused():
+    hf = {**ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=48).to_hf(),
+          "hidden_act": "gelu"}
+    with pytest.raises(ValueError, match="hidden_act"):
+        ModelConfig.from_hf(hf)

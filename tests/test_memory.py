@@ -194,3 +194,35 @@ def test_memory_check_keeps_5_percent_headroom():
     assert "peak ~" in memory.check(est, 102)  # 96 <= 0.95 * 102 = 96.9
     with pytest.raises(MemoryError):
         memory.check(est, 100)  # 96 > 0.95 * 100, though it is below the device's 100
+
+
+def test_fp32_activations_take_twice_bf16s_bytes():
+    est = memory.estimate(CFG, 1, micro_tokens=10)  # no autocast: every saved activation is fp32
+    assert est["activations"] == 10 * 2 * (34 * 64 + 8 * 160) * 2 == 138240  # tokens x layers x (34 D + 8 F) x 2 (fp32)
+    ckpt = memory.estimate(CFG, 1, micro_tokens=10, checkpointing=True)
+    assert ckpt["activations"] == 10 * (2 * 4 * 64 + (34 * 64 + 8 * 160) * 2) == 74240
+
+
+def test_fsdp_shards_the_gradients_too():
+    est = memory.estimate(CFG, 1000, 0, world=4, fsdp=True)
+    assert (est["weights"], est["gradients"], est["optimizer"]) == (1000, 1000, 2000)
+
+
+def test_the_largest_cache_counts_wherever_it_is_listed():
+    big = ModelConfig(vocab_size=512, dim=128, n_layers=3, n_heads=4, n_kv_heads=4, hidden_dim=256, max_seq_len=128)
+    est = memory.estimate(CFG, 1, 0, kv_caches=[(CFG, 1, 1), (big, 8, 50)])
+    assert est["kv_cache"] == 2 * 3 * 8 * 4 * 50 * 32 * 4 == 1228800
+
+
+def test_the_decode_copy_is_the_sampling_models_and_picks_the_call():
+    # bf16: the policy's own rollout (big cache, small model) against a teacher's (small cache, big model)
+    teacher = ModelConfig(vocab_size=4096, dim=256, n_layers=4, n_heads=4, n_kv_heads=4, hidden_dim=512,
+                          max_seq_len=128)
+    own_kv = 2 * 2 * 64 * 2 * 32 * 16 * 2                       # 524288: 64 rows x 32 positions, 2 kv heads
+    teacher_kv = 2 * 4 * 1 * 4 * 8 * 64 * 2                     # 32768: 1 row x 8 positions
+    own_copy = 2 * CFG.matmul_params                              # 2 * 102400 = 204800
+    teacher_copy = 2 * (4 * (256 * 16 * 64 + 3 * 256 * 512) + 4096 * 256)  # 2 * 3670016 = 7340032
+    assert (CFG.matmul_params, teacher.matmul_params) == (102400, 3670016)
+    est = memory.estimate(CFG, 1, 0, amp=True, kv_rows=64, kv_len=32, kv_caches=[(teacher, 1, 8)])
+    assert own_kv + own_copy < teacher_kv + teacher_copy
+    assert (est["kv_cache"], est["decode_weights"]) == (teacher_kv, teacher_copy)

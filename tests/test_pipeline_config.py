@@ -1,5 +1,6 @@
 """How a pipeline's steps get their settings (command line over config file, a step's own over the top level), and
 what is refused before the first step trains."""
+import dataclasses
 import json
 import os
 import shutil
@@ -280,3 +281,53 @@ def test_init_for_the_others_with_a_per_step_init(toy):
     folder = os.path.dirname(toy)
     steps = steps_of(toy, [f"--init={folder}", "--pipeline.sft.init=pretrain", "--pipeline.grpo.init=sft"])
     assert steps["pretrain"].init == folder and steps["sft"].init.endswith(os.path.join("pretrain", "final"))
+
+
+def _pcfg(tmp_path, pipe, argv=()):
+    cfg = T.load_config(None, ["--stage=pipeline", f"--out_dir={tmp_path / 'o'}", *argv])
+    C.apply_table(cfg, {"pipeline": pipe}, "")
+    return cfg
+
+
+def test_a_table_for_a_step_not_in_steps_is_a_typo(tmp_path):
+    cfg = _pcfg(tmp_path, {"steps": ["pretrain", "sft"], "sft": {"init": "pretrain"}, "stf": {"train": {"lr": 1e-3}}})
+    with pytest.raises(KeyError, match=r"tables for steps not in `steps`: \['stf'\]"):
+        pipeline.pipeline_configs(cfg, T.RUNNERS)
+
+
+def test_a_step_named_twice_is_refused(tmp_path):
+    cfg = _pcfg(tmp_path, {"steps": ["pretrain", "pretrain"]})
+    with pytest.raises(ValueError, match="steps names 'pretrain' twice"):
+        pipeline.pipeline_configs(cfg, T.RUNNERS)
+
+
+def test_a_step_cannot_be_a_pipeline(tmp_path):
+    cfg = _pcfg(tmp_path, {"steps": ["inner"], "inner": {"stage": "pipeline"}})
+    with pytest.raises(ValueError, match=r"\[pipeline\.inner\]: unknown stage 'pipeline'"):
+        pipeline.pipeline_configs(cfg, T.RUNNERS)
+
+
+def test_a_step_that_fails_logs_its_time_unfinished(tmp_path):
+    cfg = _pcfg(tmp_path, {"steps": ["pretrain"]})
+
+    def fails(step):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        pipeline.run_pipeline(cfg, {**T.RUNNERS, "pretrain": fails})
+    rows = checkpoint.read_jsonl(str(tmp_path / "o" / "pipeline.jsonl"))
+    assert [(r["step"], r["finished"], r.get("started", False)) for r in rows] == [("pretrain", False, True),
+                                                                                  ("pretrain", False, False)]
+
+
+def test_a_skipped_step_compares_with_the_run_that_wrote_final(tmp_path, capsys):
+    cfg = _pcfg(tmp_path, {"steps": ["pretrain"]})
+    (_, step), = pipeline.pipeline_configs(cfg, T.RUNNERS)
+    now = json.loads(json.dumps(dataclasses.asdict(step)))
+    old = json.loads(json.dumps(dataclasses.asdict(step)))
+    old["train"]["lr"] = 1.0
+    rows = [{"step": "pretrain", "finished": True, "config": old},   # its first run, then one redone from scratch
+            {"step": "pretrain", "finished": True, "config": now}]   # with today's config: that one wrote final
+    pipeline.warn_if_changed(rows, "pretrain", step)
+    assert capsys.readouterr().out == ""
+    pipeline.warn_if_changed(rows[::-1], "pretrain", step)
+    assert "(train.lr)" in capsys.readouterr().out
