@@ -261,3 +261,48 @@ def test_distill_config_refuses_jsd_beta_at_the_ends(beta):
     """D20: jsd_beta 0 or 1 is refused by check() (before any model loads), not at the first loss."""
     with pytest.raises(ValueError, match="jsd_beta"):
         DistillConfig(kind="jsd", jsd_beta=beta).check()
+
+
+def test_objective_forwards_kind_jsd_beta_and_top_k():
+    """distill_objective (train.py's logits-mode loss) uses cfg.kind, cfg.jsd_beta and cfg.top_k. One token,
+    student q = (0.75, 0.25), teacher p = (0.5, 0.5)."""
+    s = torch.tensor([[[math.log(3.0), 0.0]]])
+    t = torch.zeros(1, 1, 2)
+    y, m = torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1)
+    rev = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(q || p)
+    loss, st = distill_objective(s, t, y, m, DistillConfig(kind="reverse_kl"))
+    assert loss.item() == pytest.approx(rev, rel=1e-6) and st["distill"] == pytest.approx(rev, rel=1e-6)
+    mix = (0.3 * 0.5 + 0.7 * 0.75, 0.3 * 0.5 + 0.7 * 0.25)  # m = beta p + (1 - beta) q = (0.675, 0.325)
+    jsd = 0.3 * (0.5 * math.log(0.5 / mix[0]) + 0.5 * math.log(0.5 / mix[1])) + \
+        0.7 * (0.75 * math.log(0.75 / mix[0]) + 0.25 * math.log(0.25 / mix[1]))
+    loss, _ = distill_objective(s, t, y, m, DistillConfig(kind="jsd", jsd_beta=0.3))
+    assert loss.item() == pytest.approx(jsd, rel=1e-6)
+    # top_k = 1: the teacher is one-hot on its argmax (token 0), so forward KL is -log q(0) = -ln 0.6
+    s3, t3 = torch.tensor([[[math.log(3.0), 0.0, 0.0]]]), torch.tensor([[[1.0, 0.0, 0.0]]])
+    loss, _ = distill_objective(s3, t3, y, m, DistillConfig(top_k=1))
+    assert loss.item() == pytest.approx(-math.log(0.6), rel=1e-6)
+
+
+def test_ce_and_stats_of_a_batch_without_visible_tokens_are_zero_not_nan():
+    """masked_ce (the CE term and the ce/teacher_ce stats) divides by the clamped token count, like
+    distill_loss: no visible token gives 0, not nan."""
+    logits, y, m = torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)
+    assert masked_ce(logits, y, m).item() == 0.0
+    assert distill_stats(logits, logits, y, m) == {"agree": 0.0, "ce": 0.0, "teacher_ce": 0.0}
+
+
+def test_distill_config_boundaries():
+    """the documented ends are accepted (ce_weight 1 = pure CE, sample_temperature 0 = greedy); an infinite
+    T and zero samples per prompt are refused by name."""
+    DistillConfig(ce_weight=1.0, sample_temperature=0.0).check()
+    for field, value in (("temperature", math.inf), ("samples_per_prompt", 0)):
+        with pytest.raises(ValueError, match=rf"\[distill\]\.{field} = "):
+            DistillConfig(**{field: value}).check()
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_jsd_refuses_beta_at_the_ends_by_name(beta):
+    """the refusal names the rule (not a bare 'math domain error' from log(0))."""
+    s = torch.zeros(1, 1, 2)
+    with pytest.raises(ValueError, match=r"jsd needs 0 < beta < 1"):
+        distill_loss(s, s, torch.ones(1, 1), kind="jsd", beta=beta)

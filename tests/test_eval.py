@@ -394,3 +394,86 @@ def test_autocast_is_off_when_not_enabled_even_on_cuda():
         assert isinstance(E.autocast(torch.device("cuda"), False), contextlib.nullcontext)
         assert isinstance(E.autocast(torch.device("cuda"), True), torch.autocast)
     assert isinstance(E.autocast(torch.device("cpu"), True), contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("n,c,k", [(4, 5, 1), (4, -1, 1)])
+def test_pass_at_k_refuses_c_outside_0_n(n, c, k):
+    """more correct samples than samples (or a negative count) is refused, not scored 1.0 or 0.0."""
+    with pytest.raises(ValueError, match="0 <= c <= n"):
+        E.pass_at_k(n, c, k)
+
+
+def test_breakdown_by_subject_and_level_names():
+    """MATH subjects get their own breakdown; levels are grouped under their string form (1 and "1" are one
+    level, as they are once the report is JSON)."""
+    recs = [{"subject": "Algebra", "level": 1, "m": 1.0}, {"subject": "Algebra", "level": "1", "m": 0.0},
+            {"subject": "Geometry", "level": 2, "m": 1.0}]
+    assert E.breakdown(recs, ["m"]) == {
+        "subject": {"Algebra": {"n": 2, "m": 0.5}, "Geometry": {"n": 1, "m": 1.0}},
+        "level": {"1": {"n": 2, "m": 0.5}, "2": {"n": 1, "m": 1.0}}}
+
+
+def test_check_checkpoint_takes_sharded_weights_and_a_hf_tokenizer(tmp_path):
+    """a Hugging Face folder (model.safetensors.index.json, tokenizer.json) is a complete checkpoint."""
+    for name in ("config.json", "model.safetensors.index.json", "tokenizer.json"):
+        (tmp_path / name).write_text("{}")
+    E.check_checkpoint(str(tmp_path))
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer file"):
+        E.check_checkpoint(str(tmp_path))
+
+
+class _AnsTok:
+    stop_ids = [0]
+
+    def encode(self, text, bos=False):
+        return [1, 2]
+
+    def decode(self, ids):
+        return f"The answer is {ids[0]}."
+
+
+def test_greedy_mean_len_is_the_mean(monkeypatch):
+    """completions of 1 and 3 tokens: mean_len 2; answers 3 (right) and 5 (wrong for gold 4): accuracy 0.5."""
+    monkeypatch.setattr(E, "complete", lambda model, prompts, *a, **kw: [[3], [5, 9, 9]])
+    m, _ = E.greedy_eval(None, _AnsTok(), [{"question": "a", "answer": "3"}, {"question": "b", "answer": "4"}],
+                         "plain", 8)
+    assert m == {"accuracy": 0.5, "format_rate": 0.0, "mean_len": 2.0}
+
+
+def _run_main(monkeypatch, tmp_path, extra):
+    """E.main with a stub model: every completion answers 3; problem add (gold 3) is right, mul (gold 4) wrong."""
+    temps = []
+
+    class M:
+        cfg = type("C", (), {"max_seq_len": 64})()
+
+    def complete(model, prompts, max_new_tokens, eos_id, batch_size, temperature=0.0, *a, **kw):
+        temps.append(temperature)
+        return [[3] for _ in prompts]
+    monkeypatch.setattr(E, "check_checkpoint", lambda p: None)
+    monkeypatch.setattr(E, "read_run_config", lambda p: {})
+    monkeypatch.setattr(E, "held_out", lambda *a: [{"question": "q0", "answer": "3", "family": "add"},
+                                                   {"question": "q1", "answer": "4", "family": "mul"}])
+    monkeypatch.setattr(E, "load_checkpoint", lambda p, d: (M(), _AnsTok(), {}))
+    monkeypatch.setattr(E.D, "resolve_template", lambda t, tok: "plain")
+    monkeypatch.setattr(E, "complete", complete)
+    rep = E.main(["--ckpt", str(tmp_path), "--max_new_tokens", "4", "--out", str(tmp_path / "r.json"), *extra])
+    return rep, temps
+
+
+def test_temperature_zero_samples_greedily(monkeypatch, tmp_path):
+    """--temperature 0 is greedy (parse_args: '0: greedy'): the n samples are drawn at 0, not at the default 1."""
+    rep, temps = _run_main(monkeypatch, tmp_path, ["--n", "2", "--k", "1,2", "--temperature", "0"])
+    assert temps == [0.0, 0.0] and rep["args"]["temperature"] == 0.0
+
+
+def test_report_breakdown_holds_every_metric_and_greedy_only_runs_too(monkeypatch, tmp_path):
+    """the breakdown by family holds greedy_correct and every pass@k / maj@k; with --n 0 (greedy only) the
+    family is still known and broken down."""
+    rep, _ = _run_main(monkeypatch, tmp_path, ["--n", "2", "--k", "1,2"])
+    right, wrong = ({"n": 1, "greedy_correct": v, "pass@1": v, "pass@2": v, "maj@1": v, "maj@2": v} for v in (1., 0.))
+    assert rep["breakdown"] == {"family": {"add": right, "mul": wrong}}
+    rep, _ = _run_main(monkeypatch, tmp_path, ["--n", "0"])
+    assert rep["breakdown"] == {"family": {"add": {"n": 1, "greedy_correct": 1.0},
+                                           "mul": {"n": 1, "greedy_correct": 0.0}}}

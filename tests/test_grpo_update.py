@@ -1,6 +1,8 @@
 """grpo_update, grpo_step and rollout wiring: every log-prob tempered, the gradient clipped, the Dr. GRPO switches
-reaching the math, the right samples filtered, rollout chunks covering every prompt."""
+reaching the math, the right samples filtered with their own advantages, rollout chunks covering every prompt; the
+loss's edges (exact clip bounds, masked positions holding anything, a batch without tokens) and the config's ends."""
 import copy
+import math
 
 import pytest
 import torch
@@ -140,3 +142,98 @@ def test_token_logprobs_overwrite_keeps_fp32_for_bf16_logits():
     want = torch.log_softmax(logits.detach().float(), -1).gather(-1, targets[..., None])[..., 0]
     got = token_logprobs(logits * 1, targets, overwrite=True)
     assert got.dtype == torch.float32 and (got - want).abs().max().item() < 1e-5
+
+
+def test_clip_frac_high_not_counted_at_exactly_the_upper_bound():
+    """ratio exactly 1 + eps (1.25 is exact in fp32) with A > 0: min() picks either term, the clip does not
+    bind, so clip_frac_high is 0 (the low side already has this check)."""
+    logp = torch.tensor([[math.log(1.25)]])
+    _, st = grpo_loss(logp, torch.zeros(1, 1), None, torch.tensor([1.0]), torch.ones(1, 1), clip_eps=0.25)
+    assert st["clip_frac_high"] == 0.0 and st["clip_frac"] == 0.0
+    _, st = grpo_loss(logp, torch.zeros(1, 1), None, torch.tensor([1.0]), torch.ones(1, 1), clip_eps=0.2)
+    assert st["clip_frac_high"] == 1.0  # just above 1.2: counted
+
+
+class _StubPolicy:
+    """generate returns fixed completions [0], [0], [1], [3]: rewards (0, 0) for prompt [1], (1, 3) for [2]."""
+    training = False
+
+    def eval(self):
+        pass
+
+    def train(self, mode=True):
+        pass
+
+    def generate(self, prompts, **kw):
+        return [[0], [0], [1], [3]][: len(prompts)]
+
+
+def test_skip_zero_std_groups_passes_the_kept_samples_own_advantages(monkeypatch):
+    """the flat group (prompt [1]) leaves the loss; the update gets the advantages of the kept samples, those
+    of group (1, 3): mean 2, population std 1 -> (-1, 1) / (1 + 1e-4), not the first two advantages (0, 0)."""
+    seen = {}
+
+    def update(policy, ref, opt, prompt_ids, completion_ids, adv, cfg, reduce=None):
+        seen.update(prompts=prompt_ids, comps=completion_ids, adv=adv.tolist())
+        return dict.fromkeys(grpo.UPDATE_KEYS, 0.0)
+    monkeypatch.setattr(grpo, "grpo_update", update)
+    cfg = GRPOConfig(group_size=2, max_new_tokens=4, beta=0.0, skip_zero_std_groups=True)
+    st = grpo.grpo_step(_StubPolicy(), None, None, [[1], [2]], lambda p, c: float(c[0]), cfg)
+    assert seen["prompts"] == [[2], [2]] and seen["comps"] == [[1], [3]]
+    assert seen["adv"] == pytest.approx([-1 / (1 + 1e-4), 1 / (1 + 1e-4)], rel=1e-6)
+    assert st["kept_frac"] == 0.5 and st["zero_std_frac"] == 0.5
+
+
+def test_config_boundaries():
+    """clip_eps = 0 (a clip range of one point) and an infinite temperature are refused by name;
+    max_grad_norm = 0 is the documented 'no clipping' and is accepted (as are the other documented zeros)."""
+    for field, value in (("clip_eps", 0.0), ("temperature", math.inf)):
+        with pytest.raises(ValueError, match=rf"\[grpo\]\.{field} = "):
+            GRPOConfig(**{field: value}).check()
+    GRPOConfig(max_grad_norm=0.0, clip_eps_high=0.0, beta=0.0, ref_update_every=0, rollout_prompts=0).check()
+
+
+def test_masked_old_and_ref_logprobs_may_hold_anything():
+    """grpo_loss sets old_logp and ref_logp equal to logp at masked positions too: an old log-prob of -1000
+    (exp(logp - old) = inf) or a nan reference there must not reach the loss or the gradient."""
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.7]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    old = torch.tensor([[-1.1, -2.0], [-0.5, -1000.0]])
+    ref = torch.tensor([[-1.2, -1.9], [-0.4, float("nan")]])
+    for o, r in ((old, None), (None, ref), (old, ref)):
+        loss, st = grpo_loss(logp, o, r, adv, mask, beta=0.1)
+        loss.backward()
+        assert torch.isfinite(loss) and math.isfinite(st["kl"]) and math.isfinite(st["ratio_mean"])
+        assert torch.isfinite(logp.grad).all() and logp.grad[1, 1] == 0
+        logp.grad = None
+    # hand value, old only, beta 0: row 0 ratios e^0.1, 1 (A = 1), row 1 ratio 1 (A = -1); seq-mean
+    loss, _ = grpo_loss(logp, old, None, adv, mask, beta=0.0)
+    assert loss.item() == pytest.approx((-(min(math.exp(0.1), 1.2) + 1) / 2 + 1) / 2, rel=1e-6)
+
+
+def test_token_mean_of_a_batch_without_tokens_is_zero_not_nan():
+    """token-mean divides by the clamped token count (seq-mean has the same check): an all-masked batch gives
+    0, not nan."""
+    logp = torch.zeros(2, 3, requires_grad=True)
+    loss, _ = grpo_loss(logp, None, None, torch.tensor([1.0, -1.0]), torch.zeros(2, 3), beta=0.0, agg="token-mean")
+    assert loss.item() == 0.0
+
+
+def test_maybe_update_ref_without_a_reference_model():
+    """beta = 0 leaves train.py with ref None; ref_update_every > 0 must then do nothing, not crash."""
+    assert grpo.maybe_update_ref(None, torch.nn.Linear(1, 1), 3, GRPOConfig(ref_update_every=3)) is False
+
+
+def test_truncated_frac_counts_only_completions_cut_without_a_stop(monkeypatch):
+    """max_new_tokens 1, stop id 0: completions [0], [0] ended, [1], [3] were cut: truncated_frac 0.5."""
+    cfg = GRPOConfig(group_size=2, max_new_tokens=1, beta=0.0, mask_truncated=True)
+    seen = {}
+
+    def update(policy, ref, opt, prompt_ids, completion_ids, adv, cfg, reduce=None):
+        seen["comps"] = completion_ids
+        return dict.fromkeys(grpo.UPDATE_KEYS, 0.0)
+    monkeypatch.setattr(grpo, "grpo_update", update)
+    st = grpo.grpo_step(_StubPolicy(), None, None, [[1], [2]], lambda p, c: float(c[0]), cfg, eos_id=0)
+    assert st["truncated_frac"] == 0.5 and st["kept_frac"] == 0.5 and seen["comps"] == [[0], [0]]
+    assert [s["truncated"] for s in st["_samples"]] == [False, False, True, True]
