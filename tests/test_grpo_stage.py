@@ -69,3 +69,28 @@ def test_grpo_reward_ema_and_a_resume_after_a_ref_reset(pretrained, tmp_path, mo
     a = load_file(os.path.join(ref, "final", "model.safetensors"))
     b = load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_grpo_picks_new_prompts_each_step_and_rolls_out_on_its_own_stream(pretrained, tmp_path, monkeypatch):
+    """step s takes randperm(step_generator(seed, s, 0))[:batch_size] of the prompts, and chunk c samples
+    with step_generator(seed, s, 1 + c), a stream apart from the picks."""
+    toml, init = pretrained
+    seen, real = [], T.grpo.grpo_step
+    monkeypatch.setattr(T.grpo, "grpo_step", lambda policy, ref, opt, prompts, *a, generator, **k: seen.append(
+        ([tuple(p) for p in prompts], [g.initial_seed() for g in generator])) or real(policy, ref, opt, prompts, *a,
+                                                                                       generator=generator, **k))
+    T.main(["--config", toml, "--init", init, "--out_dir", str(tmp_path / "g"), "--stage", "grpo",
+            "--train.max_steps=2", "--train.batch_size=2", "--train.eval_n=0", "--train.seed=5",
+            "--grpo.group_size=2", "--grpo.max_new_tokens=4"])
+    assert len(seen) == 2 and seen[0][0] != seen[1][0]
+    for step, (_, seeds) in enumerate(seen):
+        assert seeds == [T.step_generator(5, step, 1).initial_seed()]
+
+
+def test_grpo_may_take_every_training_prompt_each_step(pretrained, tmp_path):
+    """batch_size equal to the number of training prompts is allowed (only more is refused)."""
+    toml, init = pretrained
+    T.main(["--config", toml, "--init", init, "--out_dir", str(tmp_path / "g"), "--stage", "grpo",
+            "--data.n_train=2", "--train.max_steps=1", "--train.batch_size=2", "--train.eval_n=0",
+            "--grpo.group_size=2", "--grpo.max_new_tokens=4"])
+    assert os.path.exists(tmp_path / "g" / "final" / "model.safetensors")

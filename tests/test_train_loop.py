@@ -1,6 +1,7 @@
 """train.py's training loop, on a tiny model with SGD at lr 1 (the weight change is the gradient): gradient
 accumulation, clipping, what each logged row holds; and check_world's division of work over ranks."""
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 import train as T
 from model import ModelConfig, Transformer
+from test_train import TINY, pretrained  # noqa: F401 (pretrained: a fixture)
 
 MCFG = ModelConfig(vocab_size=16, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=32, max_seq_len=16)
 # two micro-batches with different numbers of masked-in tokens: a token-weighted mean differs from the mean of means
@@ -113,3 +115,111 @@ def test_check_world_rules(stage, world, args, ok):
     else:
         with pytest.raises(ValueError):
             T.check_world(cfg, world)
+
+
+
+
+def test_adamw_decays_matrices_only_with_the_configured_betas():
+    """with zero gradients AdamW's step is decay alone: matrices shrink by lr * weight_decay, norms and
+    biases stay; and the second moment after one step is (1 - beta2) g^2."""
+    torch.manual_seed(0)
+    m = Transformer(dataclasses.replace(MCFG, attn_bias=True))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.5)  # biases 0.5, norms 1.5: decay would show
+    opt = T.build_optimizer(m, T.TrainConfig(lr=0.1, weight_decay=0.3, beta1=0.8, beta2=0.99))
+    before = copy.deepcopy(m)
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for (n, p0), p1 in zip(before.named_parameters(), m.parameters()):
+        want = p0 * (1 - 0.1 * 0.3) if p0.dim() >= 2 else p0
+        torch.testing.assert_close(p1, want, rtol=1e-6, atol=1e-7, msg=n)
+    for p in m.parameters():
+        p.grad = torch.full_like(p, 2.0)
+    opt.step()
+    for p in m.parameters():
+        torch.testing.assert_close(opt.state[p]["exp_avg_sq"], torch.full_like(p, 0.01 * 4.0))
+        torch.testing.assert_close(opt.state[p]["exp_avg"], torch.full_like(p, 0.2 * 2.0))
+
+
+def _eval_loop(tmp_path, monkeypatch, **train):
+    """train_loop for max_steps steps with a stand-in held-out evaluation that reports the step it ran at."""
+    torch.manual_seed(0)
+    model = Transformer(MCFG)
+    cfg = T.Config(stage="sft", out_dir=str(tmp_path))
+    cfg.train = T.TrainConfig(**{"warmup_steps": 0, "lr": 1e-3, "save_every": 1000, "grad_accum": 1, **train})
+    run = T.Run(torch.device("cpu"), None, model, T.build_optimizer(model, cfg.train), 0, {}, [], ["a problem"])
+    monkeypatch.setattr(T, "save_on_schedule", lambda *a, **k: None)
+    monkeypatch.setattr(T, "evaluate_and_log", lambda model, tok, problems, cfg, device, step, log: {"eval/at": step})
+    x = torch.tensor([[1, 2, 3, 4]])
+    T.train_loop(cfg, run, lambda step, micro: (x, x.roll(-1, 1), None))
+    return [json.loads(r) for r in open(os.path.join(tmp_path, "metrics.jsonl"))]
+
+
+def test_evaluation_runs_on_cadence_and_after_the_last_step_and_is_always_logged(tmp_path, monkeypatch):
+    """eval_every=2 over 3 steps evaluates at 2 and at the last step 3; log_every=10 would log neither
+    step, but a row that holds an evaluation is always written."""
+    rows = _eval_loop(tmp_path, monkeypatch, max_steps=3, eval_every=2, eval_n=1, log_every=10)
+    assert [(r["step"], r.get("eval/at")) for r in rows] == [(2, 2), (3, 3)]
+
+
+def test_evaluate_and_log_writes_only_n_samples(monkeypatch):
+    """samples.jsonl gets the first train.n_samples of the evaluation's samples."""
+    cfg = T.Config()
+    cfg.train.n_samples = 2
+    monkeypatch.setattr(T.E, "greedy_eval", lambda *a, **k: ({"accuracy": 0.5}, [{"i": i} for i in range(5)]))
+    logged = []
+    log = type("Log", (), {"log_samples": lambda self, step, s: logged.append((step, s))})()
+    m = Transformer(MCFG)
+    assert T.evaluate_and_log(m, None, ["p"], cfg, torch.device("cpu"), 7, log) == {"eval/accuracy": 0.5}
+    assert logged == [(7, [{"i": 0}, {"i": 1}])]
+    assert m.training
+
+
+def test_step_generator_keeps_the_linear_seed_below_micro_97_and_separates_streams():
+    """micro 0..96 of stream 0 keep the earlier versions' seed (the README demo numbers reproduce); past
+    micro 97 the hashed seed still depends on the stream."""
+    seed_of = lambda *a, **k: T.step_generator(*a, **k).initial_seed()  # noqa: E731
+    for seed, step, micro in ((0, 0, 0), (3, 11, 50), (7, 2, 96)):
+        assert seed_of(seed, step, micro) == (seed * 1_000_003 + step) * 97 + micro
+    assert seed_of(0, 5, 100) != seed_of(0, 5, 100, stream=1)
+    assert seed_of(0, 5, 100, stream=1) != seed_of(0, 5, 100, stream=2)
+
+
+def test_boundary_settings_are_accepted_and_just_past_them_refused():
+    """grad_clip 0 (no clipping), eval_every 0 (only at the end), the largest seed and a
+    format-only reward are valid settings; beta2 = 1 is not."""
+    T.TrainConfig(grad_clip=0.0, eval_every=0, seed=2**32 - 1, beta2=0.999).check()
+    with pytest.raises(ValueError, match=r"beta2 = 1\.0"):
+        T.TrainConfig(beta2=1.0).check()
+    T.RewardConfig(accuracy_weight=0.0, format_weight=0.5).check()
+
+
+def test_check_fits_allows_exactly_the_context():
+    """prompt + new tokens == max_seq_len fits; one more does not."""
+    m = Transformer(MCFG)
+    T.check_fits(m, [[1] * 10, [2] * 4], 6, "training")
+    with pytest.raises(ValueError, match="max_seq_len=16"):
+        T.check_fits(m, [[1] * 10], 7, "training")
+
+
+def test_activation_checkpointing_switch_reaches_the_model(tmp_path, monkeypatch):
+    """train.activation_checkpointing=true makes the training forwards recompute each block."""
+    (tmp_path / "t.toml").write_text(TINY)
+    calls, real = [], torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    T.main(["--config", str(tmp_path / "t.toml"), "--stage", "sft", "--train.max_steps=1", "--train.eval_n=0",
+            "--train.activation_checkpointing=true", "--out_dir", str(tmp_path / "o")])
+    assert len(calls) == 2  # one per block of the one step's forward
+
+
+def test_init_run_records_the_checkpoints_architecture(pretrained, tmp_path):
+    """with --init the run config records the init checkpoint's [model], not the config file's."""
+    toml, init = pretrained
+    out = tmp_path / "o"
+    T.main(["--config", toml, "--stage", "sft", "--init", init, "--model.dim=64", "--train.max_steps=1",
+            "--train.eval_n=0", "--out_dir", str(out)])
+    with open(out / "final" / "run_config.json") as f:
+        assert json.load(f)["model"]["dim"] == 32
