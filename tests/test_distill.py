@@ -292,7 +292,7 @@ def test_ce_and_stats_of_a_batch_without_visible_tokens_are_zero_not_nan():
 
 
 def test_distill_config_boundaries():
-    """the documented ends are accepted (ce_weight 1 = pure CE, sample_temperature 0 = greedy); an infinite
+    """The documented ends are accepted (ce_weight 1 = pure CE, sample_temperature 0 = greedy); an infinite
     T and zero samples per prompt are refused by name."""
     DistillConfig(ce_weight=1.0, sample_temperature=0.0).check()
     for field, value in (("temperature", math.inf), ("samples_per_prompt", 0)):
@@ -302,7 +302,7 @@ def test_distill_config_boundaries():
 
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_jsd_refuses_beta_at_the_ends_by_name(beta):
-    """the refusal names the rule (not a bare 'math domain error' from log(0))."""
+    """The refusal names the rule (not a bare 'math domain error' from log(0))."""
     s = torch.zeros(1, 1, 2)
     with pytest.raises(ValueError, match=r"jsd needs 0 < beta < 1"):
         distill_loss(s, s, torch.ones(1, 1), kind="jsd", beta=beta)

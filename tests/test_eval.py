@@ -398,7 +398,7 @@ def test_autocast_is_off_when_not_enabled_even_on_cuda():
 
 @pytest.mark.parametrize("n,c,k", [(4, 5, 1), (4, -1, 1)])
 def test_pass_at_k_refuses_c_outside_0_n(n, c, k):
-    """more correct samples than samples (or a negative count) is refused, not scored 1.0 or 0.0."""
+    """More correct samples than samples (or a negative count) is refused, not scored 1.0 or 0.0."""
     with pytest.raises(ValueError, match="0 <= c <= n"):
         E.pass_at_k(n, c, k)
 
@@ -414,7 +414,7 @@ def test_breakdown_by_subject_and_level_names():
 
 
 def test_check_checkpoint_takes_sharded_weights_and_a_hf_tokenizer(tmp_path):
-    """a Hugging Face folder (model.safetensors.index.json, tokenizer.json) is a complete checkpoint."""
+    """A Hugging Face folder (model.safetensors.index.json, tokenizer.json) is a complete checkpoint."""
     for name in ("config.json", "model.safetensors.index.json", "tokenizer.json"):
         (tmp_path / name).write_text("{}")
     E.check_checkpoint(str(tmp_path))
@@ -434,7 +434,7 @@ class _AnsTok:
 
 
 def test_greedy_mean_len_is_the_mean(monkeypatch):
-    """completions of 1 and 3 tokens: mean_len 2; answers 3 (right) and 5 (wrong for gold 4): accuracy 0.5."""
+    """Completions of 1 and 3 tokens: mean_len 2; answers 3 (right) and 5 (wrong for gold 4): accuracy 0.5."""
     monkeypatch.setattr(E, "complete", lambda model, prompts, *a, **kw: [[3], [5, 9, 9]])
     m, _ = E.greedy_eval(None, _AnsTok(), [{"question": "a", "answer": "3"}, {"question": "b", "answer": "4"}],
                          "plain", 8)
@@ -469,7 +469,7 @@ def test_temperature_zero_samples_greedily(monkeypatch, tmp_path):
 
 
 def test_report_breakdown_holds_every_metric_and_greedy_only_runs_too(monkeypatch, tmp_path):
-    """the breakdown by family holds greedy_correct and every pass@k / maj@k; with --n 0 (greedy only) the
+    """The breakdown by family holds greedy_correct and every pass@k / maj@k; with --n 0 (greedy only) the
     family is still known and broken down."""
     rep, _ = _run_main(monkeypatch, tmp_path, ["--n", "2", "--k", "1,2"])
     right, wrong = ({"n": 1, "greedy_correct": v, "pass@1": v, "pass@2": v, "maj@1": v, "maj@2": v} for v in (1., 0.))

@@ -7,6 +7,7 @@ import torch
 
 from grpo import (GRPOConfig, build_batch, completion_logprobs, group_advantages, grpo_loss, grpo_step,
                   grpo_update, kl_k3, maybe_update_ref, rollout, token_logprobs)
+from test_grpo_update import StubPolicy
 
 # -----------------------------------------------------------------------------
 # advantages
@@ -461,19 +462,8 @@ def test_rollout_chunks_each_sample_with_their_own_generator():
 def test_rollout_ends_at_any_stop_id():
     """eos_id=[a, b]: a completion that ends in either id ended (not truncated), even at exactly max_new_tokens;
     one that ends in neither is truncated."""
-    class Stub:  # generate returns fixed completions, whatever the prompts
-        training = False
-
-        def eval(self):
-            pass
-
-        def train(self, mode=True):
-            pass
-
-        def generate(self, prompts, **kw):
-            return [[5, 6, 7, 1], [5, 6, 2], [5, 6, 7, 2], [5, 1, 7, 8]][: len(prompts)]
-
-    roll = rollout(Stub(), [[3]], lambda p, c: 0.0, GRPOConfig(group_size=4, max_new_tokens=4), eos_id=[1, 2])
+    stub = StubPolicy([[5, 6, 7, 1], [5, 6, 2], [5, 6, 7, 2], [5, 1, 7, 8]])
+    roll = rollout(stub, [[3]], lambda p, c: 0.0, GRPOConfig(group_size=4, max_new_tokens=4), eos_id=[1, 2])
     assert roll["truncated"].tolist() == [False, False, False, True]
 
 

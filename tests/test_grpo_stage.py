@@ -72,7 +72,7 @@ def test_grpo_reward_ema_and_a_resume_after_a_ref_reset(pretrained, tmp_path, mo
 
 
 def test_grpo_picks_new_prompts_each_step_and_rolls_out_on_its_own_stream(pretrained, tmp_path, monkeypatch):
-    """step s takes randperm(step_generator(seed, s, 0))[:batch_size] of the prompts, and chunk c samples
+    """Step s takes randperm(step_generator(seed, s, 0))[:batch_size] of the prompts, and chunk c samples
     with step_generator(seed, s, 1 + c), a stream apart from the picks."""
     toml, init = pretrained
     seen, real = [], T.grpo.grpo_step

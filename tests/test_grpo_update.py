@@ -145,7 +145,7 @@ def test_token_logprobs_overwrite_keeps_fp32_for_bf16_logits():
 
 
 def test_clip_frac_high_not_counted_at_exactly_the_upper_bound():
-    """ratio exactly 1 + eps (1.25 is exact in fp32) with A > 0: min() picks either term, the clip does not
+    """Ratio exactly 1 + eps (1.25 is exact in fp32) with A > 0: min() picks either term, the clip does not
     bind, so clip_frac_high is 0 (the low side already has this check)."""
     logp = torch.tensor([[math.log(1.25)]])
     _, st = grpo_loss(logp, torch.zeros(1, 1), None, torch.tensor([1.0]), torch.ones(1, 1), clip_eps=0.25)
@@ -154,9 +154,12 @@ def test_clip_frac_high_not_counted_at_exactly_the_upper_bound():
     assert st["clip_frac_high"] == 1.0  # just above 1.2: counted
 
 
-class _StubPolicy:
-    """generate returns fixed completions [0], [0], [1], [3]: rewards (0, 0) for prompt [1], (1, 3) for [2]."""
+class StubPolicy:
+    """A policy whose generate returns fixed completions, whatever the prompts (the first len(prompts) of them)."""
     training = False
+
+    def __init__(self, completions):
+        self.completions = completions
 
     def eval(self):
         pass
@@ -165,11 +168,14 @@ class _StubPolicy:
         pass
 
     def generate(self, prompts, **kw):
-        return [[0], [0], [1], [3]][: len(prompts)]
+        return self.completions[: len(prompts)]
+
+
+FOUR = [[0], [0], [1], [3]]  # with reward c[0] and G = 2: rewards (0, 0) for the first prompt, (1, 3) for the second
 
 
 def test_skip_zero_std_groups_passes_the_kept_samples_own_advantages(monkeypatch):
-    """the flat group (prompt [1]) leaves the loss; the update gets the advantages of the kept samples, those
+    """The flat group (prompt [1]) leaves the loss; the update gets the advantages of the kept samples, those
     of group (1, 3): mean 2, population std 1 -> (-1, 1) / (1 + 1e-4), not the first two advantages (0, 0)."""
     seen = {}
 
@@ -178,7 +184,7 @@ def test_skip_zero_std_groups_passes_the_kept_samples_own_advantages(monkeypatch
         return dict.fromkeys(grpo.UPDATE_KEYS, 0.0)
     monkeypatch.setattr(grpo, "grpo_update", update)
     cfg = GRPOConfig(group_size=2, max_new_tokens=4, beta=0.0, skip_zero_std_groups=True)
-    st = grpo.grpo_step(_StubPolicy(), None, None, [[1], [2]], lambda p, c: float(c[0]), cfg)
+    st = grpo.grpo_step(StubPolicy(FOUR), None, None, [[1], [2]], lambda p, c: float(c[0]), cfg)
     assert seen["prompts"] == [[2], [2]] and seen["comps"] == [[1], [3]]
     assert seen["adv"] == pytest.approx([-1 / (1 + 1e-4), 1 / (1 + 1e-4)], rel=1e-6)
     assert st["kept_frac"] == 0.5 and st["zero_std_frac"] == 0.5
@@ -234,6 +240,6 @@ def test_truncated_frac_counts_only_completions_cut_without_a_stop(monkeypatch):
         seen["comps"] = completion_ids
         return dict.fromkeys(grpo.UPDATE_KEYS, 0.0)
     monkeypatch.setattr(grpo, "grpo_update", update)
-    st = grpo.grpo_step(_StubPolicy(), None, None, [[1], [2]], lambda p, c: float(c[0]), cfg, eos_id=0)
+    st = grpo.grpo_step(StubPolicy(FOUR), None, None, [[1], [2]], lambda p, c: float(c[0]), cfg, eos_id=0)
     assert st["truncated_frac"] == 0.5 and st["kept_frac"] == 0.5 and seen["comps"] == [[0], [0]]
     assert [s["truncated"] for s in st["_samples"]] == [False, False, True, True]

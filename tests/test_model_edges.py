@@ -3,21 +3,13 @@ whole context usable, the fp32 decode's norm eps, sampling ties and precision, a
 import pytest
 import torch
 
-import model as model_lib
 from model import ModelConfig, Transformer, sample
-
-TINY = dict(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=160, max_seq_len=128)
-
+from test_decode import TINY, _logits_seen
+from test_model import randomize
 
 def tiny(seed=0, **kw):
     torch.manual_seed(seed)
-    m = Transformer(ModelConfig(**{**TINY, **kw})).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.2 * noise)
-    return m
+    return randomize(Transformer(ModelConfig(**{**TINY, **kw})).eval(), seed)
 
 
 def prompts_of(lens, seed=0, vocab=256):
@@ -25,17 +17,11 @@ def prompts_of(lens, seed=0, vocab=256):
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lens]
 
 
-def step_logits(monkeypatch, m, prompts, n, **kw):
-    """generate's completions and the (B, V) logits each step sampled from."""
-    seen, real = [], model_lib.sample
-    monkeypatch.setattr(model_lib, "sample", lambda logits, *a: seen.append(logits.float().clone()) or real(logits, *a))
-    got = m.generate(prompts, max_new_tokens=n, **kw)
-    monkeypatch.setattr(model_lib, "sample", real)
-    return got, seen
+step_logits = _logits_seen  # generate's completions and the logits each step sampled from
 
 
 def test_repeated_ragged_prompts_whose_first_rows_are_not_the_first_n(monkeypatch):
-    """the prefill takes each distinct prompt's mask and RoPE rows from its FIRST ROW (prefill_mask[first],
+    """The prefill takes each distinct prompt's mask and RoPE rows from its FIRST ROW (prefill_mask[first],
     cos[first]), not from rows 0..n-1. [p, p, q, r, q] puts q's first row at 2 and r's at 3."""
     m = tiny()
     p, q, r = prompts_of([4, 11, 7], seed=9)
@@ -60,7 +46,7 @@ def test_per_row_starts_without_a_shared_prefix_equal_each_row_alone():
 
 
 def test_prefix_sharing_ignores_tokens_from_a_rows_start_on(monkeypatch):
-    """rows 0 and 1 agree on their first start=4 tokens and differ at column 4: one prefix pass for both."""
+    """Rows 0 and 1 agree on their first start=4 tokens and differ at column 4: one prefix pass for both."""
     m = tiny()
     p = prompts_of([4], seed=12)[0]
     a, b, c = prompts_of([8, 8, 10], seed=13)
@@ -81,7 +67,7 @@ def test_model_config_refuses_a_bool_size():
 
 
 def test_the_whole_context_is_usable():
-    """a sequence of exactly max_seq_len tokens is allowed, in forward() and in generate()."""
+    """A sequence of exactly max_seq_len tokens is allowed, in forward() and in generate()."""
     m = tiny()
     with torch.no_grad():
         assert m(torch.zeros(1, 128, dtype=torch.long)).shape == (1, 128, 256)
@@ -100,12 +86,12 @@ def test_more_bad_inputs_raise_value_errors(call, msg):
 
 
 def test_greedy_tie_takes_the_lowest_id():
-    """temperature 0 breaks an exact tie as argmax / HF greedy does: the first of the tied ids."""
+    """Temperature 0 breaks an exact tie as argmax / HF greedy does: the first of the tied ids."""
     assert sample(torch.tensor([[0.0, 2.0, 2.0, 1.0], [3.0, 3.0, 3.0, 3.0]]), 0, 1.0).tolist() == [1, 0]
 
 
 def test_fp32_decode_step_uses_norm_eps(monkeypatch):
-    """without autocast _decode's column_rms_norm adds the config's norm_eps (0.5 here, far from the default
+    """Without autocast _decode's column_rms_norm adds the config's norm_eps (0.5 here, far from the default
     1e-5), so its logits equal forward()'s."""
     m = tiny(norm_eps=0.5)
     prompts = prompts_of([7, 3])
@@ -117,7 +103,7 @@ def test_fp32_decode_step_uses_norm_eps(monkeypatch):
 
 
 def test_a_row_whose_first_token_is_eos_runs_no_decode_step(monkeypatch):
-    """the eos check covers the first sampled token too: a lone row that starts with eos stops at once."""
+    """The eos check covers the first sampled token too: a lone row that starts with eos stops at once."""
     m = tiny()
     p = prompts_of([6])[0]
     eos = m.generate([p], 1, temperature=0)[0][0]
@@ -128,7 +114,7 @@ def test_a_row_whose_first_token_is_eos_runs_no_decode_step(monkeypatch):
 
 
 def test_bf16_logits_are_sampled_in_fp32():
-    """under autocast the decode step hands bf16 logits to sample(); the softmax and CDF are taken in fp32, so
+    """Under autocast the decode step hands bf16 logits to sample(); the softmax and CDF are taken in fp32, so
     the draws equal those from the same values in fp32 (a bf16 cumsum over many tokens would shift them)."""
     logits = (3 * torch.randn(500, 2000, generator=torch.Generator().manual_seed(0))).bfloat16()
     for temperature, top_p in ((1.0, 1.0), (0.7, 0.9)):

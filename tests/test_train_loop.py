@@ -120,7 +120,7 @@ def test_check_world_rules(stage, world, args, ok):
 
 
 def test_adamw_decays_matrices_only_with_the_configured_betas():
-    """with zero gradients AdamW's step is decay alone: matrices shrink by lr * weight_decay, norms and
+    """With zero gradients AdamW's step is decay alone: matrices shrink by lr * weight_decay, norms and
     biases stay; and the second moment after one step is (1 - beta2) g^2."""
     torch.manual_seed(0)
     m = Transformer(dataclasses.replace(MCFG, attn_bias=True))
@@ -216,7 +216,7 @@ def test_activation_checkpointing_switch_reaches_the_model(tmp_path, monkeypatch
 
 
 def test_init_run_records_the_checkpoints_architecture(pretrained, tmp_path):
-    """with --init the run config records the init checkpoint's [model], not the config file's."""
+    """With --init the run config records the init checkpoint's [model], not the config file's."""
     toml, init = pretrained
     out = tmp_path / "o"
     T.main(["--config", toml, "--stage", "sft", "--init", init, "--model.dim=64", "--train.max_steps=1",
