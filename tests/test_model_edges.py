@@ -4,18 +4,8 @@ import pytest
 import torch
 
 from model import ModelConfig, Transformer, sample
-from test_decode import TINY, _logits_seen
-from test_model import randomize
-
-def tiny(seed=0, **kw):
-    torch.manual_seed(seed)
-    return randomize(Transformer(ModelConfig(**{**TINY, **kw})).eval(), seed)
-
-
-def prompts_of(lens, seed=0, vocab=256):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lens]
-
+from test_decode import _logits_seen
+from test_model import TINY, prompts_of, tiny
 
 step_logits = _logits_seen  # generate's completions and the logits each step sampled from
 
