@@ -41,8 +41,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, reps, warmup):
-    """Median wall seconds of fn() over reps calls, after warmup calls."""
+def timed(fn, device, reps, warmup, agg=statistics.median):
+    """Median (or agg) wall seconds of fn() over reps calls, after warmup calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -52,7 +52,7 @@ def timed(fn, device, reps, warmup):
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return agg(times)
 
 
 def take_turns(runners, device, reps, warmup=1):
@@ -91,10 +91,11 @@ def train_step(model, data, amp, fwd=None):
     return step
 
 
-def matmul_peak(device, dtype, n, reps=5):
-    """FLOP/s of an n x n x n matmul in dtype: the ceiling MFU is measured against."""
+def matmul_peak(device, dtype, n, reps=10):
+    """FLOP/s of an n x n x n matmul in dtype: the ceiling MFU is measured against, so the fastest of reps calls
+    (a median on a machine whose speed drifts underestimates it, and MFU comes out too high)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n ** 3 / timed(lambda: a @ b, device, reps, warmup=2)
+    return 2 * n ** 3 / timed(lambda: a @ b, device, reps, warmup=2, agg=min)
 
 
 def bench_train(model, cfg, device, amp, batch, seq, reps, warmup):
@@ -152,7 +153,8 @@ def main(argv=None):
     for flag in ("threads", "batch", "seq", "steps", "gen_batch", "gen_new", "gen_reps", "grpo_reps",
                  *(k for k in SIZES["S"] if getattr(args, k) is not None)):
         if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+            shown = flag if flag in SIZES["S"] else flag.replace("_", "-")  # the model's flags keep their "_"
+            p.error(f"--{shown} must be at least 1, got {getattr(args, flag)}")
     if args.warmup < 0:
         p.error(f"--warmup must be at least 0, got {args.warmup}")
     if not 1 <= args.prompt_len[0] <= args.prompt_len[1]:

@@ -13,10 +13,12 @@ hf_checkpoint.py and grpo.py are loaded under names of their own, so both live i
 side's median time and the median of the per-pair ratios old/new (above 1: the new version is faster).
 """
 import argparse
+import atexit
 import copy
 import importlib.util
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +46,7 @@ def load_version(rev, tag):
                 raise SystemExit(f"ab_speed.py: cannot read {name} at revision {rev!r}: {r.stderr.decode().strip()}")
             with open(os.path.join(folder, name), "wb") as f:
                 f.write(r.stdout)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the modules are loaded by then
     saved = {name: sys.modules.pop(name) for name in BY_NAME if name in sys.modules}
     sys.path.insert(0, folder)
     try:
@@ -66,7 +69,7 @@ def load_version(rev, tag):
 def make_runner(model_mod, grpo_mod, args):
     """One timed unit of work for this version, on the same weights and inputs as the other version's."""
     torch.manual_seed(args.seed)
-    cfg = model_mod.ModelConfig(**SIZES[args.size], max_seq_len=512)
+    cfg = model_mod.ModelConfig(**SIZES[args.size], max_seq_len=max(512, 40 + args.new_tokens))  # prompt <= 40
     model = model_mod.Transformer(cfg)
     rng = random.Random(args.seed)
     if args.what == "generate":

@@ -140,7 +140,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error(f"--reps must be at least 1, got {args.reps}")
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device!r}: not a device (cpu | cuda)")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device here")
     torch.manual_seed(0)
@@ -154,7 +157,7 @@ def main(argv=None):
           f"{'bf16 autocast' if cuda else 'fp32'}; model {dims}: {ours.num_params() / 1e6:.1f} M params")
     parity(ours, hf, device, amp, dims["vocab_size"])
     peak = matmul_peak(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 2048)
-    print(f"# matmul peak {peak / 1e12:.1f} TFLOP/s")
+    print(f"# matmul peak {peak / 1e12:.1f} TFLOP/s" if cuda else f"# matmul peak {peak / 1e9:.1f} GFLOP/s")
     for batch, seq in args.train:
         bench_train(ours, hf, device, amp, batch, seq, args.reps, peak)
     for batch, new in args.generate:

@@ -28,17 +28,18 @@ def test_bench_prints_train_sample_and_grpo(capsys):
 @pytest.mark.parametrize("args,flag", [(["--steps", "0"], "--steps"), (["--grpo-reps", "0"], "--grpo-reps"),
                                        (["--threads", "0"], "--threads"), (["--gen-batch", "0"], "--gen-batch"),
                                        (["--seq", "0"], "--seq"), (["--dim", "0"], "--dim"),
+                                       (["--n_layers", "0"], "--n_layers"), (["--vocab_size", "0"], "--vocab_size"),
                                        (["--warmup", "-1"], "--warmup"),
                                        (["--prompt-len", "40", "20"], "--prompt-len")])
 def test_bad_flags_are_named(args, flag, capsys):
     with pytest.raises(SystemExit):
         bench.main(args)
-    assert flag in capsys.readouterr().err
+    assert flag + " " in capsys.readouterr().err.splitlines()[-1]  # the error line itself, not the usage above it
 
 
 def test_warmup_applies_to_every_measurement(monkeypatch):
     calls = []
-    monkeypatch.setattr(bench, "timed", lambda fn, device, reps, warmup: calls.append(warmup) or 1.0)
+    monkeypatch.setattr(bench, "timed", lambda fn, device, reps, warmup, **kw: calls.append(warmup) or 1.0)
     monkeypatch.setattr(bench, "matmul_peak", lambda *a: 1e9)
     monkeypatch.setattr(bench, "bench_grpo", lambda *a, warmup, **kw: (calls.append(warmup), (1.0, 0.5, 0.5))[1])
     n = torch.get_num_threads()
@@ -72,15 +73,18 @@ def test_ab_speed_loads_the_named_revision_beside_the_files_on_disk(capsys):
             ratio = ab_speed.main(["--old", "HEAD", "--what", what, "--reps", "1", "--batch", "2",
                                    "--new-tokens", "4", "--threads", "1"])
             assert ratio > 0
+        # more new tokens than the default 512-token context holds beside a 40-token prompt
+        assert ab_speed.main(["--old", "HEAD", "--what", "generate", "--reps", "1", "--batch", "1",
+                              "--new-tokens", "500", "--threads", "1"]) > 0
     finally:
         torch.set_num_threads(n)
-    assert capsys.readouterr().out.count("ratio old/new") == 2
+    assert capsys.readouterr().out.count("ratio old/new") == 3
 
 
 def test_bench_arithmetic(monkeypatch, capsys):
-    """tokens/s, the matmul peak and MFU from fixed timings: matmul 1e6 s (5 reps), training 1 s (1 rep: --steps),
+    """tokens/s, the matmul peak and MFU from fixed timings: matmul 1e6 s (10 reps), training 1 s (1 rep: --steps),
     sampling 0.5 s (2 reps: --gen-reps)."""
-    monkeypatch.setattr(bench, "timed", lambda fn, device, reps, warmup: {5: 1e6, 1: 1.0, 2: 0.5}[reps])
+    monkeypatch.setattr(bench, "timed", lambda fn, device, reps, warmup, **kw: {10: 1e6, 1: 1.0, 2: 0.5}[reps])
     monkeypatch.setattr(bench, "bench_grpo", lambda *a, **k: (1.0, 0.5, 0.5))
     n = torch.get_num_threads()
     dims = dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=48, vocab_size=64)
@@ -98,6 +102,13 @@ def test_bench_arithmetic(monkeypatch, capsys):
     fpt = Transformer(ModelConfig(**dims, max_seq_len=256)).flops_per_token(16)
     assert float(mfu) == pytest.approx(100 * 64 * fpt / peak, abs=0.06)
     assert int(re.search(r"sample 3x5 .*: (\d+) new tok/s", out).group(1)) == 3 * 5 / 0.5
+
+
+def test_matmul_peak_is_the_fastest_call(monkeypatch):
+    """The peak is a ceiling: the fastest of the timed calls (2, 1 and 3 s here), not their median (2 s)."""
+    clock = iter([0.0, 2.0, 10.0, 11.0, 20.0, 23.0])  # start and end of each timed call (warmup is not timed)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    assert bench.matmul_peak(torch.device("cpu"), torch.float32, 8, reps=3) == 2 * 8 ** 3 / 1.0
 
 
 def test_take_turns_alternates_who_goes_first():

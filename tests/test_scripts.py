@@ -41,6 +41,23 @@ def test_compare_math_verify_explains_a_missing_math_verify(capsys):
     assert "pip install math-verify" in capsys.readouterr().out
 
 
+def test_compare_math_verify_reports_a_set_without_negatives(monkeypatch, capsys):
+    """--shifts 0 gives no negative pairs: the report shows 0/0, where it divided by zero."""
+    import compare_math_verify
+    monkeypatch.setattr(compare_math_verify, "mv_equiv", lambda pred, gold, wrap: True)
+    compare_math_verify.compare_real("toy", ["so \\boxed{1}"], ["1"], lambda a, b: True, [])
+    out = capsys.readouterr().out
+    assert "toy positives scored 1: ours 1/1 = 100.00%" in out and "negatives scored 0: ours 0/0 = 0.00%" in out
+
+
+def test_bench_vs_hf_names_a_device_that_is_not_one(capsys):
+    pytest.importorskip("transformers")
+    import bench_vs_hf
+    with pytest.raises(SystemExit):
+        bench_vs_hf.main(["--device", "cpux"])
+    assert "--device 'cpux': not a device" in capsys.readouterr().err
+
+
 def test_bench_refuses_a_device_it_cannot_use(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device, words in (("cuda", "no CUDA device"), ("mps", "cpu or cuda"), ("gpu", "not a device")):
