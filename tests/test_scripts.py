@@ -51,7 +51,6 @@ def test_compare_math_verify_reports_a_set_without_negatives(monkeypatch, capsys
 
 
 def test_bench_vs_hf_names_a_device_that_is_not_one(capsys):
-    pytest.importorskip("transformers")
     import bench_vs_hf
     with pytest.raises(SystemExit):
         bench_vs_hf.main(["--device", "cpux"])
