@@ -91,6 +91,19 @@ def train_step(model, data, amp, fwd=None):
     return step
 
 
+def device_arg(parser, text):
+    """The torch.device --device names; a parser error for anything but an available cpu or cuda device."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        parser.error(f"--device {text!r}: not a device (cpu | cuda)")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {text!r}: runs on cpu or cuda only")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {text}: no CUDA device here (torch.cuda.is_available() is False)")
+    return device
+
+
 def matmul_peak(device, dtype, n, reps=10):
     """FLOP/s of an n x n x n matmul in dtype: the ceiling MFU is measured against, so the fastest of reps calls
     (a median on a machine whose speed drifts underestimates it, and MFU comes out too high)."""
@@ -160,14 +173,7 @@ def main(argv=None):
     if not 1 <= args.prompt_len[0] <= args.prompt_len[1]:
         p.error(f"--prompt-len MIN MAX needs 1 <= MIN <= MAX, got {args.prompt_len[0]} {args.prompt_len[1]}")
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        p.error(f"--device {args.device!r}: not a device (cpu | cuda)")
-    if device.type not in ("cpu", "cuda"):
-        p.error(f"--device {args.device!r}: bench.py runs on cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: no CUDA device here (torch.cuda.is_available() is False)")
+    device = device_arg(p, args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dims = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in SIZES[args.size].items()}

@@ -22,7 +22,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench import SIZES, matmul_peak, take_turns, train_step  # noqa: E402
+from bench import SIZES, device_arg, matmul_peak, take_turns, train_step  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 
 
@@ -140,12 +140,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error(f"--reps must be at least 1, got {args.reps}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        p.error(f"--device {args.device!r}: not a device (cpu | cuda)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: no CUDA device here")
+    device = device_arg(p, args.device)
     torch.manual_seed(0)
     dims = SIZES[args.size]
     max_seq = max([t for _, t in args.train] + [40 + n for _, n in args.generate] + [256])

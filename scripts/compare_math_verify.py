@@ -80,8 +80,8 @@ def compare_real(name, sols, golds, different, pairs):
             notes.append(f"  {kind} row {i} vs gold {golds[j]!r}: want {want}, ours {ours}, Math-Verify {float(mv)}")
     for kind, label in (("pos", "positives scored 1"), ("neg", "negatives scored 0")):
         n, o, m = stats[kind]
-        pct = lambda k: 100 * k / max(n, 1)  # noqa: E731 (no negatives: --shifts 0)
-        print(f"{name} {label}: ours {o}/{n} = {pct(o):.2f}%, Math-Verify {m}/{n} = {pct(m):.2f}%")
+        d = max(n, 1)  # --shifts 0: no negatives
+        print(f"{name} {label}: ours {o}/{n} = {100 * o / d:.2f}%, Math-Verify {m}/{n} = {100 * m / d:.2f}%")
     print(f"{name} time per call: ours median {1000 * statistics.median(t_ours):.3f} ms worst "
           f"{1000 * max(t_ours):.1f} ms; Math-Verify median {1000 * statistics.median(t_mv):.3f} ms worst "
           f"{1000 * max(t_mv):.1f} ms")

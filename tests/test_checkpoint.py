@@ -223,9 +223,7 @@ def test_rng_state_roundtrip_restores_every_stream():
 
 def _fake_run(out, steps, final_at):
     for s in steps:
-        d = out / f"ckpt-{s:07d}"
-        d.mkdir(parents=True)
-        (d / "train_state.pt").write_bytes(b"x")
+        _ckpt(out, s)
     (out / "final").mkdir(parents=True)
     (out / "final" / "config.json").write_text("{}")
     (out / "final" / "run_config.json").write_text(json.dumps({"train": {"max_steps": final_at}}))

@@ -50,11 +50,12 @@ def test_compare_math_verify_reports_a_set_without_negatives(monkeypatch, capsys
     assert "toy positives scored 1: ours 1/1 = 100.00%" in out and "negatives scored 0: ours 0/0 = 0.00%" in out
 
 
-def test_bench_vs_hf_names_a_device_that_is_not_one(capsys):
+def test_bench_vs_hf_names_a_device_it_cannot_use(capsys):
     import bench_vs_hf
-    with pytest.raises(SystemExit):
-        bench_vs_hf.main(["--device", "cpux"])
-    assert "--device 'cpux': not a device" in capsys.readouterr().err
+    for device, words in (("cpux", "--device 'cpux': not a device"), ("mps", "cpu or cuda")):
+        with pytest.raises(SystemExit):
+            bench_vs_hf.main(["--device", device])
+        assert words in capsys.readouterr().err
 
 
 def test_bench_refuses_a_device_it_cannot_use(monkeypatch, capsys):
