@@ -82,6 +82,10 @@ def pipeline_configs(cfg, runners):
         except (KeyError, TypeError, ValueError) as e:
             raise type(e)(f"[pipeline.{name}]: {e.args[0]}") from None
         if step.stage not in runners or step.stage == "pipeline":
+            if name not in cfg.pipeline:  # no table of its own: the name itself was read as the stage
+                tables = sorted(set(cfg.pipeline) - {"steps", "report", "jobs"})
+                raise ValueError(f"[pipeline] step {name!r} has no [pipeline.{name}] table and is not a stage; "
+                                 f"steps with tables: {tables}; stages: {sorted(set(runners) - {'pipeline'})}")
             raise ValueError(f"[pipeline.{name}]: unknown stage {step.stage!r}; valid: {sorted(runners)}")
         known = {**earlier, **dirs}  # an earlier step's name means its final checkpoint
         step.init = known.get(step.init, step.init)

@@ -223,6 +223,7 @@ def write_report(cfg, steps):
         raise ValueError("report: every test problem is a training question of some step; change the steps' [data]")
     problems, n_left_out = held, len(problems) - len(held)
     wall = step_walls(read_jsonl(os.path.join(cfg.out_dir, "pipeline.jsonl")))
+    wall = {name: s for name, s in wall.items() if name in stage_of}  # not the steps this run left out
     for name in spec["distill"]:
         if name not in wall:
             print(f"report: {os.path.join(cfg.out_dir, 'pipeline.jsonl')} has no wall time for step {name!r}; "

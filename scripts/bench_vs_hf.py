@@ -1,6 +1,7 @@
 """
-model.py against transformers' LlamaForCausalLM with the same weights, on one device (made for a GPU; the CPU
-comparison is ../shared/bench): logits parity (fp32, and each under bf16 autocast against fp32), greedy parity,
+model.py against transformers' LlamaForCausalLM with the same weights, on one device, made for a GPU.
+
+The CPU comparison is ../shared/bench. Logits parity (fp32, and each under bf16 autocast against fp32), greedy parity,
 then training tokens/s (forward + backward + AdamW, fp32 weights under bf16 autocast on CUDA) and sampling tokens/s
 (ragged prompts, no eos), the two implementations taking turns in one process. Needs transformers.
 

@@ -65,6 +65,9 @@ def test_steps_picked_on_the_command_line_start_from_the_left_out_steps_results(
     cfg = T.load_config(toy, ["--pipeline.steps=pretrain,sft", f"--out_dir={out}"])
     assert list(dict(pipeline.pipeline_configs(cfg, T.RUNNERS))) == ["pretrain", "sft"]
     assert cfg.pipeline["report"]["distill"] == [] and cfg.pipeline["report"]["zero"] == ""
+    with pytest.raises(ValueError, match=r"\[pipeline\] step 'studnt' has no \[pipeline.studnt\] table and is not a "
+                                         r"stage; steps with tables: \['grpo', .*'student'\]; stages: \['distill', "):
+        steps_of(toy, ["--pipeline.steps=grpo,studnt", f"--out_dir={out}"])  # a typo, not a stage
 
 
 def test_pipeline_settings_on_a_single_stage_are_refused(tmp_path):

@@ -76,7 +76,11 @@ def test_a_distill_step_without_wall_time_reports_nan(tmp_path, monkeypatch):
     os.makedirs(cfg.out_dir)
     with open(os.path.join(cfg.out_dir, "pipeline.jsonl"), "w") as f:  # only pretrain's time is known
         f.write(json.dumps({"step": "pretrain", "wall_s": 3.0, "finished": True}) + "\n")
+        f.write(json.dumps({"step": "sft", "wall_s": 9.0, "finished": True}) + "\n")  # an earlier run's step, left out
     rep = report.write_report(cfg, steps)
     rows = {r["step"]: r for r in rep["distill"]}
     assert rows["pretrain"]["wall_s"] == 3.0 and rows["pretrain"]["with_init_s"] == 3.0
     assert math.isnan(rows["student"]["wall_s"]) and math.isnan(rows["student"]["with_init_s"])
+    assert rep["wall_s"] == {"pretrain": 3.0}  # the steps of this run only
+    first = open(os.path.join(cfg.out_dir, "report.md")).read().splitlines()[2]
+    assert "Wall time per step (s): pretrain 3; this report's evaluations" in first, first
