@@ -378,7 +378,8 @@ def check_data_spec(spec):
 
 
 # -----------------------------------------------------------------------------
-# Templates: the prompt a model sees, and the completion it is trained to write
+# Templates: the prompt a model sees, and the completion it is trained to write. R1_PREAMBLE is DeepSeek-R1-Zero's
+# layout plus a \boxed{} final answer inside <answer> (ours: the accuracy reward reads the box).
 
 R1_PREAMBLE = ("A conversation between User and Assistant. The User asks a question and the Assistant solves it. "
                "The Assistant first thinks through the reasoning, then gives the answer. The reasoning goes inside "

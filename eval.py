@@ -56,8 +56,8 @@ def majority_vote(answers):
     sample votes for every distinct answer that equals its own, where equal is reward.is_equiv both ways (it reads
     its second argument as the gold: a gold "1, 2" accepts "(2,1)", not the reverse), so equivalent forms pool.
     That relation need not be transitive, so votes are counted per distinct answer rather than by grouping, and
-    the result does not depend on the samples' order. Ties go to the answer given most often as written, then to
-    the one seen first. Returns None when no answer is given."""
+    the counts do not depend on the samples' order. Ties go to the answer given most often as written, then to
+    the one seen first (the only step where the order counts). Returns None when no answer is given."""
     given = [a for a in answers if a is not None and a.strip()]
     forms = list(dict.fromkeys(given))  # distinct answers, in order of first appearance
     if not forms:

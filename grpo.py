@@ -63,12 +63,12 @@ class GRPOConfig:
     temperature: float = 1.0  # rollout sampling temperature
     top_p: float = 1.0  # rollout nucleus sampling; 1.0 = off
     beta: float = 0.04  # KL weight, DeepSeekMath Eq. 3; 0 skips the reference model entirely
-    clip_eps: float = 0.2  # eps of the clipped ratio, DeepSeekMath Eq. 3
+    clip_eps: float = 0.2  # eps of the clipped ratio, DeepSeekMath Eq. 3 (the paper gives no value; 0.2 is PPO's)
     clip_eps_high: float = 0.0  # DAPO clip-higher: upper clip 1 + this (DAPO uses 0.28); 0 = same as clip_eps
     num_iterations: int = 1  # mu, optimizer steps per rollout; 1 = on-policy (ratio == 1, no old-logp pass)
     agg: str = "seq-mean"  # loss aggregation: "seq-mean" (DeepSeekMath), "token-mean" (DAPO), "dr-grpo"
     scale_rewards: bool = True  # divide advantages by the group std; False = Dr. GRPO
-    ref_update_every: int = 0  # iterative GRPO: reset the reference to the policy every N steps; 0 = never
+    ref_update_every: int = 0  # iterative GRPO: reset the reference to the policy every N GRPO steps; 0 = never
     mask_truncated: bool = False  # DAPO: completions cut at max_new_tokens (no eos) leave the loss
     skip_zero_std_groups: bool = False  # DAPO: groups with all-equal accuracy leave the loss
     micro_batch_size: int = 16  # sequences per forward/backward (16: cache-friendly logits on CPU); exact accumulation
@@ -240,7 +240,9 @@ def build_batch(prompts, completions, pad_id=0, device=None):
 def micro_batches(mask, micro_batch_size):
     """Row slices of at most micro_batch_size, each with its rows' first target columns starts (b,) and the count
     L of target columns its longest completion needs: row b's targets are columns starts[b] .. starts[b] + L - 1.
-    The model then computes no position before a row's completion and none after the longest one ends."""
+    The model then computes no position of a row before its first target column (its last prompt token; the
+    prompt before it is computed once per distinct prompt, model.py departure 6) and none after the longest
+    completion ends."""
     first = mask.argmax(-1)  # (B,) per row, its first target column (0 for a row without any)
     width = (torch.arange(1, mask.shape[1] + 1, device=mask.device) * mask).amax(-1).long()  # (B,) last + 1
     for i in range(0, len(first), micro_batch_size):
@@ -250,8 +252,9 @@ def micro_batches(mask, micro_batch_size):
 
 def target_logprobs(model, tokens, starts, L, temperature=1.0):
     """log pi(tokens[b, c + 1]) at each row's target columns c = starts[b] .. starts[b] + L - 1, from one model
-    call that computes only those positions (model.py, forward with per-row starts): tokens (b, T) -> (b, T - 1)
-    fp32, the log-probs in their columns, 0 in the others (the mask's zeros must cover whatever lies there)."""
+    call that computes those positions and, once per distinct prompt, the prompt before them (model.py, forward
+    with per-row starts): tokens (b, T) -> (b, T - 1) fp32, the log-probs in their columns, 0 in the others (the
+    mask's zeros must cover whatever lies there)."""
     b, T = tokens.shape
     cols = starts[:, None] + torch.arange(L, device=tokens.device)  # (b, L) each row's target columns
     padded = torch.nn.functional.pad(tokens, (0, L))  # a row that ends early reads padding
@@ -262,7 +265,7 @@ def target_logprobs(model, tokens, starts, L, temperature=1.0):
 
 def completion_logprobs(model, tokens, mask, micro_batch_size, temperature=1.0):
     """log-probs of the targets tokens[:, 1:] under a frozen model (pi_ref, or pi_old), in micro-batches and
-    without autograd: (B, T) -> (B, T-1) fp32, zero where the mask is."""
+    without autograd: (B, T) -> (B, T-1) fp32, zero where the mask is 0."""
     logp = torch.zeros(mask.shape, device=mask.device)  # (B, T-1)
     with torch.inference_mode():
         for rows, starts, L in micro_batches(mask, micro_batch_size):
@@ -447,8 +450,9 @@ def grpo_step(policy, ref_model, optimizer, prompts, reward_fn, cfg, eos_id=None
 
 
 def maybe_update_ref(ref_model, policy, step, cfg):
-    """Iterative GRPO (DeepSeekMath section 4.1.4): after optimizer step `step` (counted from 1), reset
-    pi_ref to the policy every cfg.ref_update_every steps. Returns True when it did."""
+    """Iterative GRPO (DeepSeekMath section 4.1.4): after GRPO step `step` (counted from 1; each takes
+    cfg.num_iterations optimizer steps), reset pi_ref to the policy every cfg.ref_update_every steps. Returns True
+    when it did."""
     if cfg.ref_update_every <= 0 or ref_model is None or step % cfg.ref_update_every != 0:
         return False
     ref_model.load_state_dict(policy.state_dict())

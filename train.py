@@ -49,7 +49,7 @@ from reward import accuracy_reward, format_reward
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000         # optimizer steps
+    max_steps: int = 1000         # optimizer steps (grpo: GRPO steps, each grpo.num_iterations optimizer steps)
     batch_size: int = 16          # sequences per micro-batch (grpo: prompts per step)
     grad_accum: int = 1           # micro-batches per optimizer step, over all ranks (a multiple of the rank count;
                                   # grpo: unused, it accumulates over grpo.micro_batch_size)
