@@ -42,7 +42,8 @@ class DataConfig:
     question_field: str = "question"  # generic JSONL: field names
     answer_field: str = "answer"
     solution_field: str = ""      # generic JSONL: worked solution field ("" = none)
-    tokenizer: str = ""           # folder or file of an existing tokenizer; "" = train one on the data
+    tokenizer: str = ""           # folder or file of an existing tokenizer, ignored when init is set (the init
+                                  # checkpoint's is used); "" = the distill teacher's, else one trained on the data
     vocab_size: int = 512         # size of a newly trained sentencepiece vocabulary
     seq_len: int = 256            # training sequence length (pretraining window / SFT max length)
     chat_frac: float = 0.0        # pretraining: share of documents written as R1-template chat transcripts
@@ -450,7 +451,8 @@ def shown_answer(p):
 
 
 def tokenizer_corpus(problems):
-    """The text a new tokenizer is trained on: documents in every template, so the tags get their pieces."""
+    """The text a new tokenizer is trained on: plain documents and plain / r1 transcripts, so the tags get their
+    pieces (the chat templates need a checkpoint's own tokenizer)."""
     for p in problems:
         yield format_document(p)
         for t in ("plain", "r1"):

@@ -9,7 +9,7 @@ bounded time. reward.py decides what is equal; this file only reads answers.
     Refuse, Timeout                         raised by normalize (unclosed \\text) and by a parse over its budget
 
 normalize(s), for an answer of at most MAX_LEN characters (reward.py compares longer ones as strings only):
-    - null bytes dropped; unicode − × · ÷ π ∞ √ ° become LaTeX
+    - null bytes and ° dropped; unicode − – × · ÷ π ∞ √ become ASCII / LaTeX, thin and no-break spaces plain
     - removed: $ and \\$, \\( \\) and \\[ \\] around the answer, \\left \\right \\big.., \\displaystyle, spacing
       (\\! \\, \\; \\: \\quad ~), a trailing '.', a leading 'answer:', degrees (^\\circ, ^{\\circ}, \\degree), percent
       signs ("50\\%" = "50", not 0.5); \\dfrac \\tfrac \\cfrac become \\frac; \\mathrm \\mathbf \\boldsymbol are
@@ -52,7 +52,8 @@ functions are opaque sympy functions (see _F), which evaluate() computes in doub
 Refused (parse_answer returns None): nesting deeper than MAX_DEPTH, more than MAX_ATOMS atoms or MAX_ITEMS
 elements, number literals over MAX_DIGITS digits, exact numbers over MAX_BITS bits, checked before they are
 built (9^{9^{9^9}}, 2^{100000}), radicals whose total radicand bits times the lcm of their root degrees exceed
-MAX_RADICAL_BITS (sympy factors radicands when it merges them; this also refuses x^{1/3000}), roots and
+MAX_RADICAL_BITS (sympy factors radicands when it merges them; this also refuses 2^{1/3000}: only numeric
+radicands count, so x^{1/3000} parses), roots and
 non-integer powers of expressions of degree over MAX_DEGREE in their variables or in function values
 (\\sqrt{(x^{1000}+2)^2}, \\sqrt{((\\sin 1)^{400})^{3/2}}), a sum of constants that sympy leaves unevaluated and
 that is 0 in doubles, or beyond them (\\sqrt2+\\sqrt3-\\sqrt{5+2\\sqrt6}: a sign query on such a zero factors a

@@ -6,8 +6,9 @@ Configured by the [pipeline.report] table, each key naming pipeline steps:
     distill = ["grpo", "student"]    DeepSeek-R1's distillation finding: parameters, wall time, greedy accuracy
     zero    = "r1zero"               R1-Zero-style run: format rate, accuracy, completion length over training
     n = 16, k = [1, 4, 16]           defaults; n_test and max_new_tokens: data.n_test, train.max_new_tokens
-Every number is measured here on the held-out test split; nothing is copied from a training log except the
-R1-Zero curve, which is the training log by definition. Plots need the optional matplotlib.
+Every accuracy is measured here on the held-out test split; nothing is copied from a training log except the
+R1-Zero curve, which is the training log by definition, and the wall times, which come from pipeline.jsonl. Plots
+need the optional matplotlib.
 """
 
 import dataclasses
