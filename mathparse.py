@@ -16,7 +16,9 @@ normalize(s), for an answer of at most MAX_LEN characters (reward.py compares lo
       dropped around their argument (\\mathrm{e} = e), except that \\mathrm{cm} (2+ letters) is a unit
     - \\text{} \\textbf{} \\mbox{} ...: if the whole answer is text ("\\text{(B)}", "\\text{even}") it is returned
       as text (is_text True); otherwise the text is a unit and is dropped with a following ^2/^3
-      ("864 \\mbox{ inches}^2" = "864"); "\\text{ or }" / "\\text{ and }" separate answers
+      ("864 \\mbox{ inches}^2" = "864"); "\\text{ or }" / "\\text{ and }" separate answers; a text that negates
+      ("\\text{not }5", "\\text{all but }5": not, no, none, never, neither, nor, except, but, without) makes the
+      whole answer text, so it never equals the number
     - an answer made only of words, one of them 3+ letters ("even", "Navin"), is text
     - trailing words after a space are units when they have 3+ letters or are a 2-letter unit ("5 cm" = "5",
       but "5 xy" and "2 pi" keep their letters); bare "or"/"and" separate answers
@@ -117,6 +119,7 @@ _UNITS_TAIL = re.compile(r"(?:\s+" + _UNIT_WORD + r"(?:\^\{?[0-9]\}?)?)+\s*$")
 _THOUSANDS_TEX = re.compile(r"([0-9]),\\!\s*(?=[0-9]{3}(?![0-9]))")
 _THOUSANDS = re.compile(r"[+-]?[0-9]{1,3}(?:(?:,[0-9]{3})+|(?: [0-9]{3})+)(?:\.[0-9]+)?")  # 1,000 or 1 000
 _WORDS = re.compile(r"[A-Za-z\s().,'-]*")
+_NEGATION = re.compile(r"(?<![A-Za-z])(?:not|no|none|never|neither|nor|except|but|without)(?![A-Za-z])", re.IGNORECASE)
 
 
 @lru_cache(maxsize=4096)
@@ -135,9 +138,12 @@ def normalize(s):
     s = re.sub(r"\\[dtc]frac(?![A-Za-z])", "\\\\frac", s)
     s = re.sub(r"\\mathrm\s*\{\s*([A-Za-z]{2,})\s*\}", r"\\text{\1}", s)  # \mathrm{cm} is a unit
     s = _STYLE_CMD.sub("", s)  # but \mathrm{e} is e: the braces stay as a group
+    whole = s
     s, texts = _split_text(s)
     if not re.sub(r"[\s().,]", "", s) and texts:  # the whole answer is text
         return True, " ".join(texts).strip()
+    if any(_NEGATION.search(t) for t in texts):  # "\text{not }5" is not 5: no unit negates
+        return True, whole.strip()
     s = re.sub(r"(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])", ",", s)
     s = s.strip().rstrip(".").strip()
     if _WORDS.fullmatch(s) and re.search(r"[A-Za-z]{3}", s):  # words: "even", "Navin"

@@ -52,6 +52,10 @@ EQUIV = {
         ("864 \\text{ square inches}", "864", T), ("6 \\text{ cm}^2", "36", F), ("4 units", "5", F),
         ("5\\,\\mathrm{cm}", "5", T), ("5 \\mathrm{~cm}", "5", T), ("5 \\mathrm{cm}", "6", F),
         ("5 ft", "5", T), ("5", "5 xy", F), ("x^2 + 2", "x^2 + 2 xy", F), ("2", "2 pi", F),
+        # a text that negates is no unit: the answer stays text and never equals the number
+        ("\\text{not }5", "5", F), ("\\text{no } 5", "5", F), ("\\text{all but }5", "5", F), ("5\\text{ or none}", "5", F),
+        ("\\text{never }5", "5", F), ("5 \\text{ except } 6", "5", F), ("\\text{not }5", "\\text{not }5", T),
+        ("5 \\text{ notebooks}", "5", T), ("5 \\text{ nodes}", "5", T),  # the words only, not their letters
         # scale words multiply, they are not units to drop
         ("18 thousand", "18", F), ("18 thousand", "18000", T), ("1.5 million", "1.5", F), ("1.5 million", "1500000", T),
         ("1.5\\text{ million}", "1500000", T), ("1.5\\text{ million}", "1.5", F), ("3\\text{ million dollars}", "3000000", T),
