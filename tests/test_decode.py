@@ -168,6 +168,12 @@ def test_cuda_graph_generate_equals_eager_on_cuda():
         model_lib.DecodeGraph.__init__ = real
 
 
+def test_cudnn_attention_is_left_out_of_sdpas_backends():
+    """Departure 9, the part a CPU can check: the backends model.sdpa allows on CUDA, in order of preference."""
+    from torch.nn.attention import SDPBackend
+    assert model_lib.SDPA_BACKENDS == [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: SDPA's CUDA backends")
 @pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")  # one profiling cycle here: nothing lost
 def test_attention_on_cuda_never_uses_cudnn():

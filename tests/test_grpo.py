@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from grpo import (GRPOConfig, build_batch, completion_logprobs, group_advantages, grpo_loss, grpo_step,
+import grpo as grpo_module
+from grpo import (UPDATE_KEYS, GRPOConfig, build_batch, completion_logprobs, group_advantages, grpo_loss, grpo_step,
                   grpo_update, kl_k3, maybe_update_ref, rollout, token_logprobs)
 from test_grpo_update import StubPolicy
 
@@ -186,8 +187,10 @@ def test_token_logprobs_matches_log_softmax_in_fp32():
     targets = torch.randint(0, 11, (2, 5), generator=g)
     want = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
     assert torch.allclose(token_logprobs(logits, targets), want, atol=1e-5)
-    got = token_logprobs(logits.bfloat16(), targets)
-    assert got.dtype == torch.float32
+    half = logits.bfloat16()
+    got = token_logprobs(half, targets)  # the bf16 logits, read in fp32 before the log-softmax
+    want = half.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+    assert got.dtype == torch.float32 and (got - want).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -498,11 +501,30 @@ def _update(mu, lr=0.0, **kw):
     return grpo_update(policy, ref, torch.optim.SGD(policy.parameters(), lr=lr), prompts, comps, adv, cfg), policy
 
 
-def test_update_statistics_are_means_over_the_iterations():
+def test_update_statistics_are_means_over_the_iterations(monkeypatch):
     one, _ = _update(1)
     two, _ = _update(2)  # lr 0: both iterations see the same policy, so each mean equals the one-iteration value
     for k in ("loss", "kl", "entropy", "grad_norm", "ratio_mean"):
         assert two[k] == pytest.approx(one[k], rel=1e-5), k
+    # lr > 0: the second iteration sees a moved policy, and the logged norm is the mean of the two
+    norms, clip = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(clip(*a, **k)) or norms[-1])
+    base, _ = _update(2, lr=0.5)
+    assert len(norms) == 2 and norms[0] != norms[1] and base["grad_norm"] == pytest.approx(sum(norms).item() / 2)
+    # each loss statistic of the second iteration's 3 micro-batches raised by 1 (its weights sum to 1): the logged
+    # means move by 1/2, where the first iteration alone would move them by 0 and the last alone by 1
+    calls, real = [], grpo_module.grpo_loss
+
+    def raised(*a, **k):
+        loss, st = real(*a, **k)
+        calls.append(sorted(st))
+        return loss, {key: v + 1.0 if len(calls) > 3 else v for key, v in st.items()}
+
+    monkeypatch.setattr(grpo_module, "grpo_loss", raised)
+    moved, _ = _update(2, lr=0.5)
+    assert len(calls) == 6 and set(calls[0]) == set(UPDATE_KEYS) - {"entropy", "grad_norm"}
+    for k in calls[0]:
+        assert moved[k] - base[k] == pytest.approx(0.5), k
 
 
 def test_clip_eps_high_zero_means_the_symmetric_clip():

@@ -79,11 +79,16 @@ def test_grpo_picks_new_prompts_each_step_and_rolls_out_on_its_own_stream(pretra
     monkeypatch.setattr(T.grpo, "grpo_step", lambda policy, ref, opt, prompts, *a, generator, **k: seen.append(
         ([tuple(p) for p in prompts], [g.initial_seed() for g in generator])) or real(policy, ref, opt, prompts, *a,
                                                                                        generator=generator, **k))
+    encoded, encode = [], T.E.encode_prompts  # the training prompts, in the order the picks index
+    monkeypatch.setattr(T.E, "encode_prompts", lambda *a, **k: encoded.append(encode(*a, **k)) or encoded[-1])
     T.main(["--config", toml, "--init", init, "--out_dir", str(tmp_path / "g"), "--stage", "grpo",
             "--train.max_steps=2", "--train.batch_size=2", "--train.eval_n=0", "--train.seed=5",
             "--grpo.group_size=2", "--grpo.max_new_tokens=4"])
     assert len(seen) == 2 and seen[0][0] != seen[1][0]
-    for step, (_, seeds) in enumerate(seen):
+    prompts = encoded[0]
+    for step, (picked, seeds) in enumerate(seen):
+        pick = torch.randperm(len(prompts), generator=T.step_generator(5, step, 0))[:2].tolist()
+        assert picked == [tuple(prompts[i]) for i in pick]
         assert seeds == [T.step_generator(5, step, 1).initial_seed()]
 
 

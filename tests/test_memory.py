@@ -86,8 +86,12 @@ def test_refuses_with_numbers():
         memory.check(est, 2**20)
 
 
-def test_cpu_capacity_is_the_machines_ram():
-    assert memory.capacity(torch.device("cpu")) > 2**28
+def test_cpu_capacity_is_the_machines_ram(monkeypatch):
+    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert memory.capacity(torch.device("cpu")) == total
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: the ranks on this machine share it
+    assert memory.capacity(torch.device("cpu")) == total // 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

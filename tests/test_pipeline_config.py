@@ -262,7 +262,7 @@ def test_a_pipeline_config_built_without_load_config(tmp_path):
     assert steps["sft"].init == os.path.join(str(tmp_path), "pretrain", "final")
 
 
-# ---- regression tests for the confirmed bugs: they FAIL on the current code (xfail strict until fixed) ----
+# ---- regression tests for bugs found in review (each failed on the code before its fix) ----
 
 
 def test_a_cut_last_line_does_not_break_the_next_rows(tmp_path):

@@ -1,5 +1,6 @@
 """TrainConfig switches for bigger runs: activation checkpointing, torch.compile, bf16 autocast (CUDA only)."""
 import os
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -53,4 +54,8 @@ def test_compile_switch_trains_the_same_weights(tmp_path, monkeypatch):
 def test_bf16_autocast_only_on_cuda_and_only_when_asked():
     assert isinstance(T.autocast(torch.device("cpu")), nullcontext)
     assert isinstance(T.autocast(torch.device("cuda"), enabled=False), nullcontext)
+    with warnings.catch_warnings():  # without a GPU torch warns that it disables the context; its settings stand
+        warnings.simplefilter("ignore")
+        on = T.autocast(torch.device("cuda"))
+    assert isinstance(on, torch.autocast) and on.device == "cuda" and on.fast_dtype == torch.bfloat16
     assert T.TrainConfig().bf16 is True
