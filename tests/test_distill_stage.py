@@ -22,8 +22,11 @@ STUDENT = ["--stage", "distill", "--model.dim=16", "--model.n_heads=2", "--model
 def test_distill_stage(pretrained, tmp_path, mode, source, monkeypatch):
     toml, teacher = pretrained
     out = str(tmp_path / "student")
+    dedup, real_filter = [], T.distill.filter_traces
     if mode == "traces":  # the tiny teacher is never right: a stand-in reward accepts odd-length texts
         monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: float(len(text) % 2))
+        monkeypatch.setattr(T.distill, "filter_traces", lambda samples, rewards, threshold, on: dedup.append(on) or
+                            real_filter(samples, rewards, threshold, on))
     T.main(["--config", toml, *STUDENT, "--out_dir", out, "--distill.teacher", teacher,
             f"--distill.mode={mode}", f"--distill.source={source}"])
     rows = _read_metrics(out)
@@ -33,6 +36,8 @@ def test_distill_stage(pretrained, tmp_path, mode, source, monkeypatch):
     else:
         kept = [json.loads(r) for r in open(os.path.join(out, "traces.jsonl"))]
         assert 0 < len(kept) <= 24  # 12 prompts x 2 samples, only the accepted ones, deduplicated
+        assert dedup == [True]  # distill.dedup_traces (on by default) reaches the filter
+        assert len({(tuple(k["prompt_ids"]), tuple(k["completion_ids"])) for k in kept}) == len(kept)
         tok = T.D.load_tokenizer(teacher)
         assert all(len(tok.decode(k["completion_ids"])) % 2 == 1 for k in kept)  # exactly the accepted ones
     hf = json.load(open(os.path.join(out, "final", "config.json")))
