@@ -40,7 +40,8 @@ parse_answer(s) returns one of these tagged tuples (e: a sympy expression):
                                   kept as a name
 A one-variable left side is taken off when the variable does not occur on the right ("x = 2x - 5" stays an
 equation); in a list, item by item, and the name goes to the list's names. "a \\pm b" is the list
-(a+b, a-b); an integer then \\frac of integers is a mixed number (1\\frac{4}{5} = 9/5).
+(a+b, a-b); an integer then \\frac of integers is a mixed number, anywhere but as an unbraced exponent
+(1\\frac{4}{5} = 9/5, 1\\frac{4}{5}+1 = 14/5, -2\\frac12 = -5/2; 10^2\\frac12 = 50).
 
 Expressions: our own recursive-descent parser (class _Parser) for numbers (decimals are exact rationals;
 1.5e3), + - * / ^ **, implicit multiplication (2x, 2\\sqrt2, (a+5)(b+2); but two numbers side by side, "3 4",
@@ -312,18 +313,7 @@ def _split_top(s, sep):
     return parts
 
 
-_MIXED = re.compile(r"\s*(-?)\s*([0-9]{1,20})\s*\\frac\s*(?:\{([0-9]{1,20})\}|([0-9]))"
-                    r"\s*(?:\{([0-9]{1,20})\}|([0-9]))\s*")
-
-
 def _expr(s, deadline):
-    m = _MIXED.fullmatch(s)
-    if m:  # "1\frac{4}{5}" = 9/5, as MATH writes mixed numbers
-        whole, num, den = int(m.group(2)), int(m.group(3) or m.group(4)), int(m.group(5) or m.group(6))
-        if den == 0:
-            raise Refuse("zero denominator")
-        v = sympy.Integer(whole) + sympy.Rational(num, den)
-        return -v if m.group(1) else v
     v = _Parser(s, deadline).parse()
     if v.has(sympy.nan, sympy.zoo):
         raise Refuse("undefined value")
@@ -345,6 +335,7 @@ _GREEK = set("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta 
              "rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega".split())
 _ATOM_CMDS = {"frac", "sqrt", "pi", "infty", "binom"} | _GREEK | set(_FUNCS)
 _NUM = re.compile(r"([0-9]*)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]{1,4}))?")
+_MIXED_FRAC = re.compile(r"\s*\\frac\s*(?:\{\s*([0-9]{1,20})\s*\}|([0-9]))\s*(?:\{\s*([0-9]{1,20})\s*\}|([0-9]))")
 _SUB = re.compile(r"_(?:\{\s*([A-Za-z0-9]{1,8})\s*\}|([A-Za-z0-9]))")
 
 
@@ -511,6 +502,15 @@ class _Parser:
             self.i = sub.end()
             return sympy.Symbol(f"{int(whole)}_{sub.group(1) or sub.group(2)}")
         v = sympy.Rational(int(whole + frac or "0"), 10 ** len(frac))
+        # an integer then \frac of integers is a mixed number (MATH's 1\frac{4}{5} = 9/5), unless the integer is an
+        # unbraced exponent or the fraction has one (10^2\frac12 = 50, 1\frac45^2 = 16/25 as before)
+        mixed = _MIXED_FRAC.match(self.s, self.i) if whole and not frac and exp is None else None
+        if mixed and self.s[:m.start()].rstrip()[-1:] != "^" and not self.s[mixed.end():].lstrip().startswith("^"):
+            num, den = int(mixed.group(1) or mixed.group(2)), int(mixed.group(3) or mixed.group(4))
+            if den == 0:
+                raise Refuse("zero denominator")
+            self.i = mixed.end()
+            return v + sympy.Rational(num, den)
         if exp is not None:
             if abs(int(exp)) > 400:
                 raise Refuse("exponent too large")

@@ -31,6 +31,10 @@ EQUIV = {
         ("\\frac12", "\\frac21", F), ("\\frac{1}{2}", "2", F), ("\\frac{3}{4}", "\\frac{4}{3}", F),
         ("1\\frac{4}{5}", "\\frac{9}{5}", T), ("137 \\frac{1}{2}", "137.5", T), ("-2\\frac12", "-2.5", T),
         ("1\\frac{4}{5}", "\\frac{4}{5}", F), ("\\frac{a}{b}", "a/b", T), ("\\frac{a}{b}", "b/a", F),
+        # a mixed number inside an expression too, not a product; but not as an unbraced exponent or under one
+        ("1\\frac{4}{5}+1", "\\frac{14}{5}", T), ("1\\frac{4}{5}+1", "\\frac{9}{5}", F), ("3-1\\frac12", "1.5", T),
+        ("x = 2\\frac13", "\\frac73", T), ("2\\frac{1}{2}x", "\\frac{5x}{2}", T), ("10^2\\frac12", "50", T),
+        ("1\\frac45^2", "\\frac{16}{25}", T), ("2\\frac{x}{3}", "\\frac{2x}{3}", T), ("1.5\\frac12", "0.75", T),
         ("\\cfrac{1}{2}", "0.5", T), ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", T),
     ],
     "thousands": [
