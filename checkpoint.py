@@ -30,14 +30,17 @@ def list_checkpoints(out_dir):
 
 
 def prune_checkpoints(out_dir, keep_last):
-    """Delete all but the newest keep_last step checkpoints, and any folder a crash left half deleted. Each loses
-    its train_state.pt first, so that it stops counting as a checkpoint before the rest of it goes."""
+    """Delete all but the newest keep_last step checkpoints, any folder a crash left half deleted, and any step
+    checkpoint a crash left half written (.tmp-ckpt-*; never .tmp-final, which recover_final may still need). Each
+    checkpoint loses its train_state.pt first, so that it stops counting as one before the rest of it goes."""
     ckpts = list_checkpoints(out_dir)
     for old in ckpts[: max(0, len(ckpts) - keep_last)]:  # ([:-0] would keep them all)
         os.remove(os.path.join(old, "train_state.pt"))
     for folder in glob.glob(os.path.join(out_dir, "ckpt-*")):
         if not os.path.exists(os.path.join(folder, "train_state.pt")):  # save_checkpoint renames whole folders
             shutil.rmtree(folder)
+    for folder in glob.glob(os.path.join(out_dir, ".tmp-ckpt-*")):  # called after a save: none is being written
+        shutil.rmtree(folder)
 
 
 def save_checkpoint(folder, model, tok, cfg, train_state=None, weights=None):
@@ -179,17 +182,30 @@ def prepare_out_dir(cfg):
     return ckpts[-1] if ckpts else None
 
 
+def read_run_config(folder):
+    """The training run's config saved with our checkpoints (run_config.json), as a dict; {} for a foreign one."""
+    path = os.path.join(folder, "run_config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        try:
+            cfg = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
 def warn_if_config_changed(cfg, resume_from):
     """A resumed run keeps the checkpoint's model, optimizer state and data position whatever the config says now:
     name the keys that differ from the config the checkpoint was written with (its run_config.json), since the run
     then no longer matches an uninterrupted one. Left out: what the run fills in itself (the architecture when it
     comes from `init`, the vocabulary size from the tokenizer, the name a "chat" template resolves to), out_dir (a
     copied run), and max_steps when a finished run is extended (announced where it is resumed)."""
-    path = os.path.join(resume_from, "run_config.json")
-    if not os.path.exists(path):
+    saved = read_run_config(resume_from)
+    if not saved:
         return
-    with open(path) as f:
-        saved = json.load(f)
     skip = {"out_dir", "model.vocab_size"}
     if os.path.basename(resume_from) == "final":
         skip.add("train.max_steps")
@@ -231,11 +247,13 @@ def recover_final(out_dir):
 
 def final_step(out_dir):
     """The step out_dir/final was written at (its run's train.max_steps), or None when the run has not finished."""
-    path = os.path.join(out_dir, "final", "run_config.json")
-    if not os.path.exists(os.path.join(out_dir, "final", "config.json")) or not os.path.exists(path):
+    final = os.path.join(out_dir, "final")
+    if not all(os.path.exists(os.path.join(final, name)) for name in ("config.json", "run_config.json")):
         return None
-    with open(path) as f:
-        return json.load(f)["train"]["max_steps"]
+    steps = read_run_config(final).get("train", {}).get("max_steps")
+    if not isinstance(steps, int):
+        raise ValueError(f"{os.path.join(final, 'run_config.json')}: no integer train.max_steps (got {steps!r})")
+    return steps
 
 
 def checkpoint_step(folder):

@@ -90,7 +90,10 @@ class Tokenizer:
     def __init__(self, path):
         import sentencepiece as spm
         self.path = path  # where it came from, for messages only: the file may be gone by the time we save
-        self.sp = spm.SentencePieceProcessor(model_file=path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=path)
+        except (RuntimeError, OSError) as e:  # sentencepiece's own messages do not always name the file
+            raise ValueError(f"{path} is not a sentencepiece model (empty or damaged?): {e}") from None
         # we keep the model in memory: a resumed run loads it from a checkpoint that rotation later deletes
         self.model_bytes = self.sp.serialized_model_proto()
         self.vocab_size = self.sp.get_piece_size()
@@ -263,6 +266,11 @@ def _need(row, key, path, lineno, number=False, empty=False):
                          f"{json.dumps(v)[:40]}")
     if not empty and not v.strip():
         raise ValueError(f"{path}, line {lineno}: {key!r} is empty")
+    try:
+        v.encode("utf-8")  # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer can encode
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{path}, line {lineno}: {key!r} holds {v[e.start]!r}, a lone surrogate (not valid "
+                         "Unicode)") from None
     return v
 
 

@@ -73,6 +73,8 @@ class DistillConfig:
             ("samples_per_prompt", self.samples_per_prompt >= 1, "at least 1"),
             ("sample_temperature", 0 <= self.sample_temperature < math.inf, "finite and >= 0 (0: greedy)"),
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
+            ("reward_threshold", -math.inf < self.reward_threshold <= 1,
+             "a finite number <= 1 (the accuracy reward of a trace is 0 or 1)"),
             ("traces_file", not os.path.isdir(self.traces_file), "a JSONL file, not a folder")])
 
 

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 import data as D
+from checkpoint import read_run_config
 from reward import accuracy_reward, extract_answer, format_reward, is_equiv
 
 
@@ -165,7 +166,9 @@ def check_checkpoint(path):
                                        "tokenizer": ["tokenizer.model", "tokenizer.json"]}.items()
                if not any(os.path.exists(os.path.join(path, a)) for a in alts)]
     if missing:
-        raise FileNotFoundError(f"{path} is not a complete checkpoint: no {', '.join(missing)} file")
+        final = os.path.join(path, "final")
+        hint = f" (a run folder? its checkpoint is {final})" if os.path.isdir(final) else ""
+        raise FileNotFoundError(f"{path} is not a complete checkpoint: no {', '.join(missing)} file{hint}")
 
 
 def load_checkpoint(path, device):
@@ -177,15 +180,6 @@ def load_checkpoint(path, device):
     return model, tok, read_run_config(path)
 
 
-def read_run_config(path):
-    """The training run's config (run_config.json) saved with our checkpoints; {} for a foreign checkpoint."""
-    if not os.path.exists(os.path.join(path, "run_config.json")):
-        return {}
-    with open(os.path.join(path, "run_config.json")) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{f.name} is not valid JSON ({e})") from None
 
 
 def held_out(spec, n_test, run_cfg, jsonl=None):
@@ -273,7 +267,13 @@ def parse_args(argv):
         torch.device(args.device if args.device != "auto" else "cpu")
     except RuntimeError:
         ap.error(f"--device {args.device}: not a device (auto, cpu, cuda, cuda:N, ...)")
-    if args.prompt:
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            ap.error("--prompt is empty: give the question to ask")
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
+            ap.error("--prompt is not valid UTF-8")
         return args
     problem = D.check_data_spec(args.data)
     if problem:
@@ -330,7 +330,8 @@ def run_eval(args, model, tok, run_cfg, template, problems, gen):
     problems = problems[: args.limit] if args.limit else problems
     if not problems:
         raise ValueError(f"--data {args.data}: no problems to evaluate")
-    fits = [len(p) + args.max_new_tokens <= model.cfg.max_seq_len for p in encode_prompts(tok, problems, template)]
+    lens = [len(p) for p in encode_prompts(tok, problems, template)]
+    fits = [n + args.max_new_tokens <= model.cfg.max_seq_len for n in lens]
     if not all(fits) and not args.skip_long:
         raise ValueError(f"{fits.count(False)} of {len(problems)} prompts + max_new_tokens {args.max_new_tokens} "
                          f"exceed the model's max_seq_len {model.cfg.max_seq_len}; pass --skip_long to drop them, "
@@ -338,8 +339,10 @@ def run_eval(args, model, tok, run_cfg, template, problems, gen):
     skipped = fits.count(False)
     problems = [p for p, ok in zip(problems, fits) if ok]
     if not problems:
+        fix = ("lower --max_new_tokens" if min(lens) < model.cfg.max_seq_len else
+               f"the shortest prompt alone has {min(lens)} tokens: this model cannot read these problems")
         raise ValueError(f"no prompt fits max_seq_len {model.cfg.max_seq_len} with max_new_tokens "
-                         f"{args.max_new_tokens}: lower --max_new_tokens")
+                         f"{args.max_new_tokens}: {fix}")
     temperature = 1.0 if args.temperature is None else args.temperature  # the n samples' temperature
     t0 = time.time()
     greedy, greedy_samples = greedy_eval(model, tok, problems, template, args.max_new_tokens, args.batch_size,

@@ -39,8 +39,8 @@ import eval as E
 import grpo
 import memory
 import pipeline
-from checkpoint import (RunLog, list_checkpoints, prepare_out_dir, prune_checkpoints, rng_state, save_checkpoint,
-                        set_rng_state, warn_if_config_changed)
+from checkpoint import (RunLog, list_checkpoints, prepare_out_dir, prune_checkpoints, read_jsonl, rng_state,
+                        save_checkpoint, set_rng_state, warn_if_config_changed)
 from distill import DistillConfig
 from grpo import GRPOConfig
 from model import ModelConfig, Transformer
@@ -600,7 +600,11 @@ def teacher_traces(cfg, teacher, tok, problems, prompts, device):
     meta_path, settings = os.path.splitext(path)[0] + ".meta.json", traces_settings(cfg, problems)
     if os.path.exists(path) and os.path.exists(meta_path):
         with open(meta_path) as f:
-            old = json.load(f)
+            try:
+                old = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{meta_path} is not valid JSON ({e}): delete it and {path} to sample the teacher "
+                                 "again") from None
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             raise ValueError(f"{path} holds teacher traces sampled with other settings ({', '.join(changed)}): "
@@ -623,10 +627,13 @@ def teacher_traces(cfg, teacher, tok, problems, prompts, device):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         D.write_atomic(meta_path, json.dumps(settings, indent=2).encode())  # first: traces never lack theirs
         D.write_atomic(path, "".join(json.dumps(k) + "\n" for k in kept).encode())
-    with open(path) as f:
-        kept = [json.loads(line) for line in f]
+    kept = read_jsonl(path)  # a line that is not JSON is named
     if not kept:
         raise ValueError(f"{path} holds no trace: delete it to sample the teacher again")
+    for i, k in enumerate(kept, 1):
+        ids = [k.get(key) if isinstance(k, dict) else None for key in ("prompt_ids", "completion_ids")]
+        if not all(isinstance(x, list) and all(type(t) is int for t in x) for x in ids):
+            raise ValueError(f"{path}, trace {i}: needs prompt_ids and completion_ids, lists of token ids")
     return [(k["prompt_ids"], k["completion_ids"]) for k in kept]
 
 

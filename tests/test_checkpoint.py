@@ -37,6 +37,27 @@ def test_pruning_takes_train_state_first_and_clears_what_a_crash_left(tmp_path, 
     checkpoint.prune_checkpoints(str(tmp_path), keep_last=0)
     assert os.listdir(tmp_path) == []
     assert not os.path.exists(mid)
+    for name in (".tmp-ckpt-0000004", ".tmp-final"):  # a save killed half way; a final waiting for recover_final
+        os.makedirs(tmp_path / name)
+    checkpoint.prune_checkpoints(str(tmp_path), keep_last=1)
+    assert os.listdir(tmp_path) == [".tmp-final"]
+
+
+def test_a_damaged_run_config_is_named(tmp_path):
+    folder = tmp_path / "final"
+    os.makedirs(folder)
+    (folder / "config.json").write_text("{}")
+    (folder / "run_config.json").write_text('{"train": {"max_steps": 5}')
+    with pytest.raises(ValueError, match=r"final/run_config.json is not valid JSON"):
+        checkpoint.final_step(str(tmp_path))
+    (folder / "run_config.json").write_text('{"train": {}}')
+    with pytest.raises(ValueError, match=r"final/run_config.json: no integer train.max_steps \(got None\)"):
+        checkpoint.final_step(str(tmp_path))
+    (folder / "run_config.json").write_text('[1]')
+    with pytest.raises(ValueError, match=r"final/run_config.json: expected a JSON object, got list"):
+        checkpoint.read_run_config(str(folder))
+    (folder / "run_config.json").write_text('{"train": {"max_steps": 5}}')
+    assert checkpoint.final_step(str(tmp_path)) == 5
 
 
 def test_a_crash_while_resuming_keeps_the_logged_rows(tmp_path, monkeypatch):

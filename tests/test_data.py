@@ -412,6 +412,17 @@ def test_non_utf8_file_names_file_and_line(tmp_path):
     with pytest.raises(ValueError) as e:
         D.load_jsonl(str(path))
     assert str(e.value) == f"{path}, line 2: not UTF-8 (invalid continuation byte at byte 18 of the line)"
+    path.write_text('{"question": "ok", "answer": "#### 1"}\n{"question": "bad \\ud800 q", "answer": "#### 2"}\n')
+    with pytest.raises(ValueError) as e:  # a JSON escape that decodes to a lone surrogate: valid JSON, no text
+        D.load_jsonl(str(path))
+    assert str(e.value) == f"{path}, line 2: 'question' holds '\\ud800', a lone surrogate (not valid Unicode)"
+
+
+def test_a_damaged_tokenizer_model_is_named(tmp_path):
+    for name, content in (("empty.model", b""), ("garbage.model", b"not a model")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{tmp_path / name} is not a sentencepiece model \(empty or damaged"):
+            D.load_tokenizer(str(tmp_path / name))
 
 
 def test_data_config_check_names_the_bad_key():

@@ -295,7 +295,9 @@ def test_distill_config_boundaries():
     """The documented ends are accepted (ce_weight 1 = pure CE, sample_temperature 0 = greedy); an infinite
     T and zero samples per prompt are refused by name."""
     DistillConfig(ce_weight=1.0, sample_temperature=0.0).check()
-    for field, value in (("temperature", math.inf), ("samples_per_prompt", 0)):
+    DistillConfig(reward_threshold=-1.0).check()  # every trace accepted
+    for field, value in (("temperature", math.inf), ("samples_per_prompt", 0), ("reward_threshold", math.nan),
+                         ("reward_threshold", 1.5)):  # above 1 no trace could pass: refused before any sampling
         with pytest.raises(ValueError, match=rf"\[distill\]\.{field} = "):
             DistillConfig(**{field: value}).check()
 

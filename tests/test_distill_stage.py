@@ -104,6 +104,18 @@ def test_cached_traces_sampled_with_other_settings_are_refused(pretrained, tmp_p
     os.remove(str(tmp_path / "shared" / "traces.meta.json"))  # a file made elsewhere, without settings: used as is
     T.main(args + ["--out_dir", str(tmp_path / "d"), "--distill.samples_per_prompt=3"])
     assert open(traces).read() == first
+    # damaged files are named, with the line or trace
+    meta, n = str(tmp_path / "shared" / "traces.meta.json"), first.count("\n")
+    open(meta, "w").write("{")
+    with pytest.raises(ValueError, match=r"traces.meta.json is not valid JSON .*: delete it and .*traces.jsonl to"):
+        T.main(args + ["--out_dir", str(tmp_path / "f")])
+    os.remove(meta)
+    for tail, match in (("not json\n", rf"traces.jsonl, line {n + 1}: not a JSON row"),
+                        ('{"prompt_ids": [1]}\n', rf"traces.jsonl, trace {n + 1}: needs prompt_ids and completion_ids"),
+                        ('{"prompt_ids": [1], "completion_ids": ["a"]}\n', rf"trace {n + 1}: needs")):
+        open(traces, "w").write(first + tail)
+        with pytest.raises(ValueError, match=match):
+            T.main(args + ["--out_dir", str(tmp_path / "g")])
 
 
 def test_distill_settings_that_cannot_train_fail_at_the_start(pretrained, tmp_path):

@@ -117,6 +117,10 @@ def test_end_to_end_report(tmp_path):
     assert rep["args"]["max_new_tokens"] == 12 and rep["greedy"]["mean_len"] <= 12
     with pytest.raises(ValueError, match="no prompt fits max_seq_len 256 with max_new_tokens 250: lower --max_new"):
         E.main(args[:6] + ["--max_new_tokens", "250", "--skip_long"] + args[8:])
+    gsm.write_text(json.dumps({"question": "word " * 300, "answer": "#### 1"}) + "\n")  # too long on its own
+    with pytest.raises(ValueError, match=r"max_new_tokens 4: the shortest prompt alone has \d+ tokens: this model "
+                                         "cannot read these problems"):
+        E.main(args + ["--skip_long"])
 
 
 def test_ask_one_question(tmp_path, capsys):
@@ -164,9 +168,18 @@ def test_broken_run_config_and_empty_held_out_split_are_named(tmp_path):
     assert len(E.held_out("synthetic", 7, run)) == 7
 
 
-def test_bad_input_fails_before_sampling(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config, weights, tokenizer"):
+def test_bad_input_fails_before_sampling(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="no config, weights, tokenizer file$"):
         E.main(["--ckpt", str(tmp_path), "--data", "synthetic"])
+    os.makedirs(tmp_path / "final")  # a run folder given for its checkpoint
+    with pytest.raises(FileNotFoundError, match=r"no config, weights, tokenizer file \(a run folder\? its "
+                                                 rf"checkpoint is {tmp_path / 'final'}\)"):
+        E.main(["--ckpt", str(tmp_path), "--data", "synthetic"])
+    for prompt, why in (("", "--prompt is empty"), (" ", "--prompt is empty"),
+                        (b"a\xffb".decode("utf-8", "surrogateescape"), "--prompt is not valid UTF-8")):
+        with pytest.raises(SystemExit):  # "" used to run the whole synthetic evaluation instead
+            E.parse_args(["--ckpt", "x", "--prompt", prompt])
+        assert why in capsys.readouterr().err
     with pytest.raises(SystemExit):
         E.parse_args(["--ckpt", "x", "--n", "4", "--k", "1,8"])
     # without --k, the k of 1,4,16 that --n samples allow
