@@ -757,6 +757,19 @@ def check_config(cfg):
                          f"{cfg.data.template!r}: "
                          "the format reward pays R1-Zero's <think>..</think><answer>..</answer>, which only the r1 "
                          "template asks for; set format_weight = 0 or template = \"r1\"")
+    dc = cfg.distill
+    if cfg.stage == "distill" and dc.mode == "traces" and dc.samples_per_prompt > 1 and dc.sample_temperature == 0:
+        raise ValueError(f"[distill].samples_per_prompt = {dc.samples_per_prompt} with sample_temperature = 0: greedy "
+                         "sampling gives the same trace each time; set samples_per_prompt = 1 or a temperature > 0")
+    unused = []  # settings this stage never reads, set away from their defaults: said, not silently dropped
+    if cfg.stage == "distill" and dc.mode == "traces":
+        unused += [f"[distill].{k} (mode = \"logits\" only)" for k in ("source", "temperature", "kind", "jsd_beta",
+                                                                     "top_k", "ce_weight")
+                   if getattr(dc, k) != getattr(DistillConfig(), k)]
+    if cfg.stage == "grpo" and cfg.grpo.beta == 0 and cfg.grpo.ref_update_every:
+        unused.append("[grpo].ref_update_every (beta = 0: there is no reference model)")
+    if unused and dist.is_main():
+        print(f"note: not used by this run: {', '.join(unused)}")
     check_world(cfg, int(os.environ.get("WORLD_SIZE", 1)))
     check_inputs(cfg)
 

@@ -92,6 +92,23 @@ def test_format_reward_needs_the_r1_template():
     T.check_config(T.load_config(None, ["--stage=sft", "--reward.format_weight=0.5"]))  # only grpo reads it
 
 
+def test_settings_a_run_never_reads_are_said_or_refused(capsys):
+    traces = ["--stage=distill", "--distill.teacher=x", "--distill.mode=traces"]
+    T.check_config(T.load_config(None, traces + ["--distill.top_k=5", "--distill.kind=jsd", "--distill.ce_weight=1"]))
+    assert capsys.readouterr().out == ('note: not used by this run: [distill].kind (mode = "logits" only), '
+                                       '[distill].top_k (mode = "logits" only), [distill].ce_weight (mode = "logits" '
+                                       'only)\n')
+    T.check_config(T.load_config(None, traces + ["--distill.samples_per_prompt=2"]))  # nothing to say
+    T.check_config(T.load_config(None, ["--stage=distill", "--distill.teacher=x", "--distill.top_k=5"]))  # logits
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match=r"samples_per_prompt = 4 with sample_temperature = 0: greedy sampling gives "
+                                         "the same trace each time"):  # 4x the teacher's compute for one trace
+        T.check_config(T.load_config(None, traces + ["--distill.sample_temperature=0"]))  # with the default 4
+    T.check_config(T.load_config(None, traces + ["--distill.samples_per_prompt=1", "--distill.sample_temperature=0"]))
+    T.check_config(T.load_config(None, ["--stage=grpo", "--init=x", "--grpo.beta=0", "--grpo.ref_update_every=2"]))
+    assert "[grpo].ref_update_every (beta = 0: there is no reference model)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("arg,match", [
     ("--model.n_heads=3", r"\[model\]: dim 32 is not divisible by n_heads 3"),  # set after the dataclass was built
     ("--model.n_kv_heads=0", r"\[model\]: n_kv_heads must be a positive integer"),
