@@ -510,9 +510,6 @@ def run_grpo(cfg):
     cfg.grpo.check()
     if cfg.train.fsdp:  # sampling through sharded weights would need every rank in lockstep at every token
         raise ValueError("train.fsdp is not supported for grpo: use DDP (the default under torchrun)")
-    if cfg.train.grad_accum != 1 and dist.is_main():
-        print(f"note: train.grad_accum={cfg.train.grad_accum} is not used by grpo: a step's gradient accumulates over "
-              "micro-batches of grpo.micro_batch_size sequences")
     run = start_run(cfg)
     if run is None:
         return
@@ -768,6 +765,9 @@ def check_config(cfg):
                    if getattr(dc, k) != getattr(DistillConfig(), k)]
     if cfg.stage == "grpo" and cfg.grpo.beta == 0 and cfg.grpo.ref_update_every:
         unused.append("[grpo].ref_update_every (beta = 0: there is no reference model)")
+    if cfg.stage == "grpo" and cfg.train.grad_accum != 1:
+        unused.append("[train].grad_accum (grpo: a step's gradient accumulates over micro-batches of "
+                      "grpo.micro_batch_size sequences)")
     if unused and dist.is_main():
         print(f"note: not used by this run: {', '.join(unused)}")
     check_world(cfg, int(os.environ.get("WORLD_SIZE", 1)))
