@@ -182,19 +182,22 @@ def prepare_out_dir(cfg):
     return ckpts[-1] if ckpts else None
 
 
+def read_json(path, hint=""):
+    """A JSON object from a file this project wrote; a damaged one is a ValueError naming it (and the hint)."""
+    with open(path) as f:
+        try:
+            obj = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}){hint}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}{hint}")
+    return obj
+
+
 def read_run_config(folder):
     """The training run's config saved with our checkpoints (run_config.json), as a dict; {} for a foreign one."""
     path = os.path.join(folder, "run_config.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        try:
-            cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    return cfg
+    return read_json(path) if os.path.exists(path) else {}
 
 
 def warn_if_config_changed(cfg, resume_from):

@@ -39,8 +39,8 @@ import eval as E
 import grpo
 import memory
 import pipeline
-from checkpoint import (RunLog, list_checkpoints, prepare_out_dir, prune_checkpoints, read_jsonl, rng_state,
-                        save_checkpoint, set_rng_state, warn_if_config_changed)
+from checkpoint import (RunLog, list_checkpoints, prepare_out_dir, prune_checkpoints, read_json, read_jsonl,
+                        rng_state, save_checkpoint, set_rng_state, warn_if_config_changed)
 from distill import DistillConfig
 from grpo import GRPOConfig
 from model import ModelConfig, Transformer
@@ -596,12 +596,7 @@ def teacher_traces(cfg, teacher, tok, problems, prompts, device):
     path = dc.traces_file or os.path.join(cfg.out_dir, "traces.jsonl")
     meta_path, settings = os.path.splitext(path)[0] + ".meta.json", traces_settings(cfg, problems)
     if os.path.exists(path) and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            try:
-                old = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{meta_path} is not valid JSON ({e}): delete it and {path} to sample the teacher "
-                                 "again") from None
+        old = read_json(meta_path, f": delete it and {path} to sample the teacher again")
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             raise ValueError(f"{path} holds teacher traces sampled with other settings ({', '.join(changed)}): "
