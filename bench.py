@@ -75,7 +75,7 @@ def take_turns(runners, device, reps, warmup=1):
 def train_step(model, data, amp, fwd=None):
     """One training step as a closure: the forward (fwd, default the model) under the context amp, next-token
     cross-entropy in fp32, backward, AdamW. data: (B, T+1) token ids."""
-    fwd = fwd or model
+    fwd = model if fwd is None else fwd  # not `fwd or model`: a compiled module refuses bool()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     x, y = data[:, :-1], data[:, 1:]
     model.train()
@@ -111,9 +111,9 @@ def matmul_peak(device, dtype, n, reps=10):
     return 2 * n ** 3 / timed(lambda: a @ b, device, reps, warmup=2, agg=min)
 
 
-def bench_train(model, cfg, device, amp, batch, seq, reps, warmup):
+def bench_train(model, cfg, device, amp, batch, seq, reps, warmup, fwd=None):
     data = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)  # (B, T+1)
-    return batch * seq / timed(train_step(model, data, amp), device, reps, warmup)
+    return batch * seq / timed(train_step(model, data, amp, fwd), device, reps, warmup)
 
 
 def bench_sample(model, cfg, device, amp, batch, new, lo, hi, reps, warmup):
@@ -162,6 +162,8 @@ def main(argv=None):
                    "generate calls, GRPO steps)")
     p.add_argument("--grpo-reps", type=int, default=5, help="timed GRPO steps (median reported)")
     p.add_argument("--skip", choices=["train", "sample", "grpo"], nargs="*", default=[])
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward, as train.compile "
+                   "does (the training measurement only; its warmup steps include the compilation)")
     args = p.parse_args(argv)
     for flag in ("threads", "batch", "seq", "steps", "gen_batch", "gen_new", "gen_reps", "grpo_reps",
                  *(k for k in SIZES["S"] if getattr(args, k) is not None)):
@@ -189,10 +191,11 @@ def main(argv=None):
     print(f"# model {dims}: {model.num_params() / 1e6:.2f} M params")
     print(f"# matmul peak {peak / 1e9:.1f} GFLOP/s ({'bf16 8192^3' if cuda else 'fp32 2048^3'})")
     if "train" not in args.skip:
-        tok_s = bench_train(model, cfg, device, amp, args.batch, args.seq, args.steps, args.warmup)
+        fwd = torch.compile(model) if args.compile else None
+        tok_s = bench_train(model, cfg, device, amp, args.batch, args.seq, args.steps, args.warmup, fwd)
         mfu = tok_s * model.flops_per_token(args.seq) / peak
-        print(f"train  b{args.batch}x{args.seq}: {tok_s:.0f} tok/s, MFU {100 * mfu:.1f}% "
-              f"({model.flops_per_token(args.seq) / 1e6:.1f} MFLOP/token)")
+        print(f"train  b{args.batch}x{args.seq}{' (torch.compile)' if args.compile else ''}: {tok_s:.0f} tok/s, "
+              f"MFU {100 * mfu:.1f}% ({model.flops_per_token(args.seq) / 1e6:.1f} MFLOP/token)")
     if "sample" not in args.skip:
         lo, hi = args.prompt_len
         tok_s = bench_sample(model, cfg, device, amp, args.gen_batch, args.gen_new, lo, hi, args.gen_reps, args.warmup)

@@ -132,3 +132,51 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
     for _ in range(60):  # lr 1e-4: 20 steps gave 0.08
         step()
     assert loss() < before - 0.15
+
+
+def test_train_step_runs_the_given_forward_even_when_it_is_falsy():
+    """bench.train_step(fwd=...) runs fwd (bench.py --compile, scripts/bench_vs_hf.py's transformers forward). A
+    torch.compile'd module raises on bool(): `fwd or model` failed there. A module whose len() is 0 is falsy and was
+    silently replaced by the model."""
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64,
+                                max_seq_len=32))
+    calls = []
+
+    class Falsy(torch.nn.Module):
+        def __len__(self):
+            return 0
+
+        def forward(self, x):
+            calls.append(tuple(x.shape))
+            return m(x)
+
+    bench.train_step(m, torch.randint(0, 64, (2, 9)), contextlib.nullcontext(), fwd=Falsy())()
+    assert calls == [(2, 8)]
+
+
+def test_compile_flag_times_the_compiled_forward(monkeypatch, capsys):
+    """bench.py --compile: the training measurement runs torch.compile(model)'s forward (here a recording stand-in,
+    so the test compiles nothing); without the flag, the model itself."""
+    compiled = []
+
+    def fake_compile(model):
+        def fwd(x):
+            compiled.append(tuple(x.shape))
+            return model(x)
+        return fwd
+
+    monkeypatch.setattr(bench.torch, "compile", fake_compile)
+    monkeypatch.setattr(bench, "matmul_peak", lambda *a: 1e9)
+    args = ["--dim", "32", "--n_layers", "1", "--n_heads", "2", "--n_kv_heads", "1", "--hidden_dim", "48",
+            "--vocab_size", "64", "--threads", "1", "--seq", "16", "--steps", "2", "--warmup", "1",
+            "--skip", "sample", "grpo"]
+    n = torch.get_num_threads()
+    try:
+        bench.main(args)
+        assert compiled == [] and "train  b8x16: " in capsys.readouterr().out
+        bench.main(args + ["--compile"])
+    finally:
+        torch.set_num_threads(n)
+    assert compiled == [(8, 16)] * 3  # the warmup step and the two timed ones
+    assert "train  b8x16 (torch.compile): " in capsys.readouterr().out
