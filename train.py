@@ -77,7 +77,7 @@ class TrainConfig:
                                   # no held-out eval during training then (run eval.py on final)
     check_memory: bool = True     # refuse a run whose memory plan (memory.py, printed at start) exceeds the device
     activation_checkpointing: bool = False  # recompute each block in backward: activations ~L x smaller, ~1.3x time
-    compile: bool = False         # torch.compile the training forward (not sampling); first steps slow
+    compile: bool = False         # torch.compile the training forward (not sampling): ~30 s a shape; 1.6-1.8x, H100
 
     def check(self):
         C.check_rules("train", self, [
