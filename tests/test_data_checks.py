@@ -69,3 +69,19 @@ def test_math_rows_keep_unique_id(tmp_path):
 def test_a_synthetic_spec_picks_its_family():
     probs = D.parse_data_spec("synthetic:linear", 10, seed=0)
     assert len(probs) == 10 and {p["family"] for p in probs} == {"linear"}
+
+
+def test_pretrain_chat_transcripts_box_the_answer_their_work_reaches():
+    """A flawed demonstration written as a pretraining chat transcript boxes what its work reaches, as its plain
+    document and its SFT target do (the demo pretrains on flaw_p = 0.5 data with chat_frac = 0.5)."""
+    flawed = D.synthetic_problems(100, "add,sub,mul", "2", seed=3, flaw_p=0.5)
+    docs = D.pretrain_documents(flawed, chat_frac=1.0)
+    assert all(doc.endswith(f"<answer>\\boxed{{{p['final']}}}</answer>") for p, doc in zip(flawed, docs))
+    assert sum(p["final"] != p["answer"] for p in flawed) > 20
+
+
+def test_data_config_accepts_the_ends_of_its_ranges():
+    """The edges the [data] checks name as valid: level 3, flaw_p and chat_frac of 1 (every carry dropped, every
+    pretraining document a chat transcript)."""
+    D.DataConfig(levels="3").check()
+    D.DataConfig(levels="1,2,3", families="add", flaw_p=1.0, chat_frac=1.0).check()

@@ -343,3 +343,21 @@ def test_another_activation_is_refused():
           "hidden_act": "gelu"}
     with pytest.raises(ValueError, match="hidden_act"):
         ModelConfig.from_hf(hf)
+
+
+def test_config_json_names_the_dtype_the_weights_are_saved_in(tmp_path):
+    """config.json's torch_dtype is the weights' own (transformers' torch_dtype="auto" loads in it): a bf16 model
+    saved is a bfloat16 checkpoint, not a float32 one twice its size once loaded."""
+    assert hf_config(ModelConfig(**TINY), torch.bfloat16)["torch_dtype"] == "bfloat16"
+    tiny().to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    tiny().save_pretrained(tmp_path / "fp32")
+    assert [json.loads((tmp_path / d / "config.json").read_text())["torch_dtype"] for d in ("bf16", "fp32")] == \
+        ["bfloat16", "float32"]
+
+
+def test_an_absent_tie_word_embeddings_means_untied():
+    """transformers' Llama and Qwen2 configs default tie_word_embeddings to false (and a diff-saved config.json
+    leaves a default out): a config without the key has its own lm_head, as HF loads it."""
+    hf = {k: v for k, v in _tiny_hf().items() if k != "tie_word_embeddings"}
+    assert config_from_hf(hf)["tie_embeddings"] is False
+    assert config_from_hf({**hf, "model_type": "qwen2"})["tie_embeddings"] is False

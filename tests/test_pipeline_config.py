@@ -334,3 +334,64 @@ def test_a_skipped_step_compares_with_the_run_that_wrote_final(tmp_path, capsys)
     assert capsys.readouterr().out == ""
     pipeline.warn_if_changed(rows[::-1], "pretrain", step)
     assert "(train.lr)" in capsys.readouterr().out
+
+
+def _timed_step(step):
+    """A stand-in stage for side_by_side's worker processes (module level, so a spawned worker can import it): it
+    notes the torch threads it was given, then takes 2 s as step 'b' and no time as any other."""
+    import time
+    os.makedirs(step.out_dir, exist_ok=True)
+    with open(os.path.join(step.out_dir, "threads"), "w") as f:
+        f.write(str(torch.get_num_threads()))
+    time.sleep(2.0 if os.path.basename(step.out_dir) == "b" else 0.0)
+
+
+def _killed_step(step):
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer, say: no exception, no exit code of its own
+
+
+def test_side_by_side_runs_at_most_jobs_steps_with_cores_over_jobs_threads(tmp_path):
+    """jobs = 2 with four independent steps: never more than two workers at once (a new one starts as one ends,
+    not as many as are waiting), each with cpu_count // 2 threads; each end row spans the step's wall time."""
+    cfg = _pcfg(tmp_path, {"steps": list("abcd"), "jobs": 2, **{n: {"stage": "pretrain"} for n in "abcd"}})
+    pipeline.run_pipeline(cfg, {**T.RUNNERS, "pretrain": _timed_step})
+    rows = checkpoint.read_jsonl(str(tmp_path / "o" / "pipeline.jsonl"))
+    live = most = 0
+    for r in rows:  # in the order the pipeline saw workers start and end
+        live += 1 if r.get("started") else -1
+        most = max(most, live)
+    assert most == 2 and live == 0 and sorted(r["step"] for r in rows if r["finished"]) == list("abcd")
+    for r in rows:
+        if not r.get("started"):
+            assert r["end"] - r["start"] == pytest.approx(r["wall_s"], abs=0.05), r
+    assert next(r["wall_s"] for r in rows if r["step"] == "b" and r["finished"]) >= 2.0
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert [open(tmp_path / "o" / n / "threads").read() for n in "abcd"] == [str(threads)] * 4
+
+
+def test_a_worker_killed_by_a_signal_fails_its_step(tmp_path):
+    """A worker killed by a signal (exit code -9) has not finished its step: the pipeline stops and names it, and
+    the step's time is logged unfinished, not as a finished run a resume would skip."""
+    cfg = _pcfg(tmp_path, {"steps": ["pretrain"], "jobs": 2})
+    with pytest.raises(RuntimeError, match=r"pipeline step 'pretrain' failed \(exit code -9\)"):
+        pipeline.run_pipeline(cfg, {**T.RUNNERS, "pretrain": _killed_step})
+    rows = checkpoint.read_jsonl(str(tmp_path / "o" / "pipeline.jsonl"))
+    assert [(r["step"], r["finished"], r.get("started", False)) for r in rows] == [("pretrain", False, True),
+                                                                                  ("pretrain", False, False)]
+
+
+def test_a_pipeline_without_steps_is_refused(tmp_path):
+    """steps = [] (or --pipeline.steps= with no names) would run nothing and succeed: an error instead."""
+    for steps in ([], ""):
+        with pytest.raises(ValueError, match=r"stage = 'pipeline' needs \[pipeline\] steps"):
+            pipeline.pipeline_configs(_pcfg(tmp_path, {"steps": steps}), T.RUNNERS)
+
+
+def test_sigterm_exits_with_the_status_of_a_process_it_killed():
+    """SIGTERM becomes SystemExit(128 + 15), the status a shell or job scheduler reads as "terminated by SIGTERM"
+    (15 would read as an ordinary failure)."""
+    import signal
+    with pytest.raises(SystemExit) as e:
+        pipeline._exit(signal.SIGTERM, None)
+    assert e.value.code == 143

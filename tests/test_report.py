@@ -84,3 +84,53 @@ def test_a_distill_step_without_wall_time_reports_nan(tmp_path, monkeypatch):
     assert rep["wall_s"] == {"pretrain": 3.0}  # the steps of this run only
     first = open(os.path.join(cfg.out_dir, "report.md")).read().splitlines()[2]
     assert "Wall time per step (s): pretrain 3; this report's evaluations" in first, first
+
+
+def test_trained_questions_are_the_training_split_of_a_step_with_its_own_data(tmp_path):
+    """What the report leaves out is what a step with [data] settings of its own trained on: its training split,
+    not its test split (which is the base test split's first problems, and would leave trained-on ones in)."""
+    import data as D
+    cfg = _pcfg(tmp_path, {"steps": ["pretrain", "sft"], "sft": {"init": "pretrain"}},
+                ["--data.n_test=20", "--data.n_train=50", "--pipeline.sft.data.n_test=2"])
+    steps = pipeline.pipeline_configs(cfg, T.RUNNERS)
+    sft = dict(steps)["sft"]
+    assert report.trained_questions(cfg, steps) == {p["question"] for p in D.load_problems(sft.data, "train")}
+
+
+def test_report_max_new_tokens_from_the_command_line_is_a_count(tmp_path):
+    """--pipeline.report.max_new_tokens=16 arrives as the string "16": it is read as 16, and 0 is refused before
+    anything trains (as n and n_test are)."""
+    from test_pipeline import TOY
+    (tmp_path / "toy.toml").write_text(TOY)
+    cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.report.max_new_tokens=16"])
+    assert report.report_spec(cfg, pipeline.pipeline_configs(cfg, T.RUNNERS))["max_new_tokens"] == 16
+    cfg = T.load_config(str(tmp_path / "toy.toml"), ["--pipeline.report.max_new_tokens=0"])
+    with pytest.raises(ValueError, match=r"\[pipeline\.report\]\.max_new_tokens = 0: must be an integer >= 1"):
+        pipeline.pipeline_configs(cfg, T.RUNNERS)
+
+
+def test_report_checks_the_context_of_a_step_it_only_distills(tmp_path):
+    """A step named only in `distill` is evaluated too: its context must hold the report's max_new_tokens, said
+    before the first step trains rather than when the report runs after all of them."""
+    cfg = _pcfg(tmp_path, {"steps": ["pretrain", "student"],
+                           "student": {"stage": "distill", "model": {"max_seq_len": 64},
+                                       "distill": {"teacher": "pretrain"}},
+                           "report": {"distill": ["student"], "max_new_tokens": 64}})
+    with pytest.raises(ValueError, match=r"\[pipeline\.report\]\.max_new_tokens = 64: step 'student'.s model has "
+                                         r"max_seq_len 64"):
+        pipeline.pipeline_configs(cfg, T.RUNNERS)
+
+
+def test_a_report_whose_every_test_problem_was_trained_on_is_refused(tmp_path, monkeypatch):
+    """A step with [data] of its own that trained on every base test problem leaves the report none: an error,
+    not a report of accuracies over zero problems."""
+    cfg = _pcfg(tmp_path, {"steps": ["pretrain"], "report": {}},
+                ["--data.families=quadratic", "--data.levels=1", "--data.n_test=3", "--data.n_train=10",
+                 "--pipeline.pretrain.data.n_test=0", "--pipeline.pretrain.data.n_train=45"])
+    steps = pipeline.pipeline_configs(cfg, T.RUNNERS)  # quadratic level 1 has 45 problems: pretrain trains on all
+    monkeypatch.setattr(report, "evaluate_all", lambda calls, jobs: [{"greedy": 0.0, "params": 1} for _ in calls])
+    monkeypatch.setattr(report, "plot_curves", lambda *a, **k: False)
+    os.makedirs(cfg.out_dir)
+    with pytest.raises(ValueError, match="every test problem is a training question of some step"):
+        report.write_report(cfg, steps)
+    assert not os.path.exists(os.path.join(cfg.out_dir, "report.json"))

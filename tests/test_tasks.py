@@ -143,3 +143,26 @@ def test_level_1_operands_have_two_digits():
 def test_flaw_p_also_flaws_multiplication():
     flawed = D.synthetic_problems(200, "mul", "2", seed=1, flaw_p=1.0)
     assert sum(p["final"] != p["answer"] for p in flawed) > 100
+
+
+def test_levels_shape_the_problems_as_documented():
+    """What a level means (tasks.py, configs/demo.toml): add/sub pair a (level+1)-digit number with one of 1 to
+    level+1 digits, the larger first (one order per pair: no commuted twin across the splits); mul multiplies a
+    (level+1)-digit number by 2-9; linear has x on both sides from level 2; quadratic a leading coefficient at
+    level 3 only; fraction multiplies from level 2."""
+    for level in (1, 2, 3):
+        for fam in ("add", "sub"):
+            qs = [p["question"] for p in D.synthetic_problems(200, fam, str(level), seed=level)]
+            pairs = [tuple(map(int, re.fullmatch(r"Compute (\d+) [-+] (\d+)\.", q).groups())) for q in qs]
+            assert all(len(str(a)) == level + 1 and a >= b for a, b in pairs), (fam, level)
+            assert {len(str(b)) for _, b in pairs} == set(range(1, level + 2)), (fam, level)
+        muls = [re.fullmatch(r"Compute (\d+) \* (\d)\.", p["question"]).groups()
+                for p in D.synthetic_problems(200, "mul", str(level), seed=level)]
+        assert {len(a) for a, _ in muls} == {level + 1} and {int(b) for _, b in muls} == set(range(2, 10)), level
+    rhs = lambda level: [p["question"].split(" = ")[1] for p in D.synthetic_problems(100, "linear", level, seed=0)]
+    assert all(re.fullmatch(r"-?\d+\.", r) for r in rhs("1")) and sum("x" in r for r in rhs("2")) > 50
+    lead = lambda level: {re.match(r"Solve: (\d*)x\^2", p["question"]).group(1)
+                          for p in D.synthetic_problems(30, "quadratic", level, seed=0)}
+    assert lead("1") == lead("2") == {""} and lead("3") == {"2", "3", "4"}
+    ops = lambda level: {p["question"].split()[2] for p in D.synthetic_problems(100, "fraction", level, seed=0)}
+    assert ops("1") == {"+", "-"} and ops("2") == {"+", "-", "*"}
