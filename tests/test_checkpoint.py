@@ -257,3 +257,46 @@ def test_an_interrupted_extension_resumes_from_its_newest_checkpoint(tmp_path):
     assert checkpoint.prepare_out_dir(cfg) == str(out / "ckpt-0000008")
     cfg = T.load_config(None, [f"--out_dir={out}", "--train.resume=true", "--train.max_steps=4"])
     assert checkpoint.prepare_out_dir(cfg) == "final"
+
+
+def test_rng_state_keeps_cuda_streams_and_resumes_a_cpu_checkpoint_on_cuda(monkeypatch):
+    """On CUDA the state holds every device's generator and restores it; a checkpoint written without CUDA (no
+    "cuda" key) still resumes on a CUDA machine, leaving its generators as they are."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["dev0", "dev1"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = checkpoint.rng_state()
+    assert state["cuda"] == ["dev0", "dev1"]
+    checkpoint.set_rng_state(state)
+    assert restored == [["dev0", "dev1"]]
+    del state["cuda"]  # written on a CPU machine
+    checkpoint.set_rng_state(state)
+    assert restored == [["dev0", "dev1"]]
+
+
+def test_samples_rows_carry_their_step_and_a_resume_drops_the_later_ones(tmp_path):
+    log = checkpoint.RunLog(str(tmp_path), start_step=0)
+    log.log_samples(2, [{"completion": "a"}, {"completion": "b"}])
+    log.log_samples(4, [{"completion": "c"}])
+    log.close()
+    rows = checkpoint.read_jsonl(str(tmp_path / "samples.jsonl"))
+    assert rows == [{"step": 2, "completion": "a"}, {"step": 2, "completion": "b"}, {"step": 4, "completion": "c"}]
+    checkpoint.RunLog(str(tmp_path), start_step=2).close()  # resumed from the step-2 checkpoint
+    assert checkpoint.read_jsonl(str(tmp_path / "samples.jsonl")) == rows[:2]
+
+
+def test_config_change_warning_skips_what_the_run_fills_in(tmp_path, capsys):
+    """A copied run folder (another out_dir) and a "chat" template (recorded as the format it resolved to) are not
+    changes; a changed lr is."""
+    import dataclasses
+    ckpt = tmp_path / "ckpt-0000002"
+    ckpt.mkdir()
+    saved = dataclasses.asdict(T.load_config(None, ["--out_dir=old/run", "--data.template=qwen"]))
+    (ckpt / "run_config.json").write_text(json.dumps(saved))
+    cfg = T.load_config(None, [f"--out_dir={tmp_path}", "--data.template=chat"])
+    checkpoint.warn_if_config_changed(cfg, str(ckpt))
+    assert capsys.readouterr().out == ""
+    cfg = T.load_config(None, [f"--out_dir={tmp_path}", "--data.template=chat", "--train.lr=0.5"])
+    checkpoint.warn_if_config_changed(cfg, str(ckpt))
+    assert "has changed since that checkpoint was written (train.lr)" in capsys.readouterr().out

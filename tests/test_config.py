@@ -37,3 +37,23 @@ def test_a_free_form_table_given_a_value_names_the_key():
 def test_a_bare_argument_is_refused_by_name():
     with pytest.raises(ValueError, match=r"unexpected argument 'configs/x\.toml'"):
         C.parse_overrides(["configs/x.toml"])
+
+
+def test_a_toml_bool_is_not_a_float(tmp_path):
+    # true is an int to Python: without the bool check `lr = true` would train at lr 1.0
+    (tmp_path / "a.toml").write_text("[train]\nlr = true\n")
+    with pytest.raises(TypeError, match=r"\[train\]\.lr: expected float, got bool True"):
+        T.load_config(str(tmp_path / "a.toml"))
+
+
+def test_a_section_given_a_value_names_the_section(tmp_path):
+    with pytest.raises(TypeError, match=r"train: expected a \[train\] section, got '5'"):
+        T.load_config(None, ["--train=5"])
+    (tmp_path / "a.toml").write_text("train = 5\n")
+    with pytest.raises(TypeError, match=r"a\.toml: train: expected a \[train\] section, got 5"):
+        T.load_config(str(tmp_path / "a.toml"))
+
+
+def test_a_last_override_without_a_value_is_named():
+    with pytest.raises(ValueError, match=r"--train\.resume needs a value \(--train\.resume=VALUE\)"):
+        C.parse_overrides(["--train.lr=1e-3", "--train.resume"])

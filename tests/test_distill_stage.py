@@ -180,3 +180,38 @@ def test_cached_traces_check_every_setting(tmp_path, change, key):
     change(cfg, problems)
     with pytest.raises(ValueError, match=rf"other settings \({key}\)"):
         T.teacher_traces(cfg, None, None, problems, None, "cpu")
+
+
+def _traces_cfg(tmp_path, **distill):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir(exist_ok=True)
+    (teacher / "model.safetensors").write_bytes(b"x")
+    cfg = T.Config(stage="distill", out_dir=str(tmp_path / "o"))
+    cfg.distill.teacher, cfg.distill.traces_file, cfg.data.template = str(teacher), str(tmp_path / "t.jsonl"), "plain"
+    for k, v in distill.items():
+        setattr(cfg.distill, k, v)
+    return cfg
+
+
+def test_teacher_traces_samples_each_prompt_samples_per_prompt_times(tmp_path, monkeypatch):
+    """samples_per_prompt = 3: each prompt goes to the teacher 3 times, in order; every accepted sample is kept
+    (dedup off)."""
+    from types import SimpleNamespace
+    cfg = _traces_cfg(tmp_path, samples_per_prompt=3, dedup_traces=False)
+    seen = []
+    monkeypatch.setattr(T.E, "complete", lambda teacher, prompts, *a, **k: seen.append(prompts) or
+                        [[5, 6] for _ in prompts])
+    monkeypatch.setattr(T, "accuracy_reward", lambda text, gold: 1.0)
+    tok = SimpleNamespace(vocab_size=100, stop_ids=[2], decode=lambda ids: "x")
+    problems = [{"question": "1+1", "answer": "2"}, {"question": "2+2", "answer": "4"}]
+    kept = T.teacher_traces(cfg, None, tok, problems, [[1], [3]], torch.device("cpu"))
+    assert seen == [[[1], [1], [1], [3], [3], [3]]]
+    assert kept == [([1], [5, 6])] * 3 + [([3], [5, 6])] * 3
+
+
+def test_an_empty_traces_file_is_named(tmp_path):
+    """A traces file with no trace (made elsewhere, no .meta.json) is an error naming it, not a run on nothing."""
+    cfg = _traces_cfg(tmp_path)
+    (tmp_path / "t.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"t\.jsonl holds no trace"):
+        T.teacher_traces(cfg, None, None, [{"question": "1+1", "answer": "2"}], None, torch.device("cpu"))

@@ -1,5 +1,6 @@
 """The grpo stage's pieces in train.py: the reward function, the per-step metrics of the decoded samples, the
 reward moving average, and a resume right after a reference reset."""
+import json
 import math
 import os
 
@@ -99,3 +100,15 @@ def test_grpo_may_take_every_training_prompt_each_step(pretrained, tmp_path):
             "--data.n_train=2", "--train.max_steps=1", "--train.batch_size=2", "--train.eval_n=0",
             "--grpo.group_size=2", "--grpo.max_new_tokens=4"])
     assert os.path.exists(tmp_path / "g" / "final" / "model.safetensors")
+
+
+def test_grpo_logs_n_samples_completions_per_step(pretrained, tmp_path):
+    """samples.jsonl gets train.n_samples of a step's completions in all, not n_samples of each rollout chunk
+    (rollout_prompts = 1: two chunks of 4 completions)."""
+    toml, init = pretrained
+    out = tmp_path / "g"
+    T.main(["--config", toml, "--init", init, "--out_dir", str(out), "--stage", "grpo", "--train.max_steps=2",
+            "--train.batch_size=2", "--train.eval_n=0", "--train.n_samples=3", "--train.log_every=1",
+            "--grpo.group_size=4", "--grpo.max_new_tokens=4", "--grpo.rollout_prompts=1"])
+    rows = [json.loads(r) for r in open(out / "samples.jsonl")]
+    assert [r["step"] for r in rows] == [1, 1, 1, 2, 2, 2]

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -223,3 +224,58 @@ def test_init_run_records_the_checkpoints_architecture(pretrained, tmp_path):
             "--train.eval_n=0", "--out_dir", str(out)])
     with open(out / "final" / "run_config.json") as f:
         assert json.load(f)["model"]["dim"] == 32
+
+
+@pytest.mark.parametrize("field, value, ok", [
+    ("lr", 0.0, True), ("n_samples", 0, True),
+    ("max_steps", 0, False), ("batch_size", 0, False), ("beta1", 1.0, False), ("seed", 2**32, False),
+    ("device", "gpu", False)])
+def test_train_settings_at_their_bounds(field, value, ok):
+    """lr 0 and no logged samples are valid; no step, an empty batch, beta1 = 1, a seed numpy refuses and an unknown
+    device are refused by name before anything loads."""
+    tc = T.TrainConfig(**{field: value})
+    if ok:
+        tc.check()
+    else:
+        with pytest.raises(ValueError, match=rf"\[train\]\.{field} = "):
+            tc.check()
+
+
+def test_a_non_finite_stop_names_the_newest_checkpoint(tmp_path):
+    for step in (2, 4):  # keep_last = 2: both still there
+        os.makedirs(tmp_path / f"ckpt-{step:07d}")
+        (tmp_path / f"ckpt-{step:07d}" / "train_state.pt").write_bytes(b"x")
+    cfg = T.Config(out_dir=str(tmp_path))
+    with pytest.raises(FloatingPointError, match=r"at step 5; .*Last good checkpoint: .*ckpt-0000004$"):
+        T.stop_non_finite(cfg, "loss nan", 5)
+
+
+def test_a_resumed_init_run_still_records_the_checkpoints_architecture(pretrained, tmp_path):
+    """Resumed from its own step checkpoint, an --init run's final run_config.json records the architecture it
+    trained (the init's dim 32), not the config file's [model]."""
+    toml, init = pretrained
+    out = tmp_path / "o"
+    run = ["--config", toml, "--stage", "sft", "--init", init, "--model.dim=64", "--train.max_steps=2",
+           "--train.save_every=1", "--train.eval_n=0", "--out_dir", str(out)]
+    T.main(run)
+    shutil.rmtree(out / "final")  # as if killed after the step-1 checkpoint
+    T.main(run + ["--train.resume=true"])
+    with open(out / "final" / "run_config.json") as f:
+        assert json.load(f)["model"]["dim"] == 32
+
+
+def test_pretrain_rows_are_cut_to_the_models_context(tmp_path):
+    """data.seq_len longer than model.max_seq_len: the packed rows are cut to the model's context."""
+    (tmp_path / "t.toml").write_text(TINY)
+    T.main(["--config", str(tmp_path / "t.toml"), "--train.max_steps=1", "--train.eval_n=0",
+            "--model.max_seq_len=32", "--data.seq_len=64", "--out_dir", str(tmp_path / "o")])
+    assert os.path.exists(tmp_path / "o" / "final" / "model.safetensors")
+
+
+def test_same_tokenizer_compares_the_eos_id():
+    """Same vocabulary and encodings but another eos (a base model vs its chat tune): not the same tokenizer."""
+    from types import SimpleNamespace
+    enc = lambda text: [len(text)]  # noqa: E731
+    a = SimpleNamespace(vocab_size=10, eos_id=2, encode=enc)
+    assert T.same_tokenizer(a, SimpleNamespace(vocab_size=10, eos_id=2, encode=enc))
+    assert not T.same_tokenizer(a, SimpleNamespace(vocab_size=10, eos_id=3, encode=enc))
