@@ -9,11 +9,19 @@ import bench
 from model import ModelConfig, Transformer
 
 
+TINY = ["--dim", "32", "--n_layers", "1", "--n_heads", "2", "--n_kv_heads", "1", "--hidden_dim", "48",
+        "--vocab_size", "64", "--threads", "1"]  # bench.py's flags for a tiny model at one thread
+
+
+def tiny_model():
+    return Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64,
+                                   max_seq_len=32))
+
+
 def test_bench_prints_train_sample_and_grpo(capsys):
     n = torch.get_num_threads()
     try:
-        bench.main(["--dim", "32", "--n_layers", "1", "--n_heads", "2", "--n_kv_heads", "1", "--hidden_dim", "48",
-                    "--vocab_size", "64", "--threads", "1", "--seq", "16", "--steps", "1", "--gen-new", "4",
+        bench.main([*TINY, "--seq", "16", "--steps", "1", "--gen-new", "4",
                     "--gen-reps", "1", "--grpo-reps", "1", "--warmup", "1"])
     finally:
         torch.set_num_threads(n)
@@ -44,8 +52,7 @@ def test_warmup_applies_to_every_measurement(monkeypatch):
     monkeypatch.setattr(bench, "bench_grpo", lambda *a, warmup, **kw: (calls.append(warmup), (1.0, 0.5, 0.5))[1])
     n = torch.get_num_threads()
     try:
-        bench.main(["--dim", "32", "--n_layers", "1", "--n_heads", "2", "--n_kv_heads", "1", "--hidden_dim", "48",
-                    "--vocab_size", "64", "--threads", "1", "--warmup", "0"])
+        bench.main([*TINY, "--warmup", "0"])
     finally:
         torch.set_num_threads(n)
     assert calls == [0, 0, 0]  # training, sampling and the GRPO step
@@ -124,8 +131,7 @@ def test_take_turns_alternates_who_goes_first():
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
     """bench.train_step is a real step: repeated on one batch, the next-token loss falls."""
     torch.manual_seed(0)
-    m = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64,
-                                max_seq_len=32))
+    m = tiny_model()
     data = torch.randint(0, 64, (4, 17))
     loss = lambda: torch.nn.functional.cross_entropy(m(data[:, :-1]).flatten(0, 1), data[:, 1:].flatten()).item()
     before, step = loss(), bench.train_step(m, data, contextlib.nullcontext())
@@ -139,8 +145,7 @@ def test_train_step_runs_the_given_forward_even_when_it_is_falsy():
     torch.compile'd module raises on bool(): `fwd or model` failed there. A module whose len() is 0 is falsy and was
     silently replaced by the model."""
     torch.manual_seed(0)
-    m = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64,
-                                max_seq_len=32))
+    m = tiny_model()
     calls = []
 
     class Falsy(torch.nn.Module):
@@ -168,8 +173,7 @@ def test_compile_flag_times_the_compiled_forward(monkeypatch, capsys):
 
     monkeypatch.setattr(bench.torch, "compile", fake_compile)
     monkeypatch.setattr(bench, "matmul_peak", lambda *a: 1e9)
-    args = ["--dim", "32", "--n_layers", "1", "--n_heads", "2", "--n_kv_heads", "1", "--hidden_dim", "48",
-            "--vocab_size", "64", "--threads", "1", "--seq", "16", "--steps", "2", "--warmup", "1",
+    args = [*TINY, "--seq", "16", "--steps", "2", "--warmup", "1",
             "--skip", "sample", "grpo"]
     n = torch.get_num_threads()
     try:

@@ -159,6 +159,18 @@ def test_distill_refuses_a_different_tokenizer(pretrained, tmp_path):
                 "--init", os.path.join(other, "final")])
 
 
+def _traces_cfg(tmp_path, **distill):
+    """A distill config for teacher_traces alone: a stand-in teacher folder, traces in tmp_path/t.jsonl."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir(exist_ok=True)
+    (teacher / "model.safetensors").write_bytes(b"x")
+    cfg = T.Config(stage="distill", out_dir=str(tmp_path / "o"))
+    cfg.distill.teacher, cfg.distill.traces_file, cfg.data.template = str(teacher), str(tmp_path / "t.jsonl"), "plain"
+    for k, v in distill.items():
+        setattr(cfg.distill, k, v)
+    return cfg
+
+
 @pytest.mark.parametrize("change, key", [(lambda c, p: setattr(c.data, "template", "r1"), "template"),
                                          (lambda c, p: setattr(c.distill, "reward_threshold", 0.25), "reward_threshold"),
                                          (lambda c, p: setattr(c.distill, "dedup_traces", not c.distill.dedup_traces),
@@ -168,11 +180,7 @@ def test_distill_refuses_a_different_tokenizer(pretrained, tmp_path):
                                           "sample_temperature")])
 def test_cached_traces_check_every_setting(tmp_path, change, key):
     """teacher_traces refuses a cached file whose .meta.json differs in any one setting (read before sampling)."""
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    (teacher / "model.safetensors").write_bytes(b"x")
-    cfg = T.Config(stage="distill", out_dir=str(tmp_path / "o"))
-    cfg.distill.teacher, cfg.distill.traces_file, cfg.data.template = str(teacher), str(tmp_path / "t.jsonl"), "plain"
+    cfg = _traces_cfg(tmp_path)
     problems = [{"question": "1+1", "answer": "2"}, {"question": "2+2", "answer": "4"}]
     (tmp_path / "t.jsonl").write_text(json.dumps({"prompt_ids": [1], "completion_ids": [2, 3]}) + "\n")
     (tmp_path / "t.meta.json").write_text(json.dumps(T.traces_settings(cfg, problems)))
@@ -180,17 +188,6 @@ def test_cached_traces_check_every_setting(tmp_path, change, key):
     change(cfg, problems)
     with pytest.raises(ValueError, match=rf"other settings \({key}\)"):
         T.teacher_traces(cfg, None, None, problems, None, "cpu")
-
-
-def _traces_cfg(tmp_path, **distill):
-    teacher = tmp_path / "teacher"
-    teacher.mkdir(exist_ok=True)
-    (teacher / "model.safetensors").write_bytes(b"x")
-    cfg = T.Config(stage="distill", out_dir=str(tmp_path / "o"))
-    cfg.distill.teacher, cfg.distill.traces_file, cfg.data.template = str(teacher), str(tmp_path / "t.jsonl"), "plain"
-    for k, v in distill.items():
-        setattr(cfg.distill, k, v)
-    return cfg
 
 
 def test_teacher_traces_samples_each_prompt_samples_per_prompt_times(tmp_path, monkeypatch):
