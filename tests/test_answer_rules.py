@@ -66,3 +66,47 @@ def test_a_comparison_past_its_time_budget_is_unequal(monkeypatch):
     assert is_equiv("x+1", "1+x")
     monkeypatch.setattr(reward, "TIME_BUDGET", -1.0)  # over budget before the first sample point
     assert not is_equiv("x+1", "1+x")
+
+
+def test_a_boxed_prediction_is_unwrapped_like_a_boxed_gold():
+    """is_equiv rule 1 holds for the prediction too, not only for the gold: "\\boxed{5}" answers "5"."""
+    assert is_equiv("\\boxed{5}", "5") and is_equiv("\\fbox{5}", "5")
+    assert is_equiv("\\boxed{\\frac{1}{2}}", "0.5") and is_equiv("\\boxed{\\text{B}}", "B")
+    assert not is_equiv("\\boxed{6}", "5")
+
+
+def test_the_last_the_answer_is_wins():
+    """Rule 4 reads the last 'The answer is x': a model that corrects itself is scored on its correction."""
+    text = "The answer is 3. Wait, that is wrong. The answer is 4."
+    assert extract_answer(text) == "4"
+    assert accuracy_reward(text, "4") == 1.0 and accuracy_reward(text, "3") == 0.0
+
+
+def test_a_closing_answer_tag_without_an_opening_one_is_not_an_answer_block():
+    """Rule 2 needs both tags: a stray '</answer>' (no '<answer>' before it) leaves the text to rules 3 and 4,
+    it does not cut an answer out of the characters before it."""
+    assert extract_answer("The answer is 12.\n</answer>") == "12"
+    assert extract_answer("so 9 eggs.\n#### 18\n</answer>") == "18"
+
+
+def test_a_one_row_matrix_equals_the_tuple_of_its_entries():
+    """A one-row matrix, like a one-column one, is the tuple of its entries, both ways; the order still counts."""
+    row = "\\begin{pmatrix} 1 & 2 \\end{pmatrix}"
+    assert is_equiv("(1, 2)", row) and is_equiv(row, "(1, 2)")
+    assert is_equiv("(1, 2)", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}")
+    assert not is_equiv("(2, 1)", row)
+
+
+def test_an_expression_does_not_answer_an_equation():
+    """A gold equation needs an equation: "x + 2y - 4" (no '= 0') is not "x + 2y = 4", though its sides differ by
+    exactly that expression; the same equation rearranged is."""
+    assert not is_equiv("x + 2y - 4", "x + 2y = 4")
+    assert is_equiv("x + 2y - 4 = 0", "x + 2y = 4")
+
+
+def test_numeric_comparison_is_tight_to_rel_tol():
+    """REL_TOL is 1e-10: a coefficient off by 1e-9 relative, or an 8-digit decimal for sqrt(2), is a different
+    answer (the sampled comparison is not a loose float check)."""
+    assert not is_equiv("1.000000001x", "x")
+    assert not is_equiv("1.41421356 x", "\\sqrt{2} x")
+    assert is_equiv("1.00000000000001x", "x")  # below REL_TOL: rounding noise

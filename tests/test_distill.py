@@ -308,3 +308,37 @@ def test_jsd_refuses_beta_at_the_ends_by_name(beta):
     s = torch.zeros(1, 1, 2)
     with pytest.raises(ValueError, match=r"jsd needs 0 < beta < 1"):
         distill_loss(s, s, torch.ones(1, 1), kind="jsd", beta=beta)
+
+
+def test_agree_compares_with_the_teacher_argmax_not_the_targets():
+    """agree is student argmax == teacher argmax, whatever the targets: here the targets differ from both."""
+    s, t = torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)
+    s[0, :, 1] = 1.0  # student argmax 1 everywhere
+    t[0, torch.arange(3), torch.tensor([1, 1, 2])] = 1.0  # teacher argmax 1, 1, 2
+    targets = torch.tensor([[3, 3, 3]])  # neither model's argmax
+    st = distill_stats(s, t, targets, torch.ones(1, 3))
+    assert st["agree"] == pytest.approx(2 / 3)
+
+
+def test_masked_ce_of_low_precision_logits_computes_in_fp32():
+    """Convention 5 for the CE term too: bf16 logits give an fp32 loss equal to the fp32 computation."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 3, 50, generator=g) * 3).bfloat16()
+    y, m = torch.randint(0, 50, (2, 3), generator=g), torch.tensor([[1., 1, 0], [1, 1, 1]])
+    ce = masked_ce(logits, y, m)
+    assert ce.dtype == torch.float32
+    assert ce.item() == pytest.approx(masked_ce(logits.float(), y, m).item(), rel=1e-6)
+
+
+def test_filter_traces_refuses_samples_and_rewards_of_different_lengths():
+    """One reward per sample: a short reward list is a bug upstream, not a silent cut of the samples."""
+    samples = [{"prompt_ids": [1], "completion_ids": [i]} for i in range(3)]
+    with pytest.raises(AssertionError, match="3 samples but 2 rewards"):
+        filter_traces(samples, [1.0, 1.0])
+
+
+def test_distill_config_refuses_out_of_range_values_by_name():
+    """ce_weight above 1 (a negative distill weight), a zero teacher budget and an infinite reward threshold."""
+    for field, value in (("ce_weight", 1.5), ("max_new_tokens", 0), ("reward_threshold", -math.inf)):
+        with pytest.raises(ValueError, match=rf"\[distill\]\.{field} = "):
+            DistillConfig(**{field: value}).check()
