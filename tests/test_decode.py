@@ -13,15 +13,19 @@ from model import ModelConfig, Transformer, sample, stop_ids
 TINY = dict(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=160, max_seq_len=128)
 
 
-def _tiny(**kw):
-    torch.manual_seed(0)
-    m = Transformer(ModelConfig(**{**TINY, **kw})).eval()
+def spread_weights(m):
+    """m with weights of std 0.2 and norms near 1 (seeded): logits far apart, so a tiny temperature is greedy."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in m.named_parameters():
             noise = torch.randn(p.shape, generator=g)
             p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.2 * noise)
     return m
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    return spread_weights(Transformer(ModelConfig(**{**TINY, **kw})).eval())
 
 
 def test_autocast_decode_step_uses_norm_eps(monkeypatch):

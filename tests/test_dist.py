@@ -100,6 +100,20 @@ def _weights(out):
     return load_file(os.path.join(out, "final", "model.safetensors"))
 
 
+def _spawn(fn, world, *args):
+    """mp.spawn of `world` ranks fn(rank, world, *args) that never outlives its test: when the wait is cut short
+    (conftest's TEST_TIMEOUT alarm), the ranks are killed, so a hung collective fails the test by name instead of
+    keeping pytest from exiting. A rank that raises ends the wait with mp.ProcessRaisedException, as mp.spawn does."""
+    ctx = mp.spawn(fn, args=(world, *args), nprocs=world, join=False)
+    try:
+        while not ctx.join():
+            pass
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """1-process references in this process, then every 2-rank scenario in one spawn."""
@@ -130,7 +144,7 @@ def runs(tmp_path_factory):
             (base + GRPO + ["--init", init, "--out_dir", out["grpo2"]], None),
             (base + GRPO + ["--init", init, "--out_dir", out["cut2"]], 3),  # killed after step 3 (ckpt at 2)
             (base + GRPO + ["--init", init, "--out_dir", out["cut2"], "--train.resume=true"], None)]
-    mp.spawn(_worker, args=(2, _free_port(), jobs), nprocs=2, join=True)
+    _spawn(_worker, 2, _free_port(), jobs)
     return out
 
 
@@ -208,7 +222,7 @@ def test_ranks_started_with_different_settings_are_refused(tmp_path):
     argv = ["--config", str(tmp_path / "tiny.toml"), *SFT, "--out_dir", str(tmp_path / "out")]
     with pytest.raises(mp.ProcessRaisedException,
                        match=r"rank 1 differs from rank 0 in train.lr \(0.001 vs 0.01\), train.seed \(0 vs 5\)"):
-        mp.spawn(_different_lr_worker, args=(2, _free_port(), argv), nprocs=2, join=True)
+        _spawn(_different_lr_worker, 2, _free_port(), argv)
     assert not os.path.exists(tmp_path / "out" / "final")
 
 

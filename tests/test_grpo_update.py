@@ -10,6 +10,8 @@ import torch
 import grpo
 from grpo import GRPOConfig, build_batch, grpo_loss, grpo_step, grpo_update, rollout, token_logprobs
 from model import ModelConfig, Transformer
+from test_decode import spread_weights
+
 
 def _grpo_tiny(seed=0):
     torch.manual_seed(seed)
@@ -243,3 +245,100 @@ def test_truncated_frac_counts_only_completions_cut_without_a_stop(monkeypatch):
     st = grpo.grpo_step(StubPolicy(FOUR), None, None, [[1], [2]], lambda p, c: float(c[0]), cfg, eos_id=0)
     assert st["truncated_frac"] == 0.5 and st["kept_frac"] == 0.5 and seen["comps"] == [[0], [0]]
     assert [s["truncated"] for s in st["_samples"]] == [False, False, True, True]
+
+
+def test_rollout_samples_with_the_configs_temperature_top_p_and_stop_ids():
+    """rollout hands cfg.temperature, cfg.top_p and eos_id to generate: a tiny top_p, or a tiny temperature, makes
+    each of the G samples the greedy completion; a stop id ends every completion at its first occurrence, and such
+    a completion is not truncated."""
+    policy = spread_weights(_grpo_tiny(0))  # logits far apart: a tiny temperature or top_p is greedy
+    greedy = policy.generate(PROMPTS, max_new_tokens=6, temperature=0)  # (3,) completions of 6 tokens
+    assert len({tuple(c) for c in greedy}) == 3
+    for kw in (dict(temperature=1.0, top_p=1e-6), dict(temperature=1e-4, top_p=1.0)):
+        cfg = GRPOConfig(group_size=3, max_new_tokens=6, **kw)
+        roll = rollout(policy, PROMPTS, lambda p, c: 0.0, cfg, generator=torch.Generator().manual_seed(0))
+        assert roll["completion_ids"] == [c for c in greedy for _ in range(3)], kw
+    eos = next(t for t in greedy[0][1:5] if t not in greedy[0][:1])  # ends prompt 0's completion early
+    cut = [c[: c.index(eos) + 1] if eos in c else c for c in greedy]
+    cfg = GRPOConfig(group_size=3, max_new_tokens=6, top_p=1e-6)
+    roll = rollout(policy, PROMPTS, lambda p, c: 0.0, cfg, eos_id=eos, generator=torch.Generator().manual_seed(0))
+    assert roll["completion_ids"] == [c for c in cut for _ in range(3)] and len(cut[0]) < 6
+    assert roll["truncated"].tolist() == [len(c) == 6 and c[-1] != eos for c in cut for _ in range(3)]
+
+
+def test_update_passes_clip_eps_to_the_loss():
+    """grpo_update clips with cfg.clip_eps (mu = 2, lr 0.5: the second iteration's ratios leave [0.8, 1.2]): the wider
+    range [0.5, 1.5] clips fewer tokens on both sides (clip_eps_high 0 follows clip_eps), and the loss differs."""
+    prompts, comps, adv = _batch()
+    stats = []
+    for clip_eps in (0.2, 0.5):
+        cfg = GRPOConfig(max_new_tokens=4, beta=0.0, max_grad_norm=0.0, micro_batch_size=2, num_iterations=2,
+                         clip_eps=clip_eps)
+        policy = _grpo_tiny(0)
+        stats.append(grpo_update(policy, None, torch.optim.SGD(policy.parameters(), lr=0.5), prompts, comps, adv, cfg))
+    a, b = stats
+    assert a["clip_frac_low"] > b["clip_frac_low"] > 0 and a["clip_frac_high"] > b["clip_frac_high"] > 0
+    assert a["loss"] != b["loss"]
+    assert a["ratio_mean"] == pytest.approx(b["ratio_mean"], rel=1e-6)  # the same policies: only the clip differs
+
+
+def test_clip_frac_is_the_sum_of_its_low_and_high_parts():
+    """stats['clip_frac'] counts the tokens clipped on either side: ratio 1.5 with A > 0 (high), 0.5 with A < 0
+    (low), 1.0 (neither), clip range [0.8, 1.2]."""
+    logp = torch.tensor([[math.log(1.5)], [math.log(0.5)], [0.0]])
+    _, st = grpo_loss(logp, torch.zeros(3, 1), None, torch.tensor([1.0, -1.0, 1.0]), torch.ones(3, 1), clip_eps=0.2)
+    assert st["clip_frac_high"] == pytest.approx(1 / 3) and st["clip_frac_low"] == pytest.approx(1 / 3)
+    assert st["clip_frac"] == pytest.approx(2 / 3)
+
+
+def test_on_policy_update_runs_no_old_logprob_pass(monkeypatch):
+    """mu = 1 is on-policy (ratio 1 by construction): the update runs the reference's no-grad pass only, never a
+    pass of the policy for pi_old (a wasted forward over the whole batch); mu = 2 runs both."""
+    calls, real = [], grpo.completion_logprobs
+    monkeypatch.setattr(grpo, "completion_logprobs", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    prompts, comps, adv = _batch()
+    ref, policy = _grpo_tiny(1).eval().requires_grad_(False), _grpo_tiny(0)
+    for mu, want in ((1, [ref]), (2, [ref, policy])):
+        calls.clear()
+        cfg = GRPOConfig(max_new_tokens=4, beta=0.04, micro_batch_size=2, num_iterations=mu)
+        grpo_update(policy, ref, torch.optim.SGD(policy.parameters(), lr=0.0), prompts, comps, adv, cfg)
+        assert len(calls) == len(want) and all(c is w for c, w in zip(calls, want)), mu
+
+
+def test_a_step_whose_filters_leave_nothing_logs_zero_loss_and_grad_norm():
+    """mask_truncated with every completion cut (no stop id): no update runs; loss and grad_norm are logged as 0
+    (as documented), the statistics of the update that did not run as nan."""
+    cfg = GRPOConfig(group_size=2, max_new_tokens=1, beta=0.0, mask_truncated=True)
+    st = grpo.grpo_step(StubPolicy(FOUR), None, None, [[1], [2]], lambda p, c: float(c[0]), cfg)
+    assert st["kept_frac"] == 0.0 and st["truncated_frac"] == 1.0
+    assert st["loss"] == 0.0 and st["grad_norm"] == 0.0
+    assert all(math.isnan(st[k]) for k in grpo.UPDATE_KEYS if k not in ("loss", "grad_norm"))
+
+
+@pytest.mark.parametrize("agg", ["seq-mean", "dr-grpo", "token-mean"])
+def test_two_identical_ranks_take_the_one_process_step(agg):
+    """Data parallel without processes: reduce = 2 * t is the sum over two ranks that hold the same prompts and
+    generators, so their step must be the one process's: the loss's denominators count both ranks' sequences (B)
+    and tokens, the gradient is summed over them, and every statistic equals the one-process value (reward_std
+    from the two-pass global variance, zero_std_frac over groups). Prompt 0's accuracy is flat (so some groups are
+    and some are not) and the shaped reward is not the accuracy, so a mixed-up count or mean shows."""
+    def reward_fn(p, c):
+        acc = 0.0 if p == PROMPTS[0] else float(c[0] % 2)
+        return acc + 0.1 * (c[-1] % 3), acc
+
+    runs = []
+    for reduce in (None, lambda t: 2 * t):
+        policy = _grpo_tiny(0)
+        ref = copy.deepcopy(policy).eval().requires_grad_(False)
+        cfg = GRPOConfig(group_size=4, max_new_tokens=4, beta=0.04, agg=agg, max_grad_norm=0.0, micro_batch_size=5)
+        st = grpo_step(policy, ref, torch.optim.SGD(policy.parameters(), lr=0.5), PROMPTS, reward_fn, cfg,
+                       generator=torch.Generator().manual_seed(0), reduce=reduce)
+        for k in ("_samples", "rollout_s", "update_s"):
+            st.pop(k)
+        runs.append((st, torch.cat([p.detach().flatten() for p in policy.parameters()])))
+    (one, w_one), (two, w_two) = runs
+    assert 0 < one["zero_std_frac"] < 1 and one["reward_mean"] != one["accuracy_mean"]
+    assert one.keys() == two.keys()
+    for k in one:
+        assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-7), k
+    assert torch.allclose(w_two, w_one, atol=1e-6)

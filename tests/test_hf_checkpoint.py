@@ -361,3 +361,26 @@ def test_an_absent_tie_word_embeddings_means_untied():
     hf = {k: v for k, v in _tiny_hf().items() if k != "tie_word_embeddings"}
     assert config_from_hf(hf)["tie_embeddings"] is False
     assert config_from_hf({**hf, "model_type": "qwen2"})["tie_embeddings"] is False
+
+
+@pytest.mark.parametrize("theta", [None, [10000.0]])
+def test_a_config_value_of_a_type_its_key_never_has_is_named(tmp_path, theta):
+    """load_hf turns the TypeError of a value of the wrong type (float() of a null or a list rope_theta) into a
+    ValueError naming the file, as it does for bad JSON: the caller catches one kind of error, told which file."""
+    file = tmp_path / "config.json"
+    file.write_text(json.dumps({**ModelConfig(**TINY).to_hf(), "rope_theta": theta}))
+    with pytest.raises(ValueError) as e:
+        ModelConfig.load_hf(str(tmp_path))
+    assert str(e.value).startswith(f"{file}: ") and "float()" in str(e.value)
+
+
+def test_save_pretrained_writes_the_state_it_is_given(tmp_path):
+    """save_pretrained(path, state): the given state dict is written (a sharded model's gathered full tensors),
+    not the model's own; its embedding's dtype names config.json's torch_dtype."""
+    m, other = tiny(), tiny(seed=1)
+    state = {k: v.to(torch.bfloat16) for k, v in other.state_dict().items()}
+    m.save_pretrained(tmp_path, state=state)
+    loaded = Transformer.from_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k]), k

@@ -111,3 +111,17 @@ def test_bf16_logits_are_sampled_in_fp32():
         a = sample(logits, temperature, top_p, torch.Generator().manual_seed(1))
         b = sample(logits.float(), temperature, top_p, torch.Generator().manual_seed(1))
         assert torch.equal(a, b)
+
+
+def test_start_at_either_end_of_its_range():
+    """start lies in [0, T]: start = T (an int, or per-row starts whose largest is T, rows sharing a prefix) gives
+    empty logits (B, 0, V), not an error; a negative start is refused, not read as Python's count from the end."""
+    m = tiny()
+    x = torch.tensor(prompts_of([10, 10, 10], seed=14))
+    x[1] = x[0]  # rows 0 and 1 share every prefix
+    with torch.no_grad():
+        for start in (10, [10, 10, 10], [4, 10, 10]):
+            assert m(x, start=start).shape == (3, 0, 256), start
+        for start in (-1, [-1, 2, 3]):
+            with pytest.raises(ValueError, match=r"start must lie in \[0, T=10\]"):
+                m(x, start=start)
