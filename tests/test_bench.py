@@ -184,3 +184,114 @@ def test_compile_flag_times_the_compiled_forward(monkeypatch, capsys):
         torch.set_num_threads(n)
     assert compiled == [(8, 16)] * 3  # the warmup step and the two timed ones
     assert "train  b8x16 (torch.compile): " in capsys.readouterr().out
+
+
+def _fake_timings(monkeypatch, grpo_calls=None):
+    """bench.main with every measurement faked: nothing is timed, the GRPO step's arguments are recorded."""
+    monkeypatch.setattr(bench, "timed", lambda fn, device, reps, warmup, **kw: 1.0)
+    monkeypatch.setattr(bench, "matmul_peak", lambda *a: 1e9)
+    calls = [] if grpo_calls is None else grpo_calls
+    monkeypatch.setattr(bench, "bench_grpo", lambda *a, **kw: (calls.append(kw), (1.0, 0.25, 0.75))[1])
+
+
+@pytest.mark.parametrize("device", ["meta", "foo", "cuda"])
+def test_bad_device_is_a_flag_error(device, capsys):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is here: --device cuda is valid")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", device])
+    assert "--device " in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("args,flag", [(["--batch", "0"], "--batch"), (["--gen-new", "0"], "--gen-new"),
+                                       (["--gen-reps", "0"], "--gen-reps"), (["--n_heads", "0"], "--n_heads"),
+                                       (["--n_kv_heads", "0"], "--n_kv_heads"), (["--hidden_dim", "0"], "--hidden_dim"),
+                                       (["--prompt-len", "0", "5"], "--prompt-len")])
+def test_every_count_flag_is_checked(args, flag, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(args)
+    assert flag + " " in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_threads_flag_sets_torchs_threads(monkeypatch, capsys):
+    _fake_timings(monkeypatch)
+    n = torch.get_num_threads()
+    want = 3 if n != 3 else 2
+    try:
+        bench.main([*TINY[:-2], "--threads", str(want), "--skip", "sample", "grpo"])
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(n)
+    assert f"cpu, {want} threads" in capsys.readouterr().out
+
+
+def test_the_model_context_holds_every_measurement(monkeypatch):
+    """max_seq_len covers the training rows, the longest prompt plus its new tokens, and the GRPO shape (30 + 64)."""
+    _fake_timings(monkeypatch)
+    seen = []
+
+    class Recording(bench.Transformer):
+        def __init__(self, cfg):
+            seen.append(cfg.max_seq_len)
+            super().__init__(cfg)
+
+    monkeypatch.setattr(bench, "Transformer", Recording)
+    n = torch.get_num_threads()
+    try:
+        bench.main([*TINY, "--seq", "16", "--gen-new", "100", "--prompt-len", "20", "40"])
+        bench.main([*TINY, "--seq", "16", "--gen-new", "4", "--prompt-len", "20", "40"])
+        bench.main([*TINY, "--seq", "120", "--gen-new", "4"])
+    finally:
+        torch.set_num_threads(n)
+    assert seen == [140, 94, 120]
+
+
+def test_grpo_measurement_takes_its_own_reps_and_skip(monkeypatch, capsys):
+    calls = []
+    _fake_timings(monkeypatch, calls)
+    n = torch.get_num_threads()
+    try:
+        bench.main([*TINY, "--grpo-reps", "3", "--gen-reps", "2", "--steps", "5", "--warmup", "0", "--skip", "sample"])
+        out = capsys.readouterr().out
+        assert calls == [dict(n_prompts=4, group=8, new=64, lo=16, hi=30, reps=3, warmup=0)]
+        assert "grpo   4 prompts x 8 samples x 64" in out and "sample " not in out
+        assert "(last step: rollout 0.25 s, update 0.75 s)" in out
+        bench.main([*TINY, "--skip", "grpo"])
+        assert len(calls) == 1 and "sample 16x128" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_bench_grpo_runs_a_beta_0_04_step_against_a_frozen_copy(monkeypatch):
+    """The GRPO measurement is grpo_step with the documented config (beta 0.04: the reference forward is timed), a
+    frozen copy as the reference, random prompts in [lo, hi]; it reports the last step's rollout / update split."""
+    seen = []
+
+    def fake_step(model, ref, opt, prompts, reward, cfg):
+        seen.append((model, ref, prompts, cfg))
+        return {"rollout_s": 1.0, "update_s": 2.0}
+
+    monkeypatch.setattr(bench, "grpo_step", fake_step)
+    m = tiny_model()
+    sec, roll, upd = bench.bench_grpo(m, m.cfg, torch.device("cpu"), contextlib.nullcontext(), n_prompts=4, group=8,
+                                      new=64, lo=16, hi=30, reps=2, warmup=1)
+    assert (roll, upd) == (1.0, 2.0) and sec >= 0 and len(seen) == 3
+    model, ref, prompts, cfg = seen[-1]
+    assert (cfg.group_size, cfg.max_new_tokens, cfg.beta, cfg.clip_eps) == (8, 64, 0.04, 0.2)
+    assert model is m and ref is not m and not any(p.requires_grad for p in ref.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), m.state_dict().values()))
+    assert len(prompts) == 4 and all(16 <= len(p) <= 30 for p in prompts)
+
+
+def test_sampling_prompts_are_ragged(monkeypatch):
+    m = tiny_model()
+    seen = []
+    monkeypatch.setattr(m, "generate", lambda prompts, **kw: seen.append((prompts, kw)))
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64, max_seq_len=32)
+    bench.bench_sample(m, cfg, torch.device("cpu"), contextlib.nullcontext(), batch=16, new=4, lo=2, hi=9, reps=1,
+                       warmup=0)
+    (prompts, kw), = seen
+    lengths = [len(p) for p in prompts]
+    assert len(prompts) == 16 and min(lengths) >= 2 and max(lengths) <= 9 and len(set(lengths)) > 1
+    assert all(0 <= t < 64 for p in prompts for t in p)
+    assert kw["max_new_tokens"] == 4 and kw["eos_id"] is None  # no eos: every row runs to the end

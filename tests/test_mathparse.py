@@ -133,3 +133,87 @@ def test_parse_over_the_wall_clock_budget_times_out(monkeypatch):
     with pytest.raises(MP.Timeout):
         P("q^2 + 7q + 13")
     assert not is_equiv("q^2 + 7q + 13", "13 + 7q + q^2")  # a refused parse is never equal
+
+
+# ---- mutation sweep C: rules of normalize() and parse_answer() that no test pinned
+
+def test_normalize_unit_forms():
+    assert MP.normalize("15\\text{ cm}^{2}") == (False, "15")  # a braced power after a text unit goes with it: not 15^2
+    assert not is_equiv("15\\text{ cm}^{2}", "225")
+    assert MP.normalize("6 cm^2") == (False, "6") and MP.normalize("10 ft^{3}") == (False, "10")  # a bare unit's power
+    assert MP.normalize("5 lbs") == (False, "5") and MP.normalize("6 hrs") == (False, "6")  # a 3-letter word is a unit
+
+
+def test_normalize_spacing_and_trailing_separators():
+    assert MP.normalize("5\\qquad") == (False, "5")  # \qquad as well as \quad
+    assert MP.normalize("5,") == (False, "5") and MP.normalize("1, 2,") == (False, "1, 2")  # a trailing comma
+    assert is_equiv("1\\text{, }2", "2, 1")  # a \text comma separates, like \text{ and }
+    assert is_equiv("πr^2", "r^2\\pi")  # unicode π is \pi followed by a space: not the unknown command \pir
+
+
+def test_every_negating_word_makes_the_answer_text():
+    for word in ("not", "no", "none", "never", "neither", "nor", "except", "but", "without"):
+        assert not is_equiv(f"\\text{{{word} }}5", "5"), word
+
+
+def test_every_matrix_environment_is_a_matrix():
+    for env in ("matrix", "pmatrix", "bmatrix", "vmatrix", "Bmatrix", "Vmatrix"):
+        assert P(f"\\begin{{{env}}} 1 & 2 \\\\ 3 & 4 \\end{{{env}}}") == ("matrix", ((1, 2), (3, 4))), env
+
+
+def test_matrix_cell_cap_is_inclusive():
+    rows = lambda r, c: "\\begin{pmatrix}" + "\\\\".join("&".join(["1"] * c) for _ in range(r)) + "\\end{pmatrix}"
+    assert P(rows(8, 8)) == ("matrix", ((sympy.Integer(1),) * 8,) * 8)  # 64 = MAX_ITEMS cells
+    assert P(rows(5, 13)) is None  # 65
+
+
+def test_an_unsorted_names_prefix_is_not_taken_off():
+    """'(y, x) = (-1, 3)' means x = 3, y = -1: it is kept as written, never the pair (-1, 3)."""
+    assert P("(x, y) = (-1, 3)") == ("seq", "()", (-1, 3))
+    assert P("(y, x) = (-1, 3)") is None and not is_equiv("(y, x) = (-1, 3)", "(-1, 3)")
+
+
+def test_inverse_cosine_and_hyperbolic_and_reciprocal_functions():
+    assert is_equiv("\\cos^{-1} x", "\\arccos x") and is_equiv("\\cos^{-1} 0", "\\frac{\\pi}{2}")
+    assert is_equiv("\\sinh(2x)", "2\\sinh x\\cosh x") and not is_equiv("\\sinh x", "\\cosh x")
+    assert is_equiv("\\csc x", "\\frac{1}{\\sin x}") and is_equiv("\\sec x", "\\frac{1}{\\cos x}")
+    assert not is_equiv("\\csc x", "\\sec x")
+
+
+def test_a_braced_function_argument_ends_at_its_brace():
+    assert is_equiv("\\sin{x}y", "y\\sin x") and not is_equiv("\\sin{x}y", "\\sin(xy)")
+
+
+def test_e_to_a_power_is_the_opaque_exp_and_evaluates():
+    x = sympy.Symbol("x")
+    assert P("e^{x}") == ("expr", MP._F["exp"](x)) == P("\\exp(x)")  # not sympy's own exp, which evaluates itself
+    assert P("e \\cdot e") == ("expr", sympy.exp(2))  # sympy folds e*e into its exp(2): evaluate() must read it
+    assert is_equiv("e \\cdot e", "e^2") and is_equiv("e e x", "x e^2")
+
+
+def test_a_subscripted_name_meets_its_equation():
+    assert is_equiv("x_1 = 2y", "x_1 - 2y = 0") and is_equiv("x_{1} = 2y", "2y - x_1 = 0")
+
+
+def test_degree_cap_counts_negative_exponents_by_size():
+    # sqrt((2 + x^{-1000})^2) took minutes in sympy (the same re/im expansion as x^{1000})
+    x = sympy.Symbol("x")
+    assert P("\\sqrt{x^{-32}}") == ("expr", sympy.sqrt(x ** -32))
+    assert P("\\sqrt{x^{-33}}") is None and P("\\sqrt{(2+x^{-1000})^{2}}") is None
+
+
+def test_a_constant_sum_zero_up_to_rounding_is_refused():
+    # this zero is 9e-16 in doubles, not exactly 0: the 1e-9 relative tolerance must catch it
+    zero = "\\sqrt{3}+\\sqrt{7}-\\sqrt{10+2\\sqrt{21}}"
+    assert P(zero) is None and P(zero + "+1") is not None
+
+
+def test_binomial_refuses_a_negative_top():
+    # \binom{-n}{k} is a polynomial in n of degree k: with k = 10^9 sympy computes for minutes
+    assert P("\\binom{-2}{1}") is None and P("\\binom{0}{0}") == ("expr", 1)
+
+
+def test_one_signed_variables_are_flipped_at_different_points():
+    # with six variables (e is Euler's number, not one) c and d are negative at all four random points: each is
+    # flipped at its own point, so cd still takes both signs (flipped at one shared point, |cd| would equal cd)
+    assert not is_equiv("a+b+|cd|+f+g", "a+b+cd+f+g")

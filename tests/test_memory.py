@@ -230,3 +230,12 @@ def test_the_decode_copy_is_the_sampling_models_and_picks_the_call():
     est = memory.estimate(CFG, 1, 0, amp=True, kv_rows=64, kv_len=32, kv_caches=[(teacher, 1, 8)])
     assert own_kv + own_copy < teacher_kv + teacher_copy
     assert (est["kv_cache"], est["decode_weights"]) == (teacher_kv, teacher_copy)
+
+
+def test_plan_line_reports_binary_units_and_the_peak():
+    """The printed plan: MiB and GiB are powers of 2, and 'peak ~' is the peak, not the device."""
+    est = dict(weights=3 * 2**20, gradients=2**31, optimizer=0, frozen=0, kv_cache=0, decode_weights=0, activations=0,
+               logits=0)
+    line = memory.check(est, 2**34)
+    assert "weights 3.0 MiB, gradients 2.00 GiB," in line
+    assert line.endswith("peak ~2.00 GiB of 16.00 GiB")  # 2 GiB + 3 MiB
