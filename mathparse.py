@@ -133,7 +133,7 @@ def normalize(s):
         s = s[2:-2]
     s = s.replace("\\$", "").replace("$", "")
     s = re.sub(r"^(?:final\s+)?answer\s*:", "", s.strip(), flags=re.IGNORECASE)
-    s = _THOUSANDS_TEX.sub(r"\1", s.replace("{,}", ","))  # "10{,}000": LaTeX's unspaced comma
+    s = _THOUSANDS_TEX.sub(r"\1", re.sub(r"(?<![A-Za-z])\{,\}", ",", s))  # "10{,}000" but not "\text{,}"
     s = _WIDE_SPACING.sub(" ", _SPACING.sub("", s))
     s = _DEGREES.sub("", s).replace("\\%", "").replace("%", "")
     s = re.sub(r"\\[dtc]frac(?![A-Za-z])", "\\\\frac", s)
