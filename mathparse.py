@@ -109,6 +109,7 @@ _SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?|\\(?:d
 _WIDE_SPACING = re.compile(r"(?<!\\)\\[;: ]|\\q?quad(?![A-Za-z])|~")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|\\degree(?![A-Za-z])")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox)\s*\{")
+_TEX_COMMA = re.compile(r"(" + _TEXT_CMD.pattern + r",\})|\{,\}")  # LaTeX's unspaced comma, unless it is a \text
 _STYLE_CMD = re.compile(r"\\(?:mathrm|mathbf|mathit|boldsymbol|operatorname)(?![A-Za-z])")
 _TEXT_POWER = re.compile(r"\s*\^\s*(?:\{\s*[0-9]\s*\}|[0-9])")
 _UNIT_WORD = r"(?:[A-Za-z]{3,}|cm|mm|km|dm|ft|in|yd|mi|oz|lb|kg|mg|ml|mL|hr|cc)(?![A-Za-z])"  # not "xy", "pi"
@@ -133,7 +134,7 @@ def normalize(s):
         s = s[2:-2]
     s = s.replace("\\$", "").replace("$", "")
     s = re.sub(r"^(?:final\s+)?answer\s*:", "", s.strip(), flags=re.IGNORECASE)
-    s = _THOUSANDS_TEX.sub(r"\1", re.sub(r"(?<![A-Za-z])\{,\}", ",", s))  # "10{,}000" but not "\text{,}"
+    s = _THOUSANDS_TEX.sub(r"\1", _TEX_COMMA.sub(lambda m: m.group(1) or ",", s))  # "10{,}000"; "\text{,}" stays
     s = _WIDE_SPACING.sub(" ", _SPACING.sub("", s))
     s = _DEGREES.sub("", s).replace("\\%", "").replace("%", "")
     s = re.sub(r"\\[dtc]frac(?![A-Za-z])", "\\\\frac", s)
